@@ -1,0 +1,117 @@
+#include "models/blocks.h"
+
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+
+namespace peft::models {
+
+RmsNormImpl::RmsNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", at::ones({dim}));
+}
+
+at::Tensor RmsNormImpl::forward(const at::Tensor& x) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return (xf * at::rsqrt(var + eps)).to(x.scalar_type()) * weight;
+}
+
+LayerNormImpl::LayerNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", at::ones({dim}));
+  bias = register_parameter("bias", at::zeros({dim}));
+}
+
+at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
+  return at::layer_norm(x, {weight.size(0)}, weight, bias, eps);
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t num, int64_t dim) { weight = register_parameter("weight", at::empty({num, dim})); }
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+
+RopeTables make_rope_tables(const RopeSpec& s) {
+  TORCH_CHECK(s.head_dim > 0 && s.head_dim % 2 == 0, "RoPE: head_dim must be positive and even, got ", s.head_dim);
+  const int64_t half = s.head_dim / 2;
+  std::vector<double> inv(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv[i] = 1.0 / std::pow(s.theta, static_cast<double>(2 * i) / static_cast<double>(s.head_dim));
+  }
+  if (s.rope_type == "llama3") {
+    // transformers' _compute_llama3_parameters: long wavelengths are divided
+    // by `factor`, short ones kept, the band between blended smoothly.
+    const double old_len = static_cast<double>(s.original_max_position_embeddings);
+    const double low_wavelen = old_len / s.low_freq_factor;
+    const double high_wavelen = old_len / s.high_freq_factor;
+    for (double& f : inv) {
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1.0 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+  }
+  const double pos_scale = s.rope_type == "linear" ? 1.0 / s.factor : 1.0;
+  at::Tensor inv_t = at::tensor(inv, at::kDouble);
+  at::Tensor pos = at::arange(s.max_positions, at::kDouble) * pos_scale;
+  at::Tensor freqs = at::outer(pos, inv_t);      // [P, D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [P, D]
+  return RopeTables{inv_t.to(at::kFloat), emb.cos().to(at::kFloat), emb.sin().to(at::kFloat)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, int64_t past) {
+  const int64_t t = x.size(2);
+  const int64_t d = x.size(3);
+  TORCH_CHECK(past + t <= rope.cos.size(0), "RoPE: position ", past + t - 1, " is past the maximum ",
+              rope.cos.size(0) - 1, " (max_position_embeddings)");
+  at::Tensor cos = rope.cos.narrow(0, past, t).to(x.device(), x.scalar_type());  // [T, D]
+  at::Tensor sin = rope.sin.narrow(0, past, t).to(x.device(), x.scalar_type());
+  at::Tensor x1 = x.narrow(-1, 0, d / 2);
+  at::Tensor x2 = x.narrow(-1, d / 2, d / 2);
+  at::Tensor rotated = at::cat({-x2, x1}, -1);  // rotate_half
+  return x * cos + rotated * sin;
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
+  const int64_t g = k.size(1), s = k.size(2);
+  TORCH_CHECK(h % g == 0, "attention: ", h, " query heads cannot share ", g, " KV heads");
+  TORCH_CHECK(s >= t, "attention: ", s, " keys for ", t, " queries");
+  const int64_t rep = h / g;
+  // Group the query heads that share a KV head so one batched matmul per KV
+  // head serves all of them (no copy of K/V per query head).
+  at::Tensor qg = q.contiguous().view({b, g, rep * t, d});                   // [B, G, rep*T, D]
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);       // [B, G, rep*T, S]
+  if (t > 1) {
+    // Query i (absolute position s-t+i) may see keys 0..s-t+i.
+    at::Tensor qpos = at::arange(s - t, s, at::TensorOptions().device(q.device()).dtype(at::kLong)).repeat({rep});
+    at::Tensor kpos = at::arange(s, at::TensorOptions().device(q.device()).dtype(at::kLong));
+    at::Tensor masked = kpos.unsqueeze(0) > qpos.unsqueeze(1);  // [rep*T, S]
+    scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
+  }
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
+  return at::matmul(probs, v).view({b, h, t, d});
+}
+
+KvCache KvCache::create(int64_t layers, int64_t batch, int64_t kv_heads, int64_t capacity, int64_t head_dim,
+                        at::TensorOptions options) {
+  KvCache c;
+  c.capacity = capacity;
+  for (int64_t i = 0; i < layers; ++i) {
+    c.k.push_back(at::zeros({batch, kv_heads, capacity, head_dim}, options));
+    c.v.push_back(at::zeros({batch, kv_heads, capacity, head_dim}, options));
+  }
+  return c;
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::append(int64_t layer, const at::Tensor& k_new, const at::Tensor& v_new) {
+  const int64_t t = k_new.size(2);
+  TORCH_CHECK(length + t <= capacity, "KV cache full: ", length, " + ", t, " positions exceed capacity ", capacity);
+  k[layer].narrow(2, length, t).copy_(k_new);
+  v[layer].narrow(2, length, t).copy_(v_new);
+  return {k[layer].narrow(2, 0, length + t), v[layer].narrow(2, 0, length + t)};
+}
+
+}  // namespace peft::models

@@ -1,0 +1,72 @@
+// File: models/causal_lm.h
+//
+// CausalLm is what generation, evaluation, training and export see of a
+// model: token ids in, logits out, plus the mapping of its parameters to
+// Hugging Face tensor names. LLaMA (models/llama.h) and GPT-2 (models/gpt2.h)
+// implement it; a model is a torch::nn::Module reachable through module().
+//
+//   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, load_model(dir));
+//   at::Tensor logits = lm->forward(ids, /*cache=*/nullptr);  // [B, T, V]
+#ifndef PEFT_MODELS_CAUSAL_LM_H_
+#define PEFT_MODELS_CAUSAL_LM_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "models/blocks.h"
+#include "models/config.h"
+
+namespace peft::models {
+
+/// One parameter as it appears in a Hugging Face checkpoint.
+struct HfParameter {
+  std::string hf_name;  // e.g. "model.layers.0.self_attn.q_proj.weight"
+  at::Tensor tensor;    // our parameter (shares storage with the module)
+  bool transposed;      // stored [in, out] in the checkpoint (GPT-2 Conv1D)
+};
+
+/// Where a model lets other code wrap the residual-stream writes (used by
+/// adapters that insert modules, e.g. bottleneck adapters or masks). The
+/// function receives the sublayer output [B, T, C] and returns a tensor of the
+/// same shape.
+enum class HookPoint { kEmbedding, kAttentionOutput, kMlpOutput };
+using StreamHook = std::function<at::Tensor(HookPoint point, int64_t layer, const at::Tensor& h)>;
+
+class CausalLm {
+ public:
+  virtual ~CausalLm() = default;
+
+  virtual const ModelConfig& config() const = 0;
+
+  /// The torch module owning all parameters (names follow Hugging Face).
+  virtual torch::nn::Module& module() = 0;
+
+  /// Final normalised hidden states [B, T, C] for ids [B, T] (int64). With a
+  /// cache, the ids continue the cached sequence and the cache advances.
+  virtual at::Tensor forward_hidden(const at::Tensor& input_ids, KvCache* cache) = 0;
+
+  /// lm_head: hidden [..., C] -> logits [..., V].
+  virtual at::Tensor logits_from_hidden(const at::Tensor& hidden) = 0;
+
+  /// logits [B, T, V] = logits_from_hidden(forward_hidden(ids, cache)).
+  at::Tensor forward(const at::Tensor& input_ids, KvCache* cache) {
+    return logits_from_hidden(forward_hidden(input_ids, cache));
+  }
+
+  /// An empty cache for `batch` sequences of up to `capacity` positions.
+  virtual KvCache make_cache(int64_t batch, int64_t capacity) const = 0;
+
+  /// Every parameter once, under its Hugging Face name (a tied head is
+  /// omitted, as transformers does).
+  virtual std::vector<HfParameter> hf_parameters() = 0;
+
+  /// Installs (or clears, with nullptr) the residual-stream hook.
+  virtual void set_stream_hook(StreamHook hook) = 0;
+};
+
+}  // namespace peft::models
+
+#endif  // PEFT_MODELS_CAUSAL_LM_H_

@@ -1,0 +1,213 @@
+#include "models/model_io.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "models/gpt2.h"
+#include "models/llama.h"
+#include "peft/core/status.h"
+#include "peft/io/safetensors.h"
+
+namespace peft::models {
+namespace fs = std::filesystem;
+namespace {
+
+std::string shape_str(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Buffers that transformers checkpoints may carry and transformers ignores.
+bool ignorable(const std::string& name) {
+  return ends_with(name, "rotary_emb.inv_freq") || ends_with(name, "attn.bias") ||
+         ends_with(name, "attn.masked_bias") || name == "lm_head.weight";
+}
+
+}  // namespace
+
+absl::StatusOr<c10::ScalarType> dtype_from_name(const std::string& name) {
+  if (name == "float32" || name == "fp32" || name == "float") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16" || name == "half") return at::kHalf;
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "' (float32, bfloat16, float16)"));
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "float32";
+  }
+}
+
+absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config) {
+  PEFT_RETURN_IF_ERROR(validate_model_config(config));
+  std::shared_ptr<CausalLm> lm;
+  PEFT_RETURN_IF_ERROR(status_from_torch_error("create model", [&] {
+    if (config.arch == Architecture::kLlama) {
+      lm = std::make_shared<LlamaForCausalLMImpl>(config);
+    } else {
+      lm = std::make_shared<Gpt2LMHeadModelImpl>(config);
+    }
+  }));
+  return lm;
+}
+
+void init_weights_(CausalLm& model, uint64_t seed, double std) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.module().named_modules("", /*include_self=*/false)) {
+    torch::nn::Module* m = item.value().get();
+    if (auto* norm = dynamic_cast<RmsNormImpl*>(m)) {
+      norm->weight.fill_(1.0);
+    } else if (auto* ln = dynamic_cast<LayerNormImpl*>(m)) {
+      ln->weight.fill_(1.0);
+      ln->bias.zero_();
+    } else if (auto* emb = dynamic_cast<EmbeddingImpl*>(m)) {
+      emb->weight.normal_(0.0, std, gen);
+    } else if (auto* lin = dynamic_cast<AdaptableLinearImpl*>(m)) {
+      if (lin->options.owns_weight) lin->weight.normal_(0.0, std, gen);
+      if (lin->bias.defined()) lin->bias.zero_();
+    }
+  }
+}
+
+absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, const LoadOptions& options,
+                                                     LoadReport* report) {
+  PEFT_ASSIGN_OR_RETURN(ModelConfig config, read_model_config(dir));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, create_model(config));
+  if (options.dtype != at::kFloat) lm->module().to(options.dtype);
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<io::CheckpointReader> reader, io::CheckpointReader::open(dir));
+
+  std::set<std::string> unused;
+  for (const std::string& n : reader->names()) unused.insert(n);
+  std::vector<std::string> missing;
+  torch::NoGradGuard no_grad;
+  for (HfParameter& p : lm->hf_parameters()) {
+    // Hub GPT-2 files name tensors without the "transformer." prefix.
+    std::string name = p.hf_name;
+    if (reader->find(name) == nullptr && config.arch == Architecture::kGpt2 && name.rfind("transformer.", 0) == 0) {
+      name = name.substr(std::string("transformer.").size());
+    }
+    const io::TensorInfo* info = reader->find(name);
+    if (info == nullptr) {
+      missing.push_back(p.hf_name);
+      continue;
+    }
+    unused.erase(name);
+    std::vector<int64_t> expected = p.tensor.sizes().vec();
+    if (p.transposed) std::reverse(expected.begin(), expected.end());
+    if (info->shape != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", name, "' has shape ", shape_str(info->shape),
+                                                     " in the checkpoint but config.json implies ",
+                                                     shape_str(expected)));
+    }
+    PEFT_ASSIGN_OR_RETURN(at::Tensor src, reader->view(name));
+    PEFT_RETURN_IF_ERROR(status_from_torch_error(name.c_str(), [&] { p.tensor.copy_(p.transposed ? src.t() : src); }));
+    reader->release(name);
+  }
+  if (!missing.empty()) {
+    const size_t shown = std::min<size_t>(missing.size(), 5);
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": checkpoint is missing ", missing.size(), " tensor(s) the config needs: ",
+        absl::StrJoin(missing.begin(), missing.begin() + shown, ", "), missing.size() > shown ? ", ..." : ""));
+  }
+  if (report) {
+    report->ignored_tensors.assign(unused.begin(), unused.end());
+  }
+  for (const std::string& n : unused) {
+    if (!ignorable(n)) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint has tensor '", n,
+                                                     "' that a ", config.model_type(),
+                                                     " model with this config.json does not have"));
+    }
+  }
+  return lm;
+}
+
+absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
+                                        const std::function<absl::Status(const std::string&)>& write) {
+  std::error_code ec;
+  fs::path target = fs::absolute(dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad output path '", dir, "'"));
+  target = target.lexically_normal();
+  if (target.has_filename() == false) target = target.parent_path();
+  if (fs::exists(target, ec)) {
+    if (!fs::is_directory(target, ec)) {
+      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not a directory"));
+    }
+    if (!fs::is_empty(target, ec) && !overwrite) {
+      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not empty (use --overwrite)"));
+    }
+  }
+  fs::path parent = target.parent_path();
+  if (!fs::is_directory(parent, ec)) {
+    return absl::NotFoundError(absl::StrCat("parent directory ", parent.string(), " does not exist"));
+  }
+  fs::path tmp = parent / absl::StrCat(".", target.filename().string(), ".tmp-", getpid());
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  }
+  absl::Status st = write(tmp.string());
+  if (!st.ok()) {
+    fs::remove_all(tmp, ec);
+    return st;
+  }
+  fs::path old;
+  if (fs::exists(target, ec)) {
+    old = parent / absl::StrCat(".", target.filename().string(), ".old-", getpid());
+    fs::rename(target, old, ec);
+    if (ec) {
+      fs::remove_all(tmp, ec);
+      return absl::InternalError(absl::StrCat("cannot move aside ", target.string(), ": ", ec.message()));
+    }
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    std::error_code ec2;
+    if (!old.empty()) fs::rename(old, target, ec2);
+    fs::remove_all(tmp, ec2);
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+  return absl::OkStatus();
+}
+
+absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptions& options) {
+  for (const std::string& f : options.extra_files) {
+    std::error_code ec;
+    if (!fs::is_regular_file(f, ec)) return absl::NotFoundError(absl::StrCat("file to copy not found: ", f));
+  }
+  return write_directory_atomically(dir, options.overwrite, [&](const std::string& tmp) -> absl::Status {
+    ModelConfig config = model.config();
+    config.torch_dtype = dtype_name(options.dtype);
+    PEFT_RETURN_IF_ERROR(io::write_file_atomically(tmp + "/config.json", model_config_to_json(config)));
+    std::vector<io::NamedTensor> tensors;
+    PEFT_RETURN_IF_ERROR(status_from_torch_error("prepare tensors", [&] {
+      for (const HfParameter& p : model.hf_parameters()) {
+        at::Tensor t = p.tensor.detach();
+        if (p.transposed) t = t.t();
+        tensors.push_back(io::NamedTensor{p.hf_name, t.to(at::kCPU, options.dtype).contiguous()});
+      }
+    }));
+    PEFT_RETURN_IF_ERROR(io::save_checkpoint(tmp, tensors, options.max_shard_bytes));
+    for (const std::string& f : options.extra_files) {
+      std::error_code ec;
+      fs::copy_file(f, fs::path(tmp) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
+      if (ec) return absl::InternalError(absl::StrCat("cannot copy ", f, ": ", ec.message()));
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace peft::models

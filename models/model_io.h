@@ -1,0 +1,78 @@
+// File: models/model_io.h
+//
+// Creating, initialising, loading and saving models as Hugging Face model
+// directories (config.json + model.safetensors or sharded safetensors).
+//
+//   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, load_model("/models/llama"));
+//   PEFT_RETURN_IF_ERROR(save_model(*lm, "/out/llama-copy", SaveOptions{}));
+//
+// Loading streams each tensor from the memory-mapped file into its parameter
+// and drops the file pages right after, so peak memory stays near one copy of
+// the weights. Saving writes into a temporary sibling directory and renames it
+// into place at the end: on any error no output directory appears.
+#ifndef PEFT_MODELS_MODEL_IO_H_
+#define PEFT_MODELS_MODEL_IO_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <c10/core/ScalarType.h>
+
+#include "absl/status/statusor.h"
+#include "models/causal_lm.h"
+#include "models/config.h"
+
+namespace peft::models {
+
+/// A model of the configured architecture with uninitialised parameters.
+absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config);
+
+/// Deterministic random init from `seed`: projections and embeddings
+/// N(0, std), biases 0, norm weights 1 (transformers' _init_weights).
+void init_weights_(CausalLm& model, uint64_t seed, double std = 0.02);
+
+struct LoadOptions {
+  /// dtype of the parameters in memory (the file's dtype is converted).
+  c10::ScalarType dtype = c10::ScalarType::Float;
+};
+
+/// What load_model saw besides the parameters it needed.
+struct LoadReport {
+  std::vector<std::string> ignored_tensors;  // in the file, not used (e.g. rotary inv_freq)
+};
+
+/// Loads `dir` (config.json + safetensors). Errors name the missing tensor,
+/// the shape mismatch (file vs config) or the file problem.
+absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, const LoadOptions& options = {},
+                                                     LoadReport* report = nullptr);
+
+struct SaveOptions {
+  /// dtype written to the files and to config.json's torch_dtype.
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  /// Shard the weights above this many bytes (model-0000k-of-0000n).
+  uint64_t max_shard_bytes = 5ull << 30;
+  /// Replace an existing non-empty directory.
+  bool overwrite = false;
+  /// Extra files copied into the directory (e.g. a tokenizer), by path; each
+  /// keeps its base name.
+  std::vector<std::string> extra_files;
+};
+
+/// Writes a Hugging Face model directory that transformers and load_model read.
+absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptions& options = {});
+
+/// "float32", "bfloat16", "float16" <-> dtype.
+absl::StatusOr<c10::ScalarType> dtype_from_name(const std::string& name);
+std::string dtype_name(c10::ScalarType dtype);
+
+/// Runs `write(tmp_dir)` into a fresh temporary sibling of `dir` and renames
+/// it to `dir` on success; removes the temporary on failure. An existing
+/// non-empty `dir` is an error unless `overwrite`.
+absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
+                                        const std::function<absl::Status(const std::string& tmp_dir)>& write);
+
+}  // namespace peft::models
+
+#endif  // PEFT_MODELS_MODEL_IO_H_
