@@ -122,13 +122,8 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
         absl::StrJoin(missing.begin(), missing.begin() + shown, ", "), missing.size() > shown ? ", ..." : ""));
   }
   if (report) {
-    report->ignored_tensors.assign(unused.begin(), unused.end());
-  }
-  for (const std::string& n : unused) {
-    if (!ignorable(n)) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint has tensor '", n,
-                                                     "' that a ", config.model_type(),
-                                                     " model with this config.json does not have"));
+    for (const std::string& n : unused) {
+      (ignorable(n) ? report->ignored_tensors : report->unexpected_tensors).push_back(n);
     }
   }
   return lm;

@@ -40,7 +40,12 @@ struct LoadOptions {
 
 /// What load_model saw besides the parameters it needed.
 struct LoadReport {
-  std::vector<std::string> ignored_tensors;  // in the file, not used (e.g. rotary inv_freq)
+  /// Known leftovers transformers also skips (rotary inv_freq, GPT-2 attn.bias
+  /// masks, lm_head.weight of a tied model).
+  std::vector<std::string> ignored_tensors;
+  /// Other tensors in the file that no parameter uses (transformers warns
+  /// "Some weights of the checkpoint were not used"); callers should warn.
+  std::vector<std::string> unexpected_tensors;
 };
 
 /// Loads `dir` (config.json + safetensors). Errors name the missing tensor,
