@@ -179,9 +179,12 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
 }
 
 absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptions& options) {
-  for (const std::string& f : options.extra_files) {
+  for (const auto& [src, name] : options.extra_files) {
     std::error_code ec;
-    if (!fs::is_regular_file(f, ec)) return absl::NotFoundError(absl::StrCat("file to copy not found: ", f));
+    if (!fs::is_regular_file(src, ec)) return absl::NotFoundError(absl::StrCat("file to copy not found: ", src));
+    if (name.empty() || name.find('/') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("bad file name '", name, "' for ", src));
+    }
   }
   return write_directory_atomically(dir, options.overwrite, [&](const std::string& tmp) -> absl::Status {
     ModelConfig config = model.config();
@@ -196,10 +199,10 @@ absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptio
       }
     }));
     PEFT_RETURN_IF_ERROR(io::save_checkpoint(tmp, tensors, options.max_shard_bytes));
-    for (const std::string& f : options.extra_files) {
+    for (const auto& [src, name] : options.extra_files) {
       std::error_code ec;
-      fs::copy_file(f, fs::path(tmp) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
-      if (ec) return absl::InternalError(absl::StrCat("cannot copy ", f, ": ", ec.message()));
+      fs::copy_file(src, fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
+      if (ec) return absl::InternalError(absl::StrCat("cannot copy ", src, ": ", ec.message()));
     }
     return absl::OkStatus();
   });

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <c10/core/ScalarType.h>
@@ -60,9 +61,9 @@ struct SaveOptions {
   uint64_t max_shard_bytes = 5ull << 30;
   /// Replace an existing non-empty directory.
   bool overwrite = false;
-  /// Extra files copied into the directory (e.g. a tokenizer), by path; each
-  /// keeps its base name.
-  std::vector<std::string> extra_files;
+  /// Extra files copied into the directory: {source path, name inside the
+  /// directory} (e.g. {"tok512.model", "tokenizer.model"}).
+  std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
 /// Writes a Hugging Face model directory that transformers and load_model read.

@@ -192,7 +192,7 @@ TEST(ModelIoTest, SaveRefusesNonEmptyDirectoryAndLeavesNothingOnError) {
   EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
   EXPECT_TRUE(fs::exists(base + "/full/keep.txt"));
   SaveOptions so;
-  so.extra_files = {base + "/does-not-exist.model"};
+  so.extra_files = {{base + "/does-not-exist.model", "tokenizer.model"}};
   EXPECT_FALSE(save_model(*lm, base + "/new", so).ok());
   EXPECT_FALSE(fs::exists(base + "/new"));
   // Only the two directories we made remain: no temporary leftovers.

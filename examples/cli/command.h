@@ -1,0 +1,44 @@
+// File: examples/cli/command.h
+//
+// The `peft` command-line tool's subcommands. Each is a name, a one-line
+// summary, its flags and a function from parsed flags to a Status; main.cc
+// turns a non-OK Status into a one-line error on stderr and a non-zero exit.
+// Commands print results to stdout (JSON output is one object per line) and
+// progress or speed to stderr.
+#ifndef PEFT_EXAMPLES_CLI_COMMAND_H_
+#define PEFT_EXAMPLES_CLI_COMMAND_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "data/tokenizer.h"
+#include "examples/cli/flags.h"
+
+namespace peft::cli {
+
+struct Command {
+  std::string name;
+  std::string summary;
+  std::vector<FlagSpec> flags;
+  std::function<absl::Status(const ParsedFlags&)> run;
+};
+
+/// The subcommands, in help order.
+std::vector<Command> model_commands();  // convert, generate, eval
+std::vector<Command> data_commands();   // tokenize
+
+/// --tokenizer if given, else the tokenizer inside the model directory.
+absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags& flags, const std::string& model_dir);
+
+/// Sets LibTorch's intra-op threads from --threads (0 = all cores).
+absl::Status apply_threads(const ParsedFlags& flags);
+
+/// The --threads flag every model command takes.
+FlagSpec threads_flag();
+
+}  // namespace peft::cli
+
+#endif  // PEFT_EXAMPLES_CLI_COMMAND_H_

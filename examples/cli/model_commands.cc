@@ -1,0 +1,288 @@
+// peft convert / generate / eval.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "examples/cli/command.h"
+#include "models/generate.h"
+#include "models/llama2c.h"
+#include "models/model_io.h"
+#include "peft/core/status.h"
+
+namespace peft::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
+std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+
+absl::StatusOr<std::shared_ptr<models::CausalLm>> load_for_inference(const std::string& dir) {
+  models::LoadReport report;
+  absl::StatusOr<std::shared_ptr<models::CausalLm>> lm = models::load_model(dir, {}, &report);
+  if (lm.ok() && !report.unexpected_tensors.empty()) {
+    std::fprintf(stderr, "warning: %zu tensor(s) in %s are not used by the model, e.g. %s\n",
+                 report.unexpected_tensors.size(), dir.c_str(), report.unexpected_tensors[0].c_str());
+  }
+  return lm;
+}
+
+// The prompt's ids: BOS first when the tokenizer's convention has one (LLaMA),
+// as llama2.c's run and transformers' LlamaTokenizer do.
+std::vector<int64_t> encode_prompt(const data::Tokenizer& tok, const std::string& text, bool add_bos) {
+  std::vector<int64_t> ids;
+  if (add_bos && tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+  for (int32_t id : tok.encode(text)) ids.push_back(id);
+  return ids;
+}
+
+absl::Status check_vocab(const data::Tokenizer& tok, const models::CausalLm& lm) {
+  if (tok.vocab_size() > lm.config().vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok.vocab_size(), " ids but the model's vocabulary has ",
+                                                   lm.config().vocab_size(), ": wrong tokenizer for this model?"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status run_convert(const ParsedFlags& f) {
+  if (f.get("from") != "llama2c") {
+    return absl::InvalidArgumentError(absl::StrCat("--from=", f.get("from"), " is not supported (supported: llama2c)"));
+  }
+  PEFT_ASSIGN_OR_RETURN(c10::ScalarType dtype, models::dtype_from_name(f.get("dtype")));
+  PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
+  models::SaveOptions so;
+  so.dtype = dtype;
+  so.overwrite = overwrite;
+  if (f.has("tokenizer")) {
+    // Check it really is a tokenizer, then store it under the name loaders
+    // look for inside a model directory.
+    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(f.get("tokenizer")));
+    std::string name = fs::path(f.get("tokenizer")).filename().string();
+    if (tok->kind() == "sentencepiece") name = "tokenizer.model";
+    if (tok->kind() == "llama2c") name = "tokenizer.bin";
+    if (tok->kind() == "gpt2_bpe" && fs::is_directory(f.get("tokenizer"))) {
+      return absl::InvalidArgumentError("--tokenizer for a GPT-2 BPE must be a tokenizer.json file");
+    }
+    so.extra_files.push_back({f.get("tokenizer"), name});
+  }
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::import_llama2c(f.get("input")));
+  auto t0 = std::chrono::steady_clock::now();
+  PEFT_RETURN_IF_ERROR(models::save_model(*lm, f.get("output"), so));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  int64_t params = 0;
+  for (const auto& p : lm->hf_parameters()) params += p.tensor.numel();
+  std::fprintf(stdout, "%s\n",
+               dump({{"output", f.get("output")}, {"model_type", lm->config().model_type()}, {"parameters", params},
+                     {"dtype", f.get("dtype")}, {"seconds", secs}})
+                   .c_str());
+  return absl::OkStatus();
+}
+
+absl::Status run_generate(const ParsedFlags& f) {
+  PEFT_RETURN_IF_ERROR(apply_threads(f));
+  const std::string format = f.get("format");
+  if (format != "text" && format != "json") {
+    return absl::InvalidArgumentError(absl::StrCat("--format must be text or json, got '", format, "'"));
+  }
+  models::GenerateOptions o;
+  PEFT_ASSIGN_OR_RETURN(o.max_new_tokens, f.get_int("max_new_tokens"));
+  PEFT_ASSIGN_OR_RETURN(o.temperature, f.get_double("temperature"));
+  PEFT_ASSIGN_OR_RETURN(o.top_k, f.get_int("top_k"));
+  PEFT_ASSIGN_OR_RETURN(o.top_p, f.get_double("top_p"));
+  PEFT_ASSIGN_OR_RETURN(int64_t seed, f.get_int("seed"));
+  o.seed = static_cast<uint64_t>(seed);
+  if (o.max_new_tokens < 0) return absl::InvalidArgumentError("--max_new_tokens must be >= 0");
+  if (o.temperature < 0) return absl::InvalidArgumentError("--temperature must be >= 0");
+  PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
+
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, tokenizer_for(f, f.get("model")));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_for_inference(f.get("model")));
+  PEFT_RETURN_IF_ERROR(check_vocab(*tok, *lm));
+  const std::vector<int64_t> prompt = encode_prompt(*tok, f.get("prompt"), tok->add_bos_by_default() && !no_bos);
+  if (prompt.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens and the tokenizer has no BOS");
+  if (static_cast<int64_t>(prompt.size()) >= lm->config().max_positions()) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt is ", prompt.size(), " tokens, longer than the model's context of ",
+                                                   lm->config().max_positions(), " positions"));
+  }
+
+  // Text mode streams the continuation; decoding the whole continuation each
+  // step keeps multi-byte characters split across tokens intact.
+  std::vector<int32_t> so_far;
+  std::string printed;
+  if (format == "text") {
+    std::fputs(f.get("prompt").c_str(), stdout);
+    std::fflush(stdout);
+  }
+  auto on_token = [&](int64_t id) {
+    if (format != "text") return;
+    so_far.push_back(static_cast<int32_t>(id));
+    std::string text = tok->decode(so_far);
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::fputs(text.c_str() + printed.size(), stdout);
+      std::fflush(stdout);
+      printed = text;
+    }
+  };
+  PEFT_ASSIGN_OR_RETURN(models::GenerateResult r, models::generate(*lm, prompt, o, on_token));
+  if (format == "text") {
+    std::fputs("\n", stdout);
+  } else {
+    json out = {{"prompt_ids", prompt},
+                {"generated_ids", r.generated_ids},
+                {"text", tok->decode(to_i32(r.generated_ids))}};
+    std::fprintf(stdout, "%s\n", dump(out).c_str());
+  }
+  const double n = static_cast<double>(r.generated_ids.size());
+  std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); generated %.0f tokens, %.1f tok/s\n", prompt.size(),
+               r.prefill_seconds, prompt.size() / std::max(r.prefill_seconds, 1e-9), n,
+               n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0);
+  return absl::OkStatus();
+}
+
+// Sequences of an eval file: JSON lines with "text" (tokenized) or "ids"
+// (used as given), or plain text (one document).
+absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
+                                                                  bool add_bos) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open --data file ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string all = ss.str();
+  std::vector<std::vector<int64_t>> seqs;
+  const bool jsonl = fs::path(path).extension() == ".jsonl" || (!all.empty() && all[0] == '{');
+  if (!jsonl) {
+    if (tok == nullptr) return absl::InvalidArgumentError("plain-text --data needs a tokenizer");
+    seqs.push_back(encode_prompt(*tok, all, add_bos));
+  } else {
+    std::istringstream lines(all);
+    std::string line;
+    int64_t lineno = 0;
+    while (std::getline(lines, line)) {
+      ++lineno;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": not a JSON object"));
+      }
+      if (j.contains("ids") && j["ids"].is_array()) {
+        std::vector<int64_t> ids;
+        for (const json& x : j["ids"]) {
+          if (!x.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"ids\" must hold integers"));
+          ids.push_back(x.get<int64_t>());
+        }
+        seqs.push_back(std::move(ids));
+      } else if (j.contains("text") && j["text"].is_string()) {
+        if (tok == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"text\" needs a tokenizer"));
+        seqs.push_back(encode_prompt(*tok, j["text"].get<std::string>(), add_bos));
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": expected a \"text\" string or an \"ids\" list"));
+      }
+    }
+  }
+  if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no sequences"));
+  return seqs;
+}
+
+absl::Status run_eval(const ParsedFlags& f) {
+  PEFT_RETURN_IF_ERROR(apply_threads(f));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_for_inference(f.get("model")));
+  std::unique_ptr<data::Tokenizer> tok;
+  absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = tokenizer_for(f, f.get("model"));
+  if (t.ok()) {
+    tok = std::move(*t);
+    PEFT_RETURN_IF_ERROR(check_vocab(*tok, *lm));
+  } else if (f.has("tokenizer")) {
+    return t.status();
+  }
+  PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
+  PEFT_ASSIGN_OR_RETURN(auto seqs, read_eval_data(f.get("data"), tok.get(), tok && tok->add_bos_by_default() && !no_bos));
+  auto t0 = std::chrono::steady_clock::now();
+  double sum = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    absl::StatusOr<models::EvalResult> r = models::evaluate_sequence(*lm, seqs[i]);
+    if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("sequence ", i + 1, ": ", r.status().message()));
+    sum += r->sum_nll;
+    tokens += r->tokens;
+  }
+  if (tokens == 0) return absl::InvalidArgumentError("no sequence has two or more tokens to score");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double loss = sum / static_cast<double>(tokens);
+  std::fprintf(stdout, "%s\n",
+               dump({{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", tokens},
+                     {"sequences", seqs.size()}, {"seconds", secs}})
+                   .c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+FlagSpec threads_flag() {
+  return {"threads", "LibTorch intra-op threads (0 = all cores)", "0"};
+}
+
+absl::Status apply_threads(const ParsedFlags& f) {
+  PEFT_ASSIGN_OR_RETURN(int64_t n, f.get_int("threads"));
+  if (n < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(n));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags& f, const std::string& model_dir) {
+  if (f.has("tokenizer")) return data::load_tokenizer(f.get("tokenizer"));
+  absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = data::load_tokenizer(model_dir);
+  if (!t.ok()) {
+    return absl::Status(t.status().code(),
+                        absl::StrCat("no usable tokenizer in ", model_dir, " (pass --tokenizer=FILE): ", t.status().message()));
+  }
+  return t;
+}
+
+std::vector<Command> model_commands() {
+  std::vector<Command> c;
+  c.push_back({"convert",
+               "Convert a llama2.c checkpoint into a Hugging Face model directory.",
+               {{"from", "source format (llama2c)", "", true},
+                {"input", "the checkpoint file", "", true},
+                {"output", "the model directory to write (must not exist or be empty)", "", true},
+                {"tokenizer", "a tokenizer file to copy into the directory (tokenizer.model / tokenizer.bin)", ""},
+                {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
+                {"overwrite", "replace a non-empty output directory", "false", false, true}},
+               run_convert});
+  c.push_back({"generate",
+               "Generate text from a prompt (greedy by default) with a KV cache.",
+               {{"model", "Hugging Face model directory", "", true},
+                {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
+                {"prompt", "the prompt text", "", true},
+                {"max_new_tokens", "tokens to generate at most", "128"},
+                {"temperature", "0 = greedy; otherwise sampling temperature", "0"},
+                {"top_k", "sample from the k most likely tokens (0 = all)", "0"},
+                {"top_p", "nucleus sampling threshold (1 = off)", "1"},
+                {"seed", "random seed for sampling", "0"},
+                {"format", "text (streamed) or json", "text"},
+                {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
+                threads_flag()},
+               run_generate});
+  c.push_back({"eval",
+               "Teacher-forced loss and perplexity of a model on a data file.",
+               {{"model", "Hugging Face model directory", "", true},
+                {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
+                {"data", "JSON lines with \"text\" or \"ids\", or a plain text file", "", true},
+                {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
+                threads_flag()},
+               run_eval});
+  return c;
+}
+
+}  // namespace peft::cli

@@ -1,0 +1,179 @@
+// End-to-end tests of the `peft` binary: convert stories260K with
+// `peft convert`, reproduce llama2.c's greedy output through
+// `peft generate --format=json`, tokenize and eval, and the error contract
+// (non-zero exit, one-line message, no output directory) for bad input.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/assets.h"
+
+namespace peft {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct CliRun {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+std::string peft_binary() {
+  const char* srcdir = getenv("TEST_SRCDIR");
+  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft";
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs the binary with `args`, feeding `input` on stdin.
+CliRun run(const std::vector<std::string>& args, const std::string& input = "") {
+  const std::string dir = testing::make_temp_dir("run");
+  std::ofstream(dir + "/in") << input;
+  std::string cmd = quote(peft_binary());
+  for (const std::string& a : args) cmd += " " + quote(a);
+  cmd += " <" + dir + "/in >" + dir + "/out 2>" + dir + "/err";
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const std::string& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  return CliRun{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir + "/out"), slurp(dir + "/err")};
+}
+
+class CliStoriesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    assets_ = testing::shared_assets_dir();
+    if (assets_.empty()) return;
+    model_ = testing::make_temp_dir("cli") + "/stories260K";
+    CliRun r = run({"convert", "--from=llama2c", "--input=" + assets_ + "/llama2c_stories260K/stories260K.bin",
+                 "--output=" + model_, "--tokenizer=" + assets_ + "/llama2c_stories260K/tok512.model"});
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  void SetUp() override {
+    if (assets_.empty()) GTEST_SKIP() << testing::kNoAssetsReason;
+  }
+  static std::string assets_, model_;
+};
+std::string CliStoriesTest::assets_, CliStoriesTest::model_;
+
+TEST_F(CliStoriesTest, ConvertWritesHuggingFaceDirectory) {
+  EXPECT_TRUE(fs::exists(model_ + "/config.json"));
+  EXPECT_TRUE(fs::exists(model_ + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(model_ + "/tokenizer.model"));
+  std::ifstream in(model_ + "/config.json");
+  json cfg = json::parse(in);
+  EXPECT_EQ(cfg["model_type"], "llama");
+  EXPECT_EQ(cfg["num_key_value_heads"], 4);
+  EXPECT_EQ(cfg["tie_word_embeddings"], true);
+}
+
+TEST_F(CliStoriesTest, GreedyGenerationMatchesRunC) {
+  std::ifstream in(assets_ + "/llama2c_stories260K/reference_greedy.json");
+  json ref = json::parse(in);
+  for (const json& c : ref["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const std::vector<int64_t> expected = c["generated_ids"].get<std::vector<int64_t>>();
+    CliRun r = run({"generate", "--model=" + model_, "--prompt=" + (c["prompt"].is_string() ? c["prompt"].get<std::string>() : std::string()),
+                 "--max_new_tokens=" + std::to_string(expected.size()), "--format=json", "--threads=1"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    json out = json::parse(r.out);
+    EXPECT_EQ(out["prompt_ids"].get<std::vector<int64_t>>(), c["prompt_ids"].get<std::vector<int64_t>>());
+    EXPECT_EQ(out["generated_ids"].get<std::vector<int64_t>>(), expected);
+    // The decoded text is run.c's stdout after the prompt.
+    const std::string text = c["stdout_text"].get<std::string>();
+    EXPECT_NE(text.find(out["text"].get<std::string>()), std::string::npos);
+    EXPECT_NE(r.err.find("tok/s"), std::string::npos);
+  }
+}
+
+TEST_F(CliStoriesTest, TokenizeAndEval) {
+  CliRun r = run({"tokenize", "--tokenizer=" + model_}, "{\"text\": \"Hello world\"}\n{\"text\": \"Once upon a time\"}\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"ids\":[346,306,414,263,304,341]}\n{\"ids\":[403,407,261,378]}\n");
+  r = run({"tokenize", "--tokenizer=" + model_, "--add_bos"}, "{\"text\": \"Once upon a time\"}\n");
+  EXPECT_EQ(r.out, "{\"ids\":[1,403,407,261,378]}\n");
+  r = run({"tokenize", "--tokenizer=" + model_}, "{\"text\": \"ok\"}\nnot json\n");
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("stdin line 2"), std::string::npos) << r.err;
+
+  // Teacher-forced loss equals the float64 reference mean NLL.
+  std::ifstream in(assets_ + "/llama2c_stories260K/reference_teacher_forced.json");
+  json ref = json::parse(in);
+  const json& c = ref["cases"][1];
+  auto as_json = [](const json& j) { return j.is_string() ? json::parse(j.get<std::string>()) : j; };
+  const std::string data = testing::make_temp_dir("eval") + "/d.jsonl";
+  std::ofstream(data) << json{{"ids", as_json(c["ids"])}}.dump() << "\n";
+  r = run({"eval", "--model=" + model_, "--data=" + data});
+  ASSERT_EQ(r.code, 0) << r.err;
+  json out = json::parse(r.out);
+  EXPECT_NEAR(out["loss"].get<double>(), as_json(c["mean_nll"]).get<double>(), 1e-5);
+  EXPECT_NEAR(out["perplexity"].get<double>(), std::exp(as_json(c["mean_nll"]).get<double>()), 1e-4);
+}
+
+TEST_F(CliStoriesTest, BadInputFailsCleanly) {
+  const std::string tmp = testing::make_temp_dir("bad");
+  // A truncated checkpoint: error, and no output directory.
+  {
+    std::ifstream src(assets_ + "/llama2c_stories260K/stories260K.bin", std::ios::binary);
+    std::string bytes(std::istreambuf_iterator<char>(src), {});
+    std::ofstream(tmp + "/cut.bin", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  CliRun r = run({"convert", "--from=llama2c", "--input=" + tmp + "/cut.bin", "--output=" + tmp + "/out"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("header implies"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp + "/out"));
+  // A tokenizer of the wrong kind: the model weights are not a tokenizer.
+  r = run({"convert", "--from=llama2c", "--input=" + assets_ + "/llama2c_stories260K/stories260K.bin",
+           "--output=" + tmp + "/out", "--tokenizer=" + model_ + "/model.safetensors"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_FALSE(fs::exists(tmp + "/out"));
+  r = run({"generate", "--model=" + model_, "--tokenizer=" + model_ + "/config.json", "--prompt=hi"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("config.json"), std::string::npos) << r.err;
+  // A prompt longer than the 512-position context.
+  std::string long_prompt;
+  for (int i = 0; i < 300; ++i) long_prompt += "Once upon a time ";
+  r = run({"generate", "--model=" + model_, "--prompt=" + long_prompt});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("longer than the model's context of 512"), std::string::npos) << r.err;
+  // Flags: unknown, missing required, malformed.
+  r = run({"generate", "--model=" + model_, "--prompt=hi", "--max_new_token=3"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown flag --max_new_token"), std::string::npos) << r.err;
+  r = run({"generate", "--prompt=hi"});
+  EXPECT_NE(r.err.find("missing required flag --model"), std::string::npos) << r.err;
+  r = run({"generate", "--model=" + model_, "--prompt=hi", "--top_k=many"});
+  EXPECT_NE(r.err.find("--top_k must be an integer"), std::string::npos) << r.err;
+  // Errors are one line.
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST(CliTest, HelpAndUnknownCommand) {
+  CliRun r = run({"--help"});
+  EXPECT_EQ(r.code, 0);
+  for (const char* c : {"convert", "generate", "tokenize", "eval"}) EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  r = run({"frobnicate"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown command 'frobnicate'"), std::string::npos);
+  r = run({"generate", "--help"});
+  EXPECT_NE(r.out.find("--max_new_tokens"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace peft
