@@ -46,6 +46,24 @@ std::vector<int64_t> encode_prompt(const data::Tokenizer& tok, const std::string
   return ids;
 }
 
+absl::StatusOr<std::vector<int64_t>> parse_id_list(const std::string& s) {
+  std::vector<int64_t> ids;
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t end = s.find(',', pos);
+    if (end == std::string::npos) end = s.size();
+    const std::string item = s.substr(pos, end - pos);
+    char* stop = nullptr;
+    const long long v = std::strtoll(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0') {
+      return absl::InvalidArgumentError(absl::StrCat("--prompt_ids: '", item, "' is not an integer id"));
+    }
+    ids.push_back(v);
+    pos = end + 1;
+  }
+  return ids;
+}
+
 absl::Status check_vocab(const data::Tokenizer& tok, const models::CausalLm& lm) {
   if (tok.vocab_size() > lm.config().vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok.vocab_size(), " ids but the model's vocabulary has ",
@@ -105,11 +123,25 @@ absl::Status run_generate(const ParsedFlags& f) {
   if (o.temperature < 0) return absl::InvalidArgumentError("--temperature must be >= 0");
   PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
 
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, tokenizer_for(f, f.get("model")));
+  const bool by_ids = f.has("prompt_ids");
+  if (by_ids == f.has("prompt")) return absl::InvalidArgumentError("give exactly one of --prompt and --prompt_ids");
+  // With --prompt_ids the tokenizer is optional (used only to print text).
+  std::unique_ptr<data::Tokenizer> tok;
+  absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = tokenizer_for(f, f.get("model"));
+  if (t.ok()) {
+    tok = std::move(*t);
+  } else if (!by_ids || f.has("tokenizer")) {
+    return t.status();
+  }
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_for_inference(f.get("model")));
-  PEFT_RETURN_IF_ERROR(check_vocab(*tok, *lm));
-  const std::vector<int64_t> prompt = encode_prompt(*tok, f.get("prompt"), tok->add_bos_by_default() && !no_bos);
-  if (prompt.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens and the tokenizer has no BOS");
+  if (tok) PEFT_RETURN_IF_ERROR(check_vocab(*tok, *lm));
+  std::vector<int64_t> prompt;
+  if (by_ids) {
+    PEFT_ASSIGN_OR_RETURN(prompt, parse_id_list(f.get("prompt_ids")));
+  } else {
+    prompt = encode_prompt(*tok, f.get("prompt"), tok->add_bos_by_default() && !no_bos);
+  }
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens and the tokenizer has no BOS");
   if (static_cast<int64_t>(prompt.size()) >= lm->config().max_positions()) {
     return absl::InvalidArgumentError(absl::StrCat("the prompt is ", prompt.size(), " tokens, longer than the model's context of ",
                                                    lm->config().max_positions(), " positions"));
@@ -119,12 +151,17 @@ absl::Status run_generate(const ParsedFlags& f) {
   // step keeps multi-byte characters split across tokens intact.
   std::vector<int32_t> so_far;
   std::string printed;
-  if (format == "text") {
-    std::fputs(f.get("prompt").c_str(), stdout);
+  if (format == "text" && tok) {
+    std::fputs(by_ids ? tok->decode(to_i32(prompt)).c_str() : f.get("prompt").c_str(), stdout);
     std::fflush(stdout);
   }
   auto on_token = [&](int64_t id) {
     if (format != "text") return;
+    if (!tok) {
+      std::fprintf(stdout, "%lld ", static_cast<long long>(id));
+      std::fflush(stdout);
+      return;
+    }
     so_far.push_back(static_cast<int32_t>(id));
     std::string text = tok->decode(so_far);
     if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
@@ -139,7 +176,7 @@ absl::Status run_generate(const ParsedFlags& f) {
   } else {
     json out = {{"prompt_ids", prompt},
                 {"generated_ids", r.generated_ids},
-                {"text", tok->decode(to_i32(r.generated_ids))}};
+                {"text", tok ? tok->decode(to_i32(r.generated_ids)) : std::string()}};
     std::fprintf(stdout, "%s\n", dump(out).c_str());
   }
   const double n = static_cast<double>(r.generated_ids.size());
@@ -225,6 +262,76 @@ absl::Status run_eval(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
+absl::Status run_init(const ParsedFlags& f) {
+  models::ModelConfig cfg;
+  const std::string arch = f.get("arch");
+  auto geti = [&](const char* name, int64_t* out) -> absl::Status {
+    PEFT_ASSIGN_OR_RETURN(*out, f.get_int(name));
+    return absl::OkStatus();
+  };
+  int64_t vocab, hidden, inter, layers, heads, kv_heads, positions, seed;
+  PEFT_RETURN_IF_ERROR(geti("vocab_size", &vocab));
+  PEFT_RETURN_IF_ERROR(geti("hidden_size", &hidden));
+  PEFT_RETURN_IF_ERROR(geti("intermediate_size", &inter));
+  PEFT_RETURN_IF_ERROR(geti("num_layers", &layers));
+  PEFT_RETURN_IF_ERROR(geti("num_heads", &heads));
+  PEFT_RETURN_IF_ERROR(geti("num_kv_heads", &kv_heads));
+  PEFT_RETURN_IF_ERROR(geti("max_positions", &positions));
+  PEFT_RETURN_IF_ERROR(geti("seed", &seed));
+  PEFT_ASSIGN_OR_RETURN(bool tied, f.get_bool("tie_word_embeddings"));
+  if (arch == "llama") {
+    cfg.arch = models::Architecture::kLlama;
+    models::LlamaConfig& c = cfg.llama;
+    c.vocab_size = vocab;
+    c.hidden_size = hidden;
+    c.intermediate_size = inter > 0 ? inter : 0;
+    if (inter <= 0) {  // LLaMA's rule: 2/3 of 4*hidden, rounded up to a multiple of 32
+      c.intermediate_size = ((8 * hidden / 3 + 31) / 32) * 32;
+    }
+    c.num_hidden_layers = layers;
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = kv_heads > 0 ? kv_heads : heads;
+    c.head_dim = heads > 0 ? hidden / heads : 0;
+    c.max_position_embeddings = positions;
+    c.rms_norm_eps = 1e-5;
+    c.tie_word_embeddings = tied;
+    cfg.bos_token_id = 1;
+    cfg.eos_token_ids = {2};
+  } else if (arch == "gpt2") {
+    cfg.arch = models::Architecture::kGpt2;
+    models::Gpt2Config& c = cfg.gpt2;
+    c.vocab_size = vocab;
+    c.n_embd = hidden;
+    c.n_inner = inter > 0 ? inter : 4 * hidden;
+    c.n_layer = layers;
+    c.n_head = heads;
+    c.n_positions = positions;
+    c.tie_word_embeddings = true;
+    cfg.bos_token_id = vocab - 1;
+    cfg.eos_token_ids = {vocab - 1};
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--arch must be llama or gpt2, got '", arch, "'"));
+  }
+  PEFT_ASSIGN_OR_RETURN(c10::ScalarType dtype, models::dtype_from_name(f.get("dtype")));
+  PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::create_model(cfg));
+  models::init_weights_(*lm, static_cast<uint64_t>(seed));
+  models::SaveOptions so;
+  so.dtype = dtype;
+  so.overwrite = overwrite;
+  PEFT_ASSIGN_OR_RETURN(int64_t shard_mb, f.get_int("max_shard_mb"));
+  if (shard_mb <= 0) return absl::InvalidArgumentError("--max_shard_mb must be positive");
+  so.max_shard_bytes = static_cast<uint64_t>(shard_mb) << 20;
+  PEFT_RETURN_IF_ERROR(models::save_model(*lm, f.get("output"), so));
+  int64_t params = 0;
+  for (const auto& p : lm->hf_parameters()) params += p.tensor.numel();
+  std::fprintf(stdout, "%s\n",
+               dump({{"output", f.get("output")}, {"model_type", arch}, {"parameters", params},
+                     {"dtype", f.get("dtype")}})
+                   .c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 FlagSpec threads_flag() {
@@ -260,11 +367,29 @@ std::vector<Command> model_commands() {
                 {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
                 {"overwrite", "replace a non-empty output directory", "false", false, true}},
                run_convert});
+  c.push_back({"init",
+               "Write a randomly initialised LLaMA or GPT-2 model directory (for tests and benchmarks).",
+               {{"arch", "llama or gpt2", "llama"},
+                {"output", "the model directory to write", "", true},
+                {"vocab_size", "vocabulary size", "32000"},
+                {"hidden_size", "hidden size", "512"},
+                {"intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", "0"},
+                {"num_layers", "number of blocks", "8"},
+                {"num_heads", "attention heads", "8"},
+                {"num_kv_heads", "key/value heads for LLaMA (0 = num_heads)", "0"},
+                {"max_positions", "context length", "2048"},
+                {"tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)", "false", false, true},
+                {"seed", "initialisation seed", "0"},
+                {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
+                {"max_shard_mb", "shard the safetensors above this size", "5120"},
+                {"overwrite", "replace a non-empty output directory", "false", false, true}},
+               run_init});
   c.push_back({"generate",
                "Generate text from a prompt (greedy by default) with a KV cache.",
                {{"model", "Hugging Face model directory", "", true},
                 {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
-                {"prompt", "the prompt text", "", true},
+                {"prompt", "the prompt text", ""},
+                {"prompt_ids", "comma-separated prompt token ids instead of --prompt (no tokenizer needed)", ""},
                 {"max_new_tokens", "tokens to generate at most", "128"},
                 {"temperature", "0 = greedy; otherwise sampling temperature", "0"},
                 {"top_k", "sample from the k most likely tokens (0 = all)", "0"},
