@@ -111,9 +111,15 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
                                                      " in the checkpoint but config.json implies ",
                                                      shape_str(expected)));
     }
-    PEFT_ASSIGN_OR_RETURN(at::Tensor src, reader->view(name));
-    PEFT_RETURN_IF_ERROR(status_from_torch_error(name.c_str(), [&] { p.tensor.copy_(p.transposed ? src.t() : src); }));
-    reader->release(name);
+    if (!p.transposed) {
+      PEFT_RETURN_IF_ERROR(reader->read_into(name, p.tensor));
+    } else {
+      // GPT-2 Conv1D [in, out]: read, then transpose into place (these are
+      // per-layer matrices, so the temporary is small).
+      PEFT_ASSIGN_OR_RETURN(at::Tensor src, reader->load(name));
+      reader->release(name);
+      PEFT_RETURN_IF_ERROR(status_from_torch_error(name.c_str(), [&] { p.tensor.copy_(src.t()); }));
+    }
   }
   if (!missing.empty()) {
     const size_t shown = std::min<size_t>(missing.size(), 5);

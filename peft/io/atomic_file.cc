@@ -1,0 +1,137 @@
+#include "peft/io/atomic_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <utility>
+
+#include "peft/core/status.h"
+
+namespace peft::io {
+namespace {
+
+std::string dir_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+absl::Status errno_status(int err, const std::string& what) {
+  return absl::ErrnoToStatus(err, what);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::create(
+    const std::string& path) {
+  std::string base = base_of(path);
+  if (base.empty() || base == "." || base == "..") {
+    return absl::InvalidArgumentError("not a file path: '" + path + "'");
+  }
+  std::string temp = dir_of(path) + "/." + base + ".tmp.XXXXXX";
+  int fd = mkostemp(temp.data(), O_CLOEXEC);
+  if (fd < 0) {
+    return errno_status(errno, "cannot create a temp file for '" + path + "'");
+  }
+  // mkstemp creates 0600; give the file the usual umask-derived mode.
+  mode_t mask = umask(0);
+  umask(mask);
+  fchmod(fd, 0666 & ~mask);
+  return std::unique_ptr<AtomicFileWriter>(
+      new AtomicFileWriter(path, std::move(temp), fd));
+}
+
+AtomicFileWriter::AtomicFileWriter(std::string path, std::string temp_path,
+                                   int fd)
+    : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (!committed_) abort();
+}
+
+void AtomicFileWriter::abort() {
+  if (fd_ >= 0) {
+    close(fd_);
+    fd_ = -1;
+  }
+  if (!temp_path_.empty()) {
+    unlink(temp_path_.c_str());
+    temp_path_.clear();
+  }
+}
+
+absl::Status AtomicFileWriter::write(const void* data, size_t size) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError("write after commit/failure: '" +
+                                         path_ + "'");
+  }
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    // Linux caps one write at ~2 GiB; chunk to stay well below it.
+    size_t chunk = size < (size_t{1} << 30) ? size : (size_t{1} << 30);
+    ssize_t n = ::write(fd_, p, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      abort();
+      return errno_status(err, "write failed for '" + path_ + "'");
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::commit() {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError("commit after commit/failure: '" +
+                                         path_ + "'");
+  }
+  if (fsync(fd_) != 0) {
+    int err = errno;
+    abort();
+    return errno_status(err, "fsync failed for '" + path_ + "'");
+  }
+  int fd = fd_;
+  fd_ = -1;
+  if (close(fd) != 0) {
+    int err = errno;
+    abort();
+    return errno_status(err, "close failed for '" + path_ + "'");
+  }
+  if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    int err = errno;
+    abort();
+    return errno_status(err, "rename to '" + path_ + "' failed");
+  }
+  temp_path_.clear();
+  committed_ = true;
+  // Make the rename itself durable. Failure here is not reported: the file is
+  // already complete and visible.
+  int dir_fd = open(dir_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    fsync(dir_fd);
+    close(dir_fd);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status write_file_atomically(const std::string& path,
+                                   std::string_view contents) {
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> writer,
+                        AtomicFileWriter::create(path));
+  PEFT_RETURN_IF_ERROR(writer->write(contents.data(), contents.size()));
+  return writer->commit();
+}
+
+}  // namespace peft::io
