@@ -80,6 +80,7 @@ Gpt2LMHeadModelImpl::Gpt2LMHeadModelImpl(const ModelConfig& cfg) : config_(cfg) 
   lm_head = register_module("lm_head",
                             AdaptableLinear(AdaptableLinearOptions{c.n_embd, c.vocab_size, false, false, !tied}));
   if (tied) lm_head->tie_weight_(transformer->wte->weight);
+  for (const auto& item : named_parameters(/*recurse=*/true)) base_names_.insert(item.key());
 }
 
 at::Tensor Gpt2LMHeadModelImpl::forward_hidden(const at::Tensor& ids, KvCache* cache) {
@@ -109,6 +110,7 @@ std::vector<HfParameter> Gpt2LMHeadModelImpl::hf_parameters() {
   std::vector<HfParameter> out;
   for (const auto& item : named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
+    if (!base_names_.count(name)) continue;  // adapters are not part of the checkpoint
     // Conv1D weights live under attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
     const bool conv = ends_with(name, "c_attn.weight") || ends_with(name, "c_proj.weight") ||
                       ends_with(name, "c_fc.weight");

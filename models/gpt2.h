@@ -9,6 +9,8 @@
 #ifndef PEFT_MODELS_GPT2_H_
 #define PEFT_MODELS_GPT2_H_
 
+#include <set>
+#include <string>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -79,6 +81,7 @@ class Gpt2LMHeadModelImpl final : public torch::nn::Module, public CausalLm {
  private:
   const ModelConfig config_;
   StreamHook hook_;
+  std::set<std::string> base_names_;  // parameter names at construction
 };
 
 }  // namespace peft::models

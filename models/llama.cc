@@ -86,6 +86,7 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(const ModelConfig& cfg) : config_(cfg
   spec.high_freq_factor = c.rope_scaling.high_freq_factor;
   spec.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
   rope_ = make_rope_tables(spec);
+  for (const auto& item : named_parameters(/*recurse=*/true)) base_names_.insert(item.key());
 }
 
 at::Tensor LlamaForCausalLMImpl::forward_hidden(const at::Tensor& ids, KvCache* cache) {
@@ -114,6 +115,8 @@ KvCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const 
 std::vector<HfParameter> LlamaForCausalLMImpl::hf_parameters() {
   std::vector<HfParameter> out;
   for (const auto& item : named_parameters(/*recurse=*/true)) {
+    // Parameters registered later (adapters) are not part of the checkpoint.
+    if (!base_names_.count(item.key())) continue;
     out.push_back(HfParameter{item.key(), item.value(), false});
   }
   return out;  // a tied lm_head registers no weight, so it is absent here

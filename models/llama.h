@@ -9,6 +9,8 @@
 #define PEFT_MODELS_LLAMA_H_
 
 #include <memory>
+#include <set>
+#include <string>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -81,6 +83,7 @@ class LlamaForCausalLMImpl final : public torch::nn::Module, public CausalLm {
   const ModelConfig config_;
   RopeTables rope_;
   StreamHook hook_;
+  std::set<std::string> base_names_;  // parameter names at construction
 };
 
 }  // namespace peft::models

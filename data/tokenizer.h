@@ -1,0 +1,93 @@
+// File: data/tokenizer.h
+//
+// The tokenizer interface every model and dataset codes against, and
+// load_tokenizer(), which picks the implementation from a file or a model
+// directory by looking at the content:
+//
+//   kind            files                                  implementation
+//   sentencepiece   tokenizer.model / *.model (LLaMA)      sentencepiece_tokenizer.h (dlopen'ed shim)
+//   gpt2_bpe        tokenizer.json (byte-level BPE),       bpe_tokenizer.h (PCRE2 pre-tokenizer)
+//                   vocab.json + merges.txt,
+//                   encoder.json + vocab.bpe
+//   llama2c         tokenizer.bin / tok512.bin (llama2.c)   llama2c_tokenizer.h (run.c's algorithm)
+//
+// Conventions shared by all implementations:
+//   - encode() returns ids only for the text: it never adds BOS/EOS (callers
+//     prepend bos_id() when add_bos_by_default()), and it never parses special
+//     tokens out of the text ("<|endoftext|>" or "<s>" in the input are encoded
+//     as ordinary text, so data cannot inject control tokens);
+//   - decode() drops BOS/EOS/control ids and ids outside [0, vocab_size());
+//   - all methods are const and safe to call from several threads at once.
+//
+//   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<peft::data::Tokenizer> tok,
+//                         peft::data::load_tokenizer("/models/llama2"));
+//   std::vector<int32_t> ids = tok->encode("Once upon a time");
+//   if (tok->add_bos_by_default()) ids.insert(ids.begin(), tok->bos_id());
+#ifndef PEFT_DATA_TOKENIZER_H_
+#define PEFT_DATA_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace peft::data {
+
+/// A text <-> token id mapping. Pure interface; see the file comment for the
+/// conventions all implementations follow.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  /// Token ids of `text` (UTF-8; invalid UTF-8 is tolerated, never a crash).
+  /// Never adds BOS/EOS.
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+
+  /// Text of `ids` as bytes; skips BOS/EOS/control ids and out-of-range ids.
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+
+  /// Number of ids (one past the largest valid id).
+  virtual int32_t vocab_size() const = 0;
+
+  /// Beginning-of-sequence id, -1 when none.
+  virtual int32_t bos_id() const = 0;
+
+  /// End-of-sequence id, -1 when none.
+  virtual int32_t eos_id() const = 0;
+
+  /// Padding id, -1 when none.
+  virtual int32_t pad_id() const = 0;
+
+  /// Whether sequences conventionally start with bos_id(): true for
+  /// sentencepiece and llama2c (LLaMA), false for GPT-2 BPE.
+  virtual bool add_bos_by_default() const = 0;
+
+  /// The vocabulary entry of `id` in the tokenizer's own spelling ("▁the" for
+  /// sentencepiece, "Ġthe" for GPT-2 BPE, " the" for llama2c); "" when out of
+  /// range.
+  virtual std::string id_to_piece(int32_t id) const = 0;
+
+  /// "sentencepiece", "gpt2_bpe" or "llama2c".
+  virtual std::string kind() const = 0;
+};
+
+/// Loads a tokenizer from a file or a model directory.
+///
+/// Directory: the first of tokenizer.model, tokenizer.json,
+/// vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.bin that
+/// exists. File: the content is sniffed (sentencepiece ModelProto, HF
+/// tokenizer.json, a vocab.json/encoder.json with merges.txt/vocab.bpe beside
+/// it, llama2.c tokenizer.bin); the file name does not matter.
+///
+/// Errors: NotFoundError when `path` does not exist; InvalidArgumentError
+/// naming the path and the problem for a file of the wrong kind, a corrupt
+/// file, or a directory without a tokenizer; FailedPreconditionError when a
+/// sentencepiece model needs the shim library and it cannot be found.
+absl::StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer(const std::string& path);
+
+}  // namespace peft::data
+
+#endif  // PEFT_DATA_TOKENIZER_H_
