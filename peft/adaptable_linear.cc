@@ -1,6 +1,9 @@
 #include "peft/adaptable_linear.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 namespace peft {
 
@@ -14,8 +17,23 @@ AdaptableLinearImpl::AdaptableLinearImpl(const AdaptableLinearOptions& opts) : o
 }
 
 at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
-  if (override_forward) return override_forward->forward(x, weight, bias);
-  return base_forward(x);
+  // Adapters that are active and not merged.
+  LinearAdapter* single = nullptr;
+  int live = 0;
+  for (const auto& [name, scale] : active_) {
+    if (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) continue;
+    ++live;
+    if (scale == 1.0) single = adapter(name);
+  }
+  if (live == 0) return base_forward(x);
+  if (live == 1 && single != nullptr) return single->forward(x, weight, bias);
+  at::Tensor y = base_forward(x);
+  for (const auto& [name, scale] : active_) {
+    if (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) continue;
+    at::Tensor d = adapter(name)->forward_delta(x, weight);
+    y = scale == 1.0 ? y + d : y + d * scale;
+  }
+  return y;
 }
 
 at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
@@ -31,6 +49,79 @@ void AdaptableLinearImpl::tie_weight_(const at::Tensor& w) {
               "AdaptableLinear: tied weight has shape ", w.sizes(), ", expected [", options.out_features, ", ",
               options.in_features, "]");
   weight = w;
+}
+
+void AdaptableLinearImpl::add_adapter(const std::string& name, std::shared_ptr<LinearAdapter> a) {
+  TORCH_CHECK(adapter(name) == nullptr, "adapter '", name, "' already exists on this module");
+  register_module(name, a->module());
+  adapters_.emplace_back(name, std::move(a));
+}
+
+void AdaptableLinearImpl::remove_adapter_(const std::string& name) {
+  while (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) {
+    unmerge_last_();
+  }
+  active_.erase(std::remove_if(active_.begin(), active_.end(), [&](const auto& a) { return a.first == name; }),
+                active_.end());
+  auto it = std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; });
+  if (it == adapters_.end()) return;
+  unregister_module(name);
+  adapters_.erase(it);
+}
+
+void AdaptableLinearImpl::forget_adapters_() {
+  for (const auto& entry : adapters_) unregister_module(entry.first);
+  adapters_.clear();
+  active_.clear();
+  merged_.clear();
+}
+
+LinearAdapter* AdaptableLinearImpl::adapter(const std::string& name) const {
+  for (const auto& [n, a] : adapters_) {
+    if (n == name) return a.get();
+  }
+  return nullptr;
+}
+
+std::vector<std::string> AdaptableLinearImpl::adapter_names() const {
+  std::vector<std::string> out;
+  for (const auto& entry : adapters_) out.push_back(entry.first);
+  return out;
+}
+
+void AdaptableLinearImpl::set_active(std::vector<std::pair<std::string, double>> active) {
+  for (const auto& a : active) TORCH_CHECK(adapter(a.first) != nullptr, "no adapter '", a.first, "' on this module");
+  active_ = std::move(active);
+}
+
+void AdaptableLinearImpl::merge_(const std::string& name, double scale) {
+  LinearAdapter* a = adapter(name);
+  TORCH_CHECK(a != nullptr, "no adapter '", name, "' on this module");
+  TORCH_CHECK(options.owns_weight, "cannot merge into lm_head: its weight is tied to the embedding");
+  torch::NoGradGuard no_grad;
+  const at::Tensor w32 = weight.to(at::kFloat);
+  at::Tensor merged = a->merged_weight(w32);
+  if (scale != 1.0) merged = w32 + (merged - w32) * scale;
+  TORCH_CHECK(merged.isfinite().all().item<bool>(), "merging adapter '", name, "' produced non-finite weights");
+  weight.copy_(merged);  // one cast to the weight's dtype
+  merged_.emplace_back(name, scale);
+}
+
+void AdaptableLinearImpl::unmerge_last_() {
+  TORCH_CHECK(!merged_.empty(), "nothing is merged");
+  const auto [name, scale] = merged_.back();
+  LinearAdapter* a = adapter(name);
+  torch::NoGradGuard no_grad;
+  const at::Tensor w32 = weight.to(at::kFloat);
+  at::Tensor base;
+  if (scale == 1.0) {
+    base = a->unmerged_weight(w32);
+  } else {
+    TORCH_CHECK(a->additive(), "adapter '", name, "' was merged with a weight and cannot be unmerged");
+    base = w32 - (a->merged_weight(w32) - w32) * scale;
+  }
+  weight.copy_(base);
+  merged_.pop_back();
 }
 
 }  // namespace peft

@@ -4,7 +4,9 @@
 // gate/up/down, lm_head; GPT-2 c_attn/c_proj/c_fc). It owns the frozen base
 // `weight` [out, in] and optional `bias` [out] under the nn::Linear names, so
 // checkpoint keys stay `...q_proj.weight`. Models construct these and never
-// name an adapter method; the adapter core (peft/) fills the slot.
+// name an adapter method; the adapter core (peft/peft_model.h) fills the
+// slots: named adapters, which of them are active (with weights), and which
+// are merged into the weight.
 //
 // GPT-2's Conv1D stores its weight [in, out]; the model transposes once at
 // load/save (`fan_in_fan_out` records it), so adapters always see [out, in].
@@ -13,9 +15,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+
+#include "peft/adapter.h"
 
 namespace peft {
 
@@ -32,36 +39,49 @@ struct AdaptableLinearOptions {
   bool owns_weight = true;
 };
 
-/// The computation that an adapter substitutes for the plain projection.
-/// Implemented by the adapter core; models only call AdaptableLinear.
-class ProjectionOverride {
- public:
-  virtual ~ProjectionOverride() = default;
-  /// Output for input x [..., in] given the frozen base weight [out, in] and
-  /// bias [out] (undefined when absent). Must equal the plain projection when
-  /// the adapter is a no-op.
-  virtual at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) = 0;
-};
-
 class AdaptableLinearImpl : public torch::nn::Module {
  public:
   /// Allocates uninitialised parameters (see models/model_io.h for init).
   explicit AdaptableLinearImpl(const AdaptableLinearOptions& options);
 
-  /// y [..., out] = override ? override(x) : x Wᵀ + b.
+  /// y [..., out]: the base projection plus every active, unmerged adapter.
   at::Tensor forward(const at::Tensor& x);
 
-  /// The plain projection, ignoring any override.
+  /// The plain projection x Wᵀ + b, ignoring adapters.
   at::Tensor base_forward(const at::Tensor& x) const;
 
   /// Makes this head share `weight` with an embedding [out, in] (tied heads).
   void tie_weight_(const at::Tensor& weight);
 
+  /// Adds adapter `name` (registered as submodule `name`). Not active yet.
+  void add_adapter(const std::string& name, std::shared_ptr<LinearAdapter> adapter);
+  /// Removes adapter `name` (unmerging it first if merged).
+  void remove_adapter_(const std::string& name);
+  /// Drops every adapter but keeps merged weights as they are (the end of
+  /// merge-and-unload).
+  void forget_adapters_();
+  LinearAdapter* adapter(const std::string& name) const;
+  std::vector<std::string> adapter_names() const;
+
+  /// The adapters used by forward(), each with its weight (1 = plain).
+  void set_active(std::vector<std::pair<std::string, double>> active);
+  const std::vector<std::pair<std::string, double>>& active() const { return active_; }
+
+  /// Folds adapter `name` (times `scale`) into `weight` in fp32, casting
+  /// once. Merged adapters are skipped by forward().
+  void merge_(const std::string& name, double scale = 1.0);
+  /// Undoes the most recent merge (adapters come off in reverse order).
+  void unmerge_last_();
+  const std::vector<std::pair<std::string, double>>& merged() const { return merged_; }
+
   const AdaptableLinearOptions options;
   at::Tensor weight;  // [out, in]
   at::Tensor bias;    // [out] or undefined
-  /// Set by the adapter core; null means plain projection.
-  std::shared_ptr<ProjectionOverride> override_forward;
+
+ private:
+  std::vector<std::pair<std::string, std::shared_ptr<LinearAdapter>>> adapters_;
+  std::vector<std::pair<std::string, double>> active_;
+  std::vector<std::pair<std::string, double>> merged_;  // merge order
 };
 TORCH_MODULE(AdaptableLinear);
 

@@ -1,0 +1,184 @@
+#include "peft/lora/lora.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace peft {
+
+double lora_scaling(double alpha, int64_t r, bool use_rslora) {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, uint64_t seed)
+    : options(o), scaling(lora_scaling(o.alpha(), o.r(), o.use_rslora())) {
+  const int64_t out = weight.size(0), in = weight.size(1), r = o.r();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Tensor a = at::empty({r, in}), b = at::zeros({out, r});
+  torch::NoGradGuard no_grad;
+  switch (o.init()) {
+    case proto::LoraOptions::DEFAULT: {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(in));  // kaiming_uniform(a=sqrt(5))
+      a.uniform_(-bound, bound, gen);
+      break;
+    }
+    case proto::LoraOptions::GAUSSIAN:
+      a.normal_(0.0, 1.0 / static_cast<double>(r), gen);
+      break;
+    case proto::LoraOptions::PISSA: {
+      // W = U S Vᵀ; A = sqrt(S_r/s) V_rᵀ, B = U_r sqrt(S_r/s), so s·B A = U_r S_r V_rᵀ.
+      at::Tensor w = weight.to(at::kFloat);
+      auto [u, sv, vh] = at::linalg_svd(w, /*full_matrices=*/false);
+      at::Tensor sq = (sv.narrow(0, 0, r) / scaling).sqrt();
+      a = sq.unsqueeze(1) * vh.narrow(0, 0, r);
+      b = u.narrow(1, 0, r) * sq.unsqueeze(0);
+      weight.copy_(w - scaling * at::matmul(b, a));
+      break;
+    }
+    case proto::LoraOptions::OLORA: {
+      // W = Q R; B = Q[:, :r], A = R[:r, :]; the residual stays in W.
+      at::Tensor w = weight.to(at::kFloat);
+      auto [q, rr] = at::linalg_qr(w);
+      b = q.narrow(1, 0, r).contiguous();
+      a = rr.narrow(0, 0, r).contiguous();
+      weight.copy_(w - scaling * at::matmul(b, a));
+      break;
+    }
+    default:
+      TORCH_CHECK(false, "unknown LoRA init ", static_cast<int>(o.init()));
+  }
+  lora_A = register_parameter("lora_A", a.contiguous());
+  lora_B = register_parameter("lora_B", b.contiguous());
+}
+
+at::Tensor LoraLinearImpl::forward_delta(const at::Tensor& x, const at::Tensor& /*weight*/) {
+  at::Tensor h = x.to(lora_A.scalar_type());
+  if (options.dropout() > 0 && is_training()) h = at::dropout(h, options.dropout(), /*train=*/true);
+  return (at::linear(at::linear(h, lora_A), lora_B) * scaling).to(x.scalar_type());
+}
+
+at::Tensor LoraLinearImpl::forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::linear(x, weight, bias) + forward_delta(x, weight);
+}
+
+at::Tensor LoraLinearImpl::delta_weight() const {
+  return at::matmul(lora_B.to(at::kFloat), lora_A.to(at::kFloat)) * scaling;
+}
+
+at::Tensor LoraLinearImpl::merged_weight(const at::Tensor& weight) const { return weight + delta_weight(); }
+
+at::Tensor LoraLinearImpl::unmerged_weight(const at::Tensor& merged) const { return merged - delta_weight(); }
+
+std::vector<AdapterTensor> LoraLinearImpl::state() { return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}}; }
+
+namespace {
+
+const char* init_name(proto::LoraOptions::Init i) {
+  switch (i) {
+    case proto::LoraOptions::GAUSSIAN: return "gaussian";
+    case proto::LoraOptions::PISSA: return "pissa";
+    case proto::LoraOptions::OLORA: return "olora";
+    default: return nullptr;  // true
+  }
+}
+
+const char* bias_name(proto::LoraOptions::Bias b) {
+  switch (b) {
+    case proto::LoraOptions::ALL: return "all";
+    case proto::LoraOptions::LORA_ONLY: return "lora_only";
+    default: return "none";
+  }
+}
+
+}  // namespace
+
+AdapterMethod lora_method() {
+  AdapterMethod m;
+  m.name = "lora";
+  m.method_case = proto::AdapterConfig::kLora;
+  m.peft_type = [](const proto::AdapterConfig&) { return std::string("LORA"); };
+  m.accepted_peft_types = {"LORA"};
+  m.validate = [](const proto::AdapterConfig& c) -> absl::Status {
+    const proto::LoraOptions& o = c.lora();
+    if (o.r() <= 0) return absl::InvalidArgumentError(absl::StrCat("lora.r must be positive, got ", o.r()));
+    if (!(o.alpha() > 0)) return absl::InvalidArgumentError(absl::StrCat("lora.alpha must be positive, got ", o.alpha()));
+    if (!(o.dropout() >= 0 && o.dropout() < 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("lora.dropout must be in [0, 1), got ", o.dropout()));
+    }
+    return absl::OkStatus();
+  };
+  m.check_target = [](const proto::AdapterConfig& c, const LinearTarget& t) -> absl::Status {
+    const int64_t out = t.linear->options.out_features, in = t.linear->options.in_features;
+    if (c.lora().r() > std::min(out, in)) {
+      return absl::InvalidArgumentError(absl::StrCat("lora.r = ", c.lora().r(), " is larger than the dimension of ",
+                                                     t.path, " [", out, ", ", in, "]"));
+    }
+    return absl::OkStatus();
+  };
+  m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
+                     uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
+    return std::make_shared<LoraLinearImpl>(c.lora(), t.linear->weight, seed);
+  };
+  m.trains_base_param = [](const proto::AdapterConfig& c, const std::string& param,
+                           const std::vector<LinearTarget>& targets) {
+    const bool is_bias = param.size() > 5 && param.compare(param.size() - 5, 5, ".bias") == 0;
+    if (!is_bias || c.lora().bias() == proto::LoraOptions::NONE) return false;
+    if (c.lora().bias() == proto::LoraOptions::ALL) return true;
+    for (const LinearTarget& t : targets) {
+      if (param == t.path + ".bias") return true;
+    }
+    return false;
+  };
+  m.config_json = [](const proto::AdapterConfig& c, bool fan_in_fan_out) {
+    const proto::LoraOptions& o = c.lora();
+    nlohmann::json j;
+    j["r"] = o.r();
+    j["lora_alpha"] = o.alpha();
+    j["lora_dropout"] = o.dropout();
+    j["use_rslora"] = o.use_rslora();
+    const char* init = init_name(o.init());
+    j["init_lora_weights"] = init ? nlohmann::json(init) : nlohmann::json(true);
+    j["bias"] = bias_name(o.bias());
+    j["fan_in_fan_out"] = fan_in_fan_out;
+    return j.dump();
+  };
+  m.parse_config_json = [](const std::string& text, proto::AdapterConfig* c) -> absl::Status {
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("adapter_config.json: not a JSON object");
+    proto::LoraOptions* o = c->mutable_lora();
+    if (j.contains("r")) {
+      if (!j["r"].is_number_integer()) return absl::InvalidArgumentError("adapter_config.json: 'r' must be an integer");
+      o->set_r(j["r"].get<int>());
+    }
+    if (j.contains("lora_alpha") && j["lora_alpha"].is_number()) o->set_alpha(j["lora_alpha"].get<float>());
+    if (j.contains("lora_dropout") && j["lora_dropout"].is_number()) o->set_dropout(j["lora_dropout"].get<float>());
+    if (j.contains("use_rslora") && j["use_rslora"].is_boolean()) o->set_use_rslora(j["use_rslora"].get<bool>());
+    if (j.contains("init_lora_weights")) {
+      const nlohmann::json& i = j["init_lora_weights"];
+      if (i.is_string()) {
+        const std::string s = i.get<std::string>();
+        if (s == "gaussian") o->set_init(proto::LoraOptions::GAUSSIAN);
+        else if (s == "pissa") o->set_init(proto::LoraOptions::PISSA);
+        else if (s == "olora") o->set_init(proto::LoraOptions::OLORA);
+        else return absl::UnimplementedError(absl::StrCat("adapter_config.json: init_lora_weights '", s, "' is not supported"));
+      }
+    }
+    if (j.contains("bias") && j["bias"].is_string()) {
+      const std::string b = j["bias"].get<std::string>();
+      if (b == "all") o->set_bias(proto::LoraOptions::ALL);
+      else if (b == "lora_only") o->set_bias(proto::LoraOptions::LORA_ONLY);
+      else if (b != "none") return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: bias '", b, "'"));
+    }
+    if (j.value("use_dora", false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
+    return absl::OkStatus();
+  };
+  m.trainable_count = [](const proto::AdapterConfig& c, int64_t out, int64_t in) { return c.lora().r() * (in + out); };
+  return m;
+}
+
+}  // namespace peft

@@ -1,0 +1,62 @@
+// File: peft/lora/lora.h
+//
+// LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
+// eq. 3) as Hugging Face PEFT implements it: y = x Wᵀ + b + s · B A dropout(x),
+// A [r, in], B [out, r], s = alpha / r, or alpha / sqrt(r) with rsLoRA
+// (Kalajdzievski 2023). Inits: "default" (A kaiming-uniform a=√5 =
+// U(±1/√in), B = 0), "gaussian" (A ~ N(0, 1/r²), B = 0), "pissa" (Meng et al.
+// 2024: top-r SVD factors, residual left in the base) and "olora" (Büyükakyüz
+// 2024: QR factors, residual left in the base); PiSSA/OLoRA leave the model's
+// output unchanged at step 0. On disk the tensors are PEFT's
+// `lora_A.weight` [r, in] and `lora_B.weight` [out, r].
+//
+//   proto::AdapterConfig c;
+//   c.mutable_lora()->set_r(8);
+//   c.mutable_lora()->set_alpha(16);
+//   c.mutable_target()->set_preset("attention");
+#ifndef PEFT_LORA_LORA_H_
+#define PEFT_LORA_LORA_H_
+
+#include <memory>
+#include <vector>
+
+#include <torch/nn/module.h>
+
+#include "peft/adapter.h"
+#include "peft/proto/adapter_config.pb.h"
+#include "peft/registry.h"
+
+namespace peft {
+
+class LoraLinearImpl final : public torch::nn::Module, public LinearAdapter {
+ public:
+  /// `weight` is the frozen base [out, in]; PiSSA/OLoRA rewrite it in place.
+  LoraLinearImpl(const proto::LoraOptions& options, at::Tensor& weight, uint64_t seed);
+
+  std::shared_ptr<torch::nn::Module> module() override { return shared_from_this(); }
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) override;
+  at::Tensor forward_delta(const at::Tensor& x, const at::Tensor& weight) override;
+  at::Tensor merged_weight(const at::Tensor& weight) const override;
+  at::Tensor unmerged_weight(const at::Tensor& merged) const override;
+  bool additive() const override { return true; }
+  at::Tensor aux_loss() override { return {}; }
+  std::vector<AdapterTensor> state() override;
+
+  /// s · B A in fp32 [out, in].
+  at::Tensor delta_weight() const;
+
+  const proto::LoraOptions options;
+  const double scaling;
+  at::Tensor lora_A;  // [r, in]
+  at::Tensor lora_B;  // [out, r]
+};
+
+/// The registry entry for "lora".
+AdapterMethod lora_method();
+
+/// LoRA's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.
+double lora_scaling(double alpha, int64_t r, bool use_rslora);
+
+}  // namespace peft
+
+#endif  // PEFT_LORA_LORA_H_

@@ -1,0 +1,59 @@
+#include "tests/testing/tiny_models.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "models/model_io.h"
+
+namespace peft::testing {
+
+models::ModelConfig tiny_llama_config(bool tied) {
+  models::ModelConfig c;
+  c.arch = models::Architecture::kLlama;
+  c.llama.vocab_size = 96;
+  c.llama.hidden_size = 32;
+  c.llama.intermediate_size = 48;
+  c.llama.num_hidden_layers = 2;
+  c.llama.num_attention_heads = 4;
+  c.llama.num_key_value_heads = 2;
+  c.llama.head_dim = 8;
+  c.llama.max_position_embeddings = 64;
+  c.llama.tie_word_embeddings = tied;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  return c;
+}
+
+models::ModelConfig tiny_gpt2_config() {
+  models::ModelConfig c;
+  c.arch = models::Architecture::kGpt2;
+  c.gpt2.vocab_size = 80;
+  c.gpt2.n_embd = 32;
+  c.gpt2.n_layer = 2;
+  c.gpt2.n_head = 4;
+  c.gpt2.n_inner = 128;
+  c.gpt2.n_positions = 48;
+  c.bos_token_id = 0;
+  c.eos_token_ids = {0};
+  return c;
+}
+
+std::shared_ptr<models::CausalLm> tiny_model(const models::ModelConfig& config, uint64_t seed) {
+  std::shared_ptr<models::CausalLm> lm = *models::create_model(config);
+  models::init_weights_(*lm, seed, 0.2);
+  // Non-trivial norms and biases so that bugs touching them show.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  torch::NoGradGuard no_grad;
+  for (const models::HfParameter& p : lm->hf_parameters()) {
+    if (p.tensor.dim() == 1) p.tensor.add_(at::empty_like(p.tensor).normal_(0.0, 0.1, gen));
+  }
+  return lm;
+}
+
+at::Tensor sample_ids(int64_t vocab, int64_t batch, int64_t len, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randint(vocab, {batch, len}, gen, at::kLong);
+}
+
+}  // namespace peft::testing

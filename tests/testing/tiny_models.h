@@ -1,0 +1,30 @@
+// File: tests/testing/tiny_models.h
+//
+// Tiny seeded LLaMA and GPT-2 models for adapter and trainer tests.
+#ifndef PEFT_TESTS_TESTING_TINY_MODELS_H_
+#define PEFT_TESTS_TESTING_TINY_MODELS_H_
+
+#include <cstdint>
+#include <memory>
+
+#include <ATen/core/Tensor.h>
+
+#include "models/causal_lm.h"
+#include "models/config.h"
+
+namespace peft::testing {
+
+/// LLaMA: vocab 96, hidden 32, FFN 48, 2 layers, 4 heads, 2 KV heads, head_dim 8, 64 positions.
+models::ModelConfig tiny_llama_config(bool tied = false);
+/// GPT-2: vocab 80, hidden 32, FFN 128, 2 layers, 4 heads, 48 positions.
+models::ModelConfig tiny_gpt2_config();
+
+/// A model with weights ~ N(0, 0.2) from `seed` (norms 1, biases 0.1 N).
+std::shared_ptr<models::CausalLm> tiny_model(const models::ModelConfig& config, uint64_t seed);
+
+/// Deterministic ids [batch, len] below `vocab`.
+at::Tensor sample_ids(int64_t vocab, int64_t batch, int64_t len, uint64_t seed);
+
+}  // namespace peft::testing
+
+#endif  // PEFT_TESTS_TESTING_TINY_MODELS_H_
