@@ -60,8 +60,15 @@ class LinearAdapter {
   /// sums of several adapters' deltas are meaningful.
   virtual bool additive() const = 0;
 
-  /// Extra loss term for this layer, or an undefined tensor when none.
+  /// Extra loss term for this layer, added to the task loss and clipped with
+  /// it; undefined when none.
   virtual at::Tensor aux_loss() = 0;
+
+  /// This layer's share of a regulariser whose gradient is added after
+  /// gradient clipping, before the optimizer step, scaled by 1 / peak lr
+  /// (SORSA's official update); PeftModel::regularizer() averages it over
+  /// layers. Undefined when none.
+  virtual at::Tensor regularizer() = 0;
 
   /// Tensors written to and read from the adapter file.
   virtual std::vector<AdapterTensor> state() = 0;

@@ -155,16 +155,24 @@ absl::Status PeftModel::set_active(const std::vector<std::pair<std::string, doub
     Entry* e = find(name);
     if (e == nullptr) return absl::NotFoundError(absl::StrCat("no adapter named '", name, "'"));
     if (!seen.insert(name).second) return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' listed twice"));
-    if (weighted.size() > 1 || w != 1.0) {
-      if (e->stream) {
+    if (e->stream) {
+      if (w != 1.0) {
         return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' (", e->method->name,
-                                                       ") cannot be combined with weights"));
+                                                       ") cannot be scaled by a weight"));
       }
-      for (const LinearTarget& t : e->targets) {
-        if (!t.linear->adapter(name)->additive()) {
-          return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' (", e->method->name,
-                                                         ") depends on the base weight and cannot be combined"));
-        }
+      continue;
+    }
+    // A delta that depends on the base weight cannot be scaled or summed
+    // with another adapter's delta on the same projection.
+    for (const LinearTarget& t : e->targets) {
+      if (t.linear->adapter(name)->additive()) continue;
+      bool shared = false;
+      for (const auto& other : weighted) {
+        if (other.first != name && t.linear->adapter(other.first) != nullptr) shared = true;
+      }
+      if (w != 1.0 || shared) {
+        return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' (", e->method->name,
+                                                       ") depends on the base weight and cannot be combined"));
       }
     }
   }
@@ -240,6 +248,20 @@ at::Tensor PeftModel::aux_loss() {
     }
   }
   return total;
+}
+
+at::Tensor PeftModel::regularizer() {
+  at::Tensor total = at::zeros({}, at::kFloat);
+  int64_t n = 0;
+  for (const auto& [name, w] : active_) {
+    for (const LinearTarget& t : find(name)->targets) {
+      at::Tensor r = t.linear->adapter(name)->regularizer();
+      if (!r.defined()) continue;
+      total = total + r;
+      ++n;
+    }
+  }
+  return n > 0 ? total / static_cast<double>(n) : total;
 }
 
 void PeftModel::on_step(int64_t step) {

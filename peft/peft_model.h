@@ -77,6 +77,10 @@ class PeftModel final {
 
   /// Sum of the active adapters' extra loss terms (0 when none).
   at::Tensor aux_loss();
+  /// Mean over adapted layers of the active adapters' regularizer() terms
+  /// (0 when none). Trainers back-propagate regularizer() / peak_lr after
+  /// clipping and before the optimizer step.
+  at::Tensor regularizer();
   /// Forwards the optimizer step to stream adapters' schedules.
   void on_step(int64_t step);
 

@@ -40,6 +40,7 @@ class LoraLinearImpl final : public torch::nn::Module, public LinearAdapter {
   at::Tensor unmerged_weight(const at::Tensor& merged) const override;
   bool additive() const override { return true; }
   at::Tensor aux_loss() override { return {}; }
+  at::Tensor regularizer() override { return {}; }
   std::vector<AdapterTensor> state() override;
 
   /// s · B A in fp32 [out, in].
