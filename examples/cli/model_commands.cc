@@ -15,6 +15,7 @@
 #include "models/llama2c.h"
 #include "models/model_io.h"
 #include "peft/core/status.h"
+#include "peft/peft_model.h"
 
 namespace peft::cli {
 namespace {
@@ -26,7 +27,7 @@ std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 
-absl::StatusOr<std::shared_ptr<models::CausalLm>> load_for_inference(const std::string& dir) {
+absl::StatusOr<std::shared_ptr<models::CausalLm>> load_base(const std::string& dir) {
   models::LoadReport report;
   absl::StatusOr<std::shared_ptr<models::CausalLm>> lm = models::load_model(dir, {}, &report);
   if (lm.ok() && !report.unexpected_tensors.empty()) {
@@ -34,6 +35,16 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> load_for_inference(const std::
                  report.unexpected_tensors.size(), dir.c_str(), report.unexpected_tensors[0].c_str());
   }
   return lm;
+}
+
+// The model of --model, with the adapter of --adapter (unmerged) when given.
+// The PeftModel must outlive uses of the model: it owns the stream hook.
+absl::StatusOr<std::unique_ptr<PeftModel>> load_for_inference(const ParsedFlags& f) {
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_base(f.get("model")));
+  auto pm = std::make_unique<PeftModel>(lm);
+  if (f.has("adapter")) PEFT_RETURN_IF_ERROR(pm->load_adapter(f.get("adapter")));
+  pm->model().module().eval();
+  return pm;
 }
 
 // The prompt's ids: BOS first when the tokenizer's convention has one (LLaMA),
@@ -132,7 +143,8 @@ absl::Status run_generate(const ParsedFlags& f) {
   } else if (!by_ids || f.has("tokenizer")) {
     return t.status();
   }
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_for_inference(f.get("model")));
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<PeftModel> pm, load_for_inference(f));
+  models::CausalLm* lm = &pm->model();
   if (tok) PEFT_RETURN_IF_ERROR(check_vocab(*tok, *lm));
   std::vector<int64_t> prompt;
   if (by_ids) {
@@ -231,7 +243,8 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::stri
 
 absl::Status run_eval(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(apply_threads(f));
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_for_inference(f.get("model")));
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<PeftModel> pm, load_for_inference(f));
+  models::CausalLm* lm = &pm->model();
   std::unique_ptr<data::Tokenizer> tok;
   absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = tokenizer_for(f, f.get("model"));
   if (t.ok()) {
@@ -331,6 +344,54 @@ absl::Status run_init(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
+// --prune: the HSM structural prune (wired in when the HSM method lands).
+absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) {
+  return absl::UnimplementedError("--prune needs an HSM adapter; HSM is not available in this build yet");
+}
+
+// Tokenizer and generation files that travel with a model directory.
+std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& model_dir) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                           "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin",
+                           "generation_config.json"}) {
+    std::error_code ec;
+    if (fs::is_regular_file(fs::path(model_dir) / name, ec)) out.push_back({(fs::path(model_dir) / name).string(), name});
+  }
+  return out;
+}
+
+absl::Status run_merge(const ParsedFlags& f) {
+  PEFT_RETURN_IF_ERROR(apply_threads(f));
+  PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
+  PEFT_ASSIGN_OR_RETURN(bool prune, f.get_bool("prune"));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_base(f.get("model")));
+  models::SaveOptions so;
+  so.overwrite = overwrite;
+  so.extra_files = tokenizer_files(f.get("model"));
+  std::string dtype = f.get("dtype");
+  if (dtype.empty()) dtype = lm->config().torch_dtype;
+  PEFT_ASSIGN_OR_RETURN(so.dtype, models::dtype_from_name(dtype));
+  PeftModel pm(lm);
+  auto t0 = std::chrono::steady_clock::now();
+  PEFT_RETURN_IF_ERROR(pm.load_adapter(f.get("adapter")));
+  std::shared_ptr<models::CausalLm> out = lm;
+  if (prune) {
+    PEFT_ASSIGN_OR_RETURN(out, prune_adapters(pm));
+  } else {
+    PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
+  }
+  const double merge_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  PEFT_RETURN_IF_ERROR(models::save_model(*out, f.get("output"), so));
+  int64_t params = 0;
+  for (const auto& p : out->hf_parameters()) params += p.tensor.numel();
+  std::fprintf(stdout, "%s\n",
+               dump({{"output", f.get("output")}, {"parameters", params}, {"hidden_size", out->config().hidden_size()},
+                     {"dtype", dtype}, {"merge_seconds", merge_s}})
+                   .c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 FlagSpec threads_flag() {
@@ -383,9 +444,20 @@ std::vector<Command> model_commands() {
                 {"max_shard_mb", "shard the safetensors above this size", "5120"},
                 {"overwrite", "replace a non-empty output directory", "false", false, true}},
                run_init});
+  c.push_back({"merge",
+               "Merge an adapter into its base model and write a Hugging Face model directory.",
+               {{"model", "the base model directory", "", true},
+                {"adapter", "the adapter directory (ours or Hugging Face PEFT LoRA/MiSS)", "", true},
+                {"output", "the merged model directory to write", "", true},
+                {"prune", "apply the HSM structural prune (a smaller hidden size)", "false", false, true},
+                {"dtype", "storage dtype (default: the base model's)", ""},
+                {"overwrite", "replace a non-empty output directory", "false", false, true},
+                threads_flag()},
+               run_merge});
   c.push_back({"generate",
                "Generate text from a prompt (greedy by default) with a KV cache.",
                {{"model", "Hugging Face model directory", "", true},
+                {"adapter", "an adapter directory to run on top of the model (unmerged)", ""},
                 {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
                 {"prompt", "the prompt text", ""},
                 {"prompt_ids", "comma-separated prompt token ids instead of --prompt (no tokenizer needed)", ""},
@@ -401,6 +473,7 @@ std::vector<Command> model_commands() {
   c.push_back({"eval",
                "Teacher-forced loss and perplexity of a model on a data file.",
                {{"model", "Hugging Face model directory", "", true},
+                {"adapter", "an adapter directory to run on top of the model (unmerged)", ""},
                 {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
                 {"data", "JSON lines with \"text\" or \"ids\", or a plain text file", "", true},
                 {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
