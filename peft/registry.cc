@@ -2,7 +2,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "peft/bone/bone.h"
+#include "peft/compacter/compacter.h"
+#include "peft/hsm/hsm.h"
 #include "peft/lora/lora.h"
+#include "peft/nora/nora.h"
+#include "peft/sorsa/sorsa.h"
 
 namespace peft {
 
@@ -10,6 +15,11 @@ const std::vector<AdapterMethod>& adapter_methods() {
   // THE list of methods. Each entry is defined in the method's own folder.
   static const std::vector<AdapterMethod> methods = {
       lora_method(),
+      nora_method(),
+      sorsa_method(),
+      bone_method(),
+      compacter_method(),
+      hsm_method(),
   };
   return methods;
 }

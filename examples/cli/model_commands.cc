@@ -15,6 +15,7 @@
 #include "models/llama2c.h"
 #include "models/model_io.h"
 #include "peft/core/status.h"
+#include "peft/hsm/prune.h"
 #include "peft/peft_model.h"
 
 namespace peft::cli {
@@ -37,12 +38,32 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> load_base(const std::string& d
   return lm;
 }
 
+// --adapter=DIR[,DIR...]: every adapter loaded and active together (e.g. PAT:
+// an HSM adapter and a LoRA adapter trained jointly).
+absl::Status load_adapters(PeftModel& pm, const std::string& list) {
+  std::vector<std::pair<std::string, double>> active;
+  size_t pos = 0;
+  int index = 0;
+  while (pos <= list.size()) {
+    size_t end = list.find(',', pos);
+    if (end == std::string::npos) end = list.size();
+    const std::string dir = list.substr(pos, end - pos);
+    pos = end + 1;
+    if (dir.empty()) continue;
+    const std::string name = index++ == 0 ? "default" : absl::StrCat("adapter", index - 1);
+    PEFT_RETURN_IF_ERROR(pm.load_adapter(dir, name));
+    active.emplace_back(name, 1.0);
+  }
+  if (active.empty()) return absl::InvalidArgumentError("--adapter names no directory");
+  return pm.set_active(active);
+}
+
 // The model of --model, with the adapter of --adapter (unmerged) when given.
 // The PeftModel must outlive uses of the model: it owns the stream hook.
 absl::StatusOr<std::unique_ptr<PeftModel>> load_for_inference(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_base(f.get("model")));
   auto pm = std::make_unique<PeftModel>(lm);
-  if (f.has("adapter")) PEFT_RETURN_IF_ERROR(pm->load_adapter(f.get("adapter")));
+  if (f.has("adapter")) PEFT_RETURN_IF_ERROR(load_adapters(*pm, f.get("adapter")));
   pm->model().module().eval();
   return pm;
 }
@@ -344,9 +365,16 @@ absl::Status run_init(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
-// --prune: the HSM structural prune (wired in when the HSM method lands).
+// --prune: the HSM structural prune with hard 0/1 gates; other active
+// adapters (LoRA) are folded in.
 absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) {
-  return absl::UnimplementedError("--prune needs an HSM adapter; HSM is not available in this build yet");
+  for (const std::string& name : pm.adapter_names()) {
+    absl::StatusOr<HsmAdapterImpl*> hsm = find_hsm_adapter(pm, name);
+    if (!hsm.ok()) continue;
+    (*hsm)->set_hard_gate_(true);
+    return prune_hsm(pm, name);
+  }
+  return absl::InvalidArgumentError("--prune needs an HSM adapter among --adapter");
 }
 
 // Tokenizer and generation files that travel with a model directory.
@@ -374,7 +402,7 @@ absl::Status run_merge(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(so.dtype, models::dtype_from_name(dtype));
   PeftModel pm(lm);
   auto t0 = std::chrono::steady_clock::now();
-  PEFT_RETURN_IF_ERROR(pm.load_adapter(f.get("adapter")));
+  PEFT_RETURN_IF_ERROR(load_adapters(pm, f.get("adapter")));
   std::shared_ptr<models::CausalLm> out = lm;
   if (prune) {
     PEFT_ASSIGN_OR_RETURN(out, prune_adapters(pm));
@@ -447,7 +475,7 @@ std::vector<Command> model_commands() {
   c.push_back({"merge",
                "Merge an adapter into its base model and write a Hugging Face model directory.",
                {{"model", "the base model directory", "", true},
-                {"adapter", "the adapter directory (ours or Hugging Face PEFT LoRA/MiSS)", "", true},
+                {"adapter", "adapter directory, or several separated by commas, all active (ours or Hugging Face PEFT LoRA/MiSS)", "", true},
                 {"output", "the merged model directory to write", "", true},
                 {"prune", "apply the HSM structural prune (a smaller hidden size)", "false", false, true},
                 {"dtype", "storage dtype (default: the base model's)", ""},
@@ -457,7 +485,7 @@ std::vector<Command> model_commands() {
   c.push_back({"generate",
                "Generate text from a prompt (greedy by default) with a KV cache.",
                {{"model", "Hugging Face model directory", "", true},
-                {"adapter", "an adapter directory to run on top of the model (unmerged)", ""},
+                {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
                 {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
                 {"prompt", "the prompt text", ""},
                 {"prompt_ids", "comma-separated prompt token ids instead of --prompt (no tokenizer needed)", ""},
@@ -473,7 +501,7 @@ std::vector<Command> model_commands() {
   c.push_back({"eval",
                "Teacher-forced loss and perplexity of a model on a data file.",
                {{"model", "Hugging Face model directory", "", true},
-                {"adapter", "an adapter directory to run on top of the model (unmerged)", ""},
+                {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
                 {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
                 {"data", "JSON lines with \"text\" or \"ids\", or a plain text file", "", true},
                 {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},

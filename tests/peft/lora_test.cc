@@ -1,0 +1,237 @@
+// LoRA specifics: Hugging Face PEFT file layout (keys, shapes,
+// adapter_config.json) for LLaMA and GPT-2, scaling and init formulas,
+// weighted combinations, and the errors of the adapter core.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "peft/io/safetensors.h"
+#include "peft/lora/lora.h"
+#include "peft/peft_model.h"
+#include "tests/testing/assets.h"
+#include "tests/testing/tiny_models.h"
+
+namespace peft {
+namespace {
+
+using nlohmann::json;
+
+proto::AdapterConfig lora(int r, float alpha, const std::string& preset) {
+  proto::AdapterConfig c;
+  c.mutable_lora()->set_r(r);
+  c.mutable_lora()->set_alpha(alpha);
+  if (!preset.empty()) c.mutable_target()->set_preset(preset);
+  return c;
+}
+
+json read_json(const std::string& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+TEST(LoraFormat, LlamaKeysShapesAndConfigArePeft) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 1));
+  ASSERT_TRUE(pm.add_adapter(lora(4, 16, "attention")).ok());
+  const std::string dir = testing::make_temp_dir("lora") + "/a";
+  ASSERT_TRUE(pm.save_adapter(dir, "default", false, "my/base").ok());
+  auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->metadata().at("format"), "pt");
+  std::map<std::string, std::vector<int64_t>> got;
+  for (const io::TensorInfo& t : (*file)->tensors()) got[t.name] = t.shape;
+  std::map<std::string, std::vector<int64_t>> want;
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "base_model.model.model.layers." + std::to_string(l) + ".self_attn.";
+    want[p + "q_proj.lora_A.weight"] = {4, 32};
+    want[p + "q_proj.lora_B.weight"] = {32, 4};
+    want[p + "k_proj.lora_A.weight"] = {4, 32};
+    want[p + "k_proj.lora_B.weight"] = {16, 4};
+    want[p + "v_proj.lora_A.weight"] = {4, 32};
+    want[p + "v_proj.lora_B.weight"] = {16, 4};
+    want[p + "o_proj.lora_A.weight"] = {4, 32};
+    want[p + "o_proj.lora_B.weight"] = {32, 4};
+  }
+  EXPECT_EQ(got, want);
+  json cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(cfg["r"], 4);
+  EXPECT_EQ(cfg["lora_alpha"], 16.0);
+  EXPECT_EQ(cfg["target_modules"], json({"q_proj", "k_proj", "v_proj", "o_proj"}));
+  EXPECT_EQ(cfg["fan_in_fan_out"], false);
+  EXPECT_EQ(cfg["init_lora_weights"], true);
+  EXPECT_EQ(cfg["base_model_name_or_path"], "my/base");
+  // Only keys PEFT's LoraConfig knows (older PEFT rejects unknown ones).
+  const std::set<std::string> known = {"r", "lora_alpha", "lora_dropout", "use_rslora", "init_lora_weights", "bias",
+                                       "fan_in_fan_out", "peft_type", "task_type", "base_model_name_or_path",
+                                       "inference_mode", "target_modules", "layers_to_transform"};
+  for (const auto& item : cfg.items()) EXPECT_TRUE(known.count(item.key())) << item.key();
+}
+
+TEST(LoraFormat, Gpt2KeysUseLogicalInOut) {
+  PeftModel pm(testing::tiny_model(testing::tiny_gpt2_config(), 1));
+  proto::AdapterConfig c = lora(4, 8, "");
+  c.mutable_target()->add_modules("c_attn");
+  ASSERT_TRUE(pm.add_adapter(c).ok());
+  const std::string dir = testing::make_temp_dir("lora") + "/g";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(file.ok());
+  const io::TensorInfo* a = (*file)->find("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight");
+  const io::TensorInfo* b = (*file)->find("base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{4, 32}));   // [r, in]
+  EXPECT_EQ(b->shape, (std::vector<int64_t>{96, 4}));   // [out = 3 * n_embd, r]
+  EXPECT_EQ((*file)->tensors().size(), 4u);
+  json cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["fan_in_fan_out"], true);
+  EXPECT_EQ(cfg["target_modules"], json({"c_attn"}));
+}
+
+TEST(LoraFormat, LayerSubsetWritesExactRegexAndReadsPeftFiles) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 1));
+  proto::AdapterConfig c = lora(2, 4, "");
+  c.mutable_target()->add_modules("q_proj");
+  c.mutable_target()->add_layers(1);
+  ASSERT_TRUE(pm.add_adapter(c).ok());
+  ASSERT_EQ(pm.targets("default").size(), 1u);
+  const std::string dir = testing::make_temp_dir("lora") + "/sub";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  json cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["target_modules"], "^(model\\.layers\\.1\\.self_attn\\.q_proj)$");
+  // Without our sidecar the directory is a plain PEFT one; it still loads.
+  std::filesystem::remove(dir + "/peft_cpp.json");
+  PeftModel other(testing::tiny_model(testing::tiny_llama_config(), 1));
+  absl::Status st = other.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(other.targets("default").size(), 1u);
+  EXPECT_EQ(other.targets("default")[0].path, "model.layers.1.self_attn.q_proj");
+  EXPECT_EQ(other.config("default")->lora().r(), 2);
+  EXPECT_FLOAT_EQ(other.config("default")->lora().alpha(), 4);
+}
+
+TEST(LoraMath, ScalingAndInit) {
+  EXPECT_DOUBLE_EQ(lora_scaling(16, 4, false), 4.0);
+  EXPECT_DOUBLE_EQ(lora_scaling(16, 4, true), 8.0);
+  at::Tensor w = at::randn({24, 40});
+  proto::LoraOptions o;
+  o.set_r(6);
+  LoraLinearImpl l(o, w, 7);
+  EXPECT_EQ(l.lora_B.abs().max().item<float>(), 0.0f);
+  EXPECT_LE(l.lora_A.abs().max().item<float>(), 1.0 / std::sqrt(40.0));  // U(±1/sqrt(in))
+  EXPECT_GT(l.lora_A.abs().max().item<float>(), 0.8 / std::sqrt(40.0));
+  // PiSSA: residual + s B A reconstructs W, and s B A is the best rank-r part.
+  at::Tensor w2 = at::randn({24, 40});
+  const at::Tensor orig = w2.clone();
+  o.set_init(proto::LoraOptions::PISSA);
+  LoraLinearImpl p(o, w2, 7);
+  EXPECT_LE((w2 + p.delta_weight() - orig).abs().max().item<float>(), 1e-5);
+  auto sv = at::linalg_svdvals(orig);
+  EXPECT_NEAR(at::linalg_svdvals(w2)[0].item<float>(), sv[6].item<float>(), 1e-4);
+  // Forward = base + s B A x.
+  at::Tensor x = at::randn({3, 40});
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(at::allclose(p.forward(x, w2, {}), at::matmul(x, orig.t()), 1e-4, 1e-4));
+}
+
+TEST(LoraCombination, WeightedAdaptersSumTheirDeltas) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 1));
+  proto::AdapterConfig a = lora(2, 2, "attention");
+  a.set_name("a");
+  a.mutable_lora()->set_init(proto::LoraOptions::GAUSSIAN);
+  proto::AdapterConfig b = a;
+  b.set_name("b");
+  ASSERT_TRUE(pm.add_adapter(a, 1).ok());
+  ASSERT_TRUE(pm.add_adapter(b, 2).ok());
+  ASSERT_TRUE(pm.set_active({{"a", 1.0}}).ok());
+  pm.freeze_base_();
+  {
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : pm.trainable_parameters()) p.normal_(0, 0.2);
+  }
+  ASSERT_TRUE(pm.set_active({{"b", 1.0}}).ok());
+  pm.freeze_base_();
+  {
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : pm.trainable_parameters()) p.normal_(0, 0.2);
+  }
+  const at::Tensor ids = testing::sample_ids(96, 1, 10, 3);
+  torch::NoGradGuard ng;
+  ASSERT_TRUE(pm.set_active(std::vector<std::pair<std::string, double>>{}).ok());
+  const at::Tensor base = pm.model().forward(ids, nullptr);
+  ASSERT_TRUE(pm.set_active({{"a", 1.0}}).ok());
+  const at::Tensor la = pm.model().forward(ids, nullptr);
+  ASSERT_TRUE(pm.set_active({{"b", 1.0}}).ok());
+  const at::Tensor lb = pm.model().forward(ids, nullptr);
+  ASSERT_TRUE(pm.set_active({{"a", 0.5}, {"b", 0.5}}).ok());
+  const at::Tensor mix = pm.model().forward(ids, nullptr);
+  EXPECT_FALSE(at::allclose(mix, la));
+  // Merging the weighted set gives the same outputs as running it.
+  ASSERT_TRUE(pm.merge_().ok());
+  EXPECT_TRUE(at::allclose(pm.model().forward(ids, nullptr), mix, 1e-5, 1e-5));
+  ASSERT_TRUE(pm.merge_and_unload_().ok() == false);  // already merged
+  ASSERT_TRUE(pm.unmerge_().ok());
+  EXPECT_TRUE(at::allclose(pm.model().forward(ids, nullptr), mix, 1e-5, 1e-5));
+  ASSERT_TRUE(pm.merge_and_unload_().ok());
+  EXPECT_TRUE(pm.adapter_names().empty());
+  EXPECT_TRUE(at::allclose(pm.model().forward(ids, nullptr), mix, 1e-5, 1e-5));
+  EXPECT_EQ(pm.model().module().named_parameters().size(), pm.model().hf_parameters().size());
+  (void)base;
+  (void)lb;
+}
+
+TEST(AdapterErrors, EachBadInputNamesTheProblem) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 1));
+  auto msg = [](const absl::Status& s) { return std::string(s.message()); };
+  proto::AdapterConfig none;
+  EXPECT_NE(msg(pm.add_adapter(none)).find("names no method"), std::string::npos);
+  EXPECT_NE(msg(find_method("dora").status()).find("unknown adapter method 'dora'"), std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(lora(0, 8, "attention"))).find("lora.r must be positive"), std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(lora(40, 8, "attention"))).find("larger than the dimension"), std::string::npos);
+  proto::AdapterConfig bad_target = lora(2, 2, "");
+  bad_target.mutable_target()->add_modules("q_prj");
+  const std::string m = msg(pm.add_adapter(bad_target));
+  EXPECT_NE(m.find("target module 'q_prj' matches no module"), std::string::npos) << m;
+  EXPECT_NE(m.find("available: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+            std::string::npos)
+      << m;
+  proto::AdapterConfig bad_regex = lora(2, 2, "");
+  bad_regex.mutable_target()->set_regex(".*nothing.*");
+  EXPECT_NE(msg(pm.add_adapter(bad_regex)).find("match no module"), std::string::npos);
+  proto::AdapterConfig bad_layer = lora(2, 2, "attention");
+  bad_layer.mutable_target()->add_layers(7);
+  EXPECT_NE(msg(pm.add_adapter(bad_layer)).find("outside the model's 0..1"), std::string::npos);
+  ASSERT_TRUE(pm.add_adapter(lora(2, 2, "attention")).ok());
+  EXPECT_EQ(pm.add_adapter(lora(2, 2, "mlp")).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(pm.adapter_names().size() == 1);
+
+  // An adapter saved for another base (different hidden size) is refused,
+  // and the model is unchanged.
+  const std::string dir = testing::make_temp_dir("lora") + "/x";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  models::ModelConfig wider = testing::tiny_llama_config();
+  wider.llama.hidden_size = 48;
+  wider.llama.head_dim = 12;
+  PeftModel other(testing::tiny_model(wider, 1));
+  const at::Tensor ids = testing::sample_ids(96, 1, 6, 1);
+  at::Tensor before;
+  {
+    torch::NoGradGuard ng;
+    before = other.model().forward(ids, nullptr);
+  }
+  const std::string lm = msg(other.load_adapter(dir));
+  EXPECT_NE(lm.find("different base model"), std::string::npos) << lm;
+  EXPECT_TRUE(other.adapter_names().empty());
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(at::equal(other.model().forward(ids, nullptr), before));
+}
+
+}  // namespace
+}  // namespace peft
