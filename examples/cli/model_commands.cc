@@ -55,6 +55,12 @@ absl::Status load_adapters(PeftModel& pm, const std::string& list) {
     active.emplace_back(name, 1.0);
   }
   if (active.empty()) return absl::InvalidArgumentError("--adapter names no directory");
+  // HSM at inference and export uses the hard 0/1 gate (PAT's rule); the
+  // soft gate only exists during training.
+  for (const auto& a : active) {
+    absl::StatusOr<HsmAdapterImpl*> hsm = find_hsm_adapter(pm, a.first);
+    if (hsm.ok()) (*hsm)->set_hard_gate_(true);
+  }
   return pm.set_active(active);
 }
 
