@@ -12,41 +12,14 @@
 #include "models/model_io.h"
 #include "peft/io/safetensors.h"
 #include "tests/testing/assets.h"
+#include "tests/testing/tiny_models.h"
 
 namespace peft::models {
 namespace {
 namespace fs = std::filesystem;
 
-ModelConfig tiny_llama(bool tied) {
-  ModelConfig c;
-  c.arch = Architecture::kLlama;
-  c.llama.vocab_size = 96;
-  c.llama.hidden_size = 32;
-  c.llama.intermediate_size = 48;
-  c.llama.num_hidden_layers = 2;
-  c.llama.num_attention_heads = 4;
-  c.llama.num_key_value_heads = 2;
-  c.llama.head_dim = 8;
-  c.llama.max_position_embeddings = 64;
-  c.llama.tie_word_embeddings = tied;
-  c.bos_token_id = 1;
-  c.eos_token_ids = {2};
-  return c;
-}
-
-ModelConfig tiny_gpt2() {
-  ModelConfig c;
-  c.arch = Architecture::kGpt2;
-  c.gpt2.vocab_size = 80;
-  c.gpt2.n_embd = 32;
-  c.gpt2.n_layer = 2;
-  c.gpt2.n_head = 4;
-  c.gpt2.n_inner = 128;
-  c.gpt2.n_positions = 48;
-  c.bos_token_id = 0;
-  c.eos_token_ids = {0};
-  return c;
-}
+ModelConfig tiny_llama(bool tied) { return testing::tiny_llama_config(tied); }
+ModelConfig tiny_gpt2() { return testing::tiny_gpt2_config(); }
 
 std::shared_ptr<CausalLm> make(const ModelConfig& c, uint64_t seed) {
   std::shared_ptr<CausalLm> lm = *create_model(c);
