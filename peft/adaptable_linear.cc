@@ -53,6 +53,12 @@ void AdaptableLinearImpl::tie_weight_(const at::Tensor& w) {
 
 void AdaptableLinearImpl::add_adapter(const std::string& name, std::shared_ptr<LinearAdapter> a) {
   TORCH_CHECK(adapter(name) == nullptr, "adapter '", name, "' already exists on this module");
+  // Adapters are built on the CPU in fp32; they follow the base weight's
+  // device but keep fp32 (master weights), whatever the base dtype.
+  const std::vector<at::Tensor> params = a->module()->parameters();
+  if (weight.defined() && !params.empty() && params.front().device() != weight.device()) {
+    a->module()->to(weight.device());
+  }
   register_module(name, a->module());
   adapters_.emplace_back(name, std::move(a));
 }

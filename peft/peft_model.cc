@@ -129,6 +129,8 @@ absl::Status PeftModel::add_adapter(const proto::AdapterConfig& config, uint64_t
   }
   if (method->make_stream) {
     PEFT_ASSIGN_OR_RETURN(entry.stream, method->make_stream(config, *model_, seed));
+    const auto base_params = model_->module().parameters();
+    if (!base_params.empty()) entry.stream->module()->to(base_params.front().device());
     model_->module().register_module(stream_module_name(name), entry.stream->module());
   }
   adapters_.emplace_back(name, std::move(entry));
