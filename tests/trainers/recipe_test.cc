@@ -1,0 +1,90 @@
+// Recipes: text format parsing, --set overrides (scalars, enums, strings,
+// indexed adapters), and errors that name the field for unknown fields,
+// wrong types and out-of-range values.
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "tests/testing/assets.h"
+#include "trainers/recipe.h"
+
+namespace peft::trainers {
+namespace {
+
+constexpr const char* kRecipe = R"(
+model: "/models/stories260K"
+output_dir: "runs/x"
+data { train_file: "train.jsonl" seq_len: 128 }
+adapters { name: "default" lora { r: 8 alpha: 16 } target { preset: "all_linear" } }
+training { steps: 20 micro_batch: 2 precision: BF16 }
+reweighting { strategy: LIN_UPPER temperature: 0.5 }
+)";
+
+std::string message(const absl::Status& s) { return std::string(s.message()); }
+
+TEST(Recipe, ParsesWithDefaults) {
+  absl::StatusOr<proto::Recipe> r = parse_recipe(kRecipe);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(validate_recipe(*r).ok());
+  EXPECT_EQ(r->data().seq_len(), 128);
+  EXPECT_EQ(r->training().grad_accum(), 1);  // default
+  EXPECT_FLOAT_EQ(r->optimizer().lr(), 2e-4f);
+  EXPECT_EQ(r->training().precision(), proto::TrainingConfig::BF16);
+  EXPECT_EQ(r->adapters(0).lora().r(), 8);
+  // The effective recipe round-trips through text.
+  absl::StatusOr<proto::Recipe> again = parse_recipe(recipe_to_text(*r));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->SerializeAsString(), r->SerializeAsString());
+}
+
+TEST(Recipe, OverridesSetScalarsEnumsStringsAndIndexedAdapters) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "training.steps=200").ok());
+  ASSERT_TRUE(apply_override(&r, "optimizer.lr=0.001").ok());
+  ASSERT_TRUE(apply_override(&r, "training.precision=FP32").ok());
+  ASSERT_TRUE(apply_override(&r, "output_dir=runs/other dir").ok());
+  ASSERT_TRUE(apply_override(&r, "adapters.0.lora.r=16").ok());
+  ASSERT_TRUE(apply_override(&r, "checkpoint.merge_on_finish=true").ok());
+  EXPECT_EQ(r.training().steps(), 200);
+  EXPECT_FLOAT_EQ(r.optimizer().lr(), 0.001f);
+  EXPECT_EQ(r.training().precision(), proto::TrainingConfig::FP32);
+  EXPECT_EQ(r.output_dir(), "runs/other dir");
+  EXPECT_EQ(r.adapters(0).lora().r(), 16);
+  EXPECT_EQ(r.adapters(0).lora().alpha(), 16);  // untouched siblings stay
+  EXPECT_TRUE(r.checkpoint().merge_on_finish());
+}
+
+TEST(Recipe, ErrorsNameTheField) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  EXPECT_NE(message(apply_override(&r, "training.stepz=3")).find("unknown field 'training.stepz'"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "training.steps=many")).find("--set training.steps"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "training.precision=FP8")).find("--set training.precision"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.3.lora.r=1")).find("no index 3"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.lora.r=1")).find("needs an index"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "nonsense")).find("expected path.to.field=value"), std::string::npos);
+
+  absl::Status s = parse_recipe("model: \"m\"\nbogus_field: 3\n").status();
+  EXPECT_NE(message(s).find("line 2"), std::string::npos) << s;
+  EXPECT_NE(message(s).find("bogus_field"), std::string::npos) << s;
+  s = parse_recipe("training { steps: \"ten\" }").status();
+  EXPECT_FALSE(s.ok());
+
+  auto invalid = [&](const std::string& assignment) {
+    proto::Recipe copy = *parse_recipe(kRecipe);
+    EXPECT_TRUE(apply_override(&copy, assignment).ok()) << assignment;
+    return message(validate_recipe(copy));
+  };
+  EXPECT_NE(invalid("training.micro_batch=0").find("training.micro_batch must be positive, got 0"), std::string::npos);
+  EXPECT_NE(invalid("optimizer.lr=-1").find("optimizer.lr must be positive"), std::string::npos);
+  EXPECT_NE(invalid("data.validation_fraction=1.5").find("data.validation_fraction must be in [0, 1)"),
+            std::string::npos);
+  EXPECT_NE(invalid("schedule.warmup_steps=50").find("exceeds training.steps"), std::string::npos);
+  EXPECT_NE(invalid("adapters.0.lora.r=0").find("adapters[0]: lora.r must be positive"), std::string::npos);
+  proto::Recipe no_model = *parse_recipe(kRecipe);
+  no_model.clear_model();
+  EXPECT_NE(message(validate_recipe(no_model)).find("model is required"), std::string::npos);
+  EXPECT_EQ(load_recipe("/nonexistent.textproto").status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace peft::trainers

@@ -1,0 +1,177 @@
+#include "trainers/recipe.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "peft/core/status.h"
+#include "peft/registry.h"
+
+namespace peft::trainers {
+namespace {
+
+namespace pb = google::protobuf;
+
+class Collector : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (first.empty()) first = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
+  }
+  std::string first;
+};
+
+absl::Status positive(const char* field, double v) {
+  if (!(v > 0)) return absl::InvalidArgumentError(absl::StrCat("recipe: ", field, " must be positive, got ", v));
+  return absl::OkStatus();
+}
+
+absl::Status non_negative(const char* field, double v) {
+  if (!(v >= 0)) return absl::InvalidArgumentError(absl::StrCat("recipe: ", field, " must be >= 0, got ", v));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<proto::Recipe> parse_recipe(const std::string& text, const std::string& source) {
+  proto::Recipe r;
+  pb::TextFormat::Parser parser;
+  Collector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &r)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", errors.first));
+  }
+  return r;
+}
+
+absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--set '", assignment, "': expected path.to.field=value"));
+  }
+  const std::string path = assignment.substr(0, eq);
+  std::string value = assignment.substr(eq + 1);
+  std::vector<std::string> parts = absl::StrSplit(path, '.');
+  pb::Message* msg = recipe;
+  std::string walked;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
+    walked += (walked.empty() ? "" : ".") + parts[i];
+    if (f == nullptr || f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      return absl::InvalidArgumentError(absl::StrCat("--set: '", walked, "' is not a message field of the recipe"));
+    }
+    const pb::Reflection* refl = msg->GetReflection();
+    if (f->is_repeated()) {
+      if (i + 2 >= parts.size() || parts[i + 1].empty() ||
+          parts[i + 1].find_first_not_of("0123456789") != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat("--set: repeated field '", walked, "' needs an index (", walked,
+                                                       ".0.…)"));
+      }
+      const int idx = std::stoi(parts[++i]);
+      if (idx >= refl->FieldSize(*msg, f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--set: ", walked, " has ", refl->FieldSize(*msg, f), " entries, no index ", idx));
+      }
+      walked += "." + parts[i];
+      msg = refl->MutableRepeatedMessage(msg, f, idx);
+    } else {
+      msg = refl->MutableMessage(msg, f);
+    }
+  }
+  const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts.back());
+  if (f == nullptr) return absl::InvalidArgumentError(absl::StrCat("--set: unknown field '", path, "'"));
+  if (f->is_repeated() || f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+    return absl::InvalidArgumentError(absl::StrCat("--set: '", path, "' is not a single value; edit the recipe"));
+  }
+  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || value.front() != '"')) {
+    std::string quoted = "\"";
+    for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+    value = quoted + "\"";
+  }
+  pb::TextFormat::Parser parser;
+  Collector errors;
+  parser.RecordErrorsTo(&errors);
+  std::unique_ptr<pb::Message> tmp(msg->New());
+  if (!parser.ParseFromString(absl::StrCat(f->name(), ": ", value), tmp.get())) {
+    return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": ", errors.first));
+  }
+  msg->MergeFrom(*tmp);
+  return absl::OkStatus();
+}
+
+absl::Status validate_recipe(const proto::Recipe& r) {
+  if (r.model().empty()) return absl::InvalidArgumentError("recipe: model is required (a Hugging Face model directory)");
+  if (r.output_dir().empty()) return absl::InvalidArgumentError("recipe: output_dir is required");
+  if (r.data().train_file().empty()) return absl::InvalidArgumentError("recipe: data.train_file is required");
+  PEFT_RETURN_IF_ERROR(positive("data.seq_len", r.data().seq_len()));
+  if (!(r.data().validation_fraction() >= 0 && r.data().validation_fraction() < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("recipe: data.validation_fraction must be in [0, 1), got ", r.data().validation_fraction()));
+  }
+  PEFT_RETURN_IF_ERROR(positive("optimizer.lr", r.optimizer().lr()));
+  PEFT_RETURN_IF_ERROR(non_negative("optimizer.weight_decay", r.optimizer().weight_decay()));
+  for (const auto& [name, v] : {std::pair<const char*, float>{"optimizer.beta1", r.optimizer().beta1()},
+                                {"optimizer.beta2", r.optimizer().beta2()}}) {
+    if (!(v >= 0 && v < 1)) return absl::InvalidArgumentError(absl::StrCat("recipe: ", name, " must be in [0, 1), got ", v));
+  }
+  PEFT_RETURN_IF_ERROR(positive("optimizer.eps", r.optimizer().eps()));
+  PEFT_RETURN_IF_ERROR(non_negative("optimizer.max_grad_norm", r.optimizer().max_grad_norm()));
+  PEFT_RETURN_IF_ERROR(positive("training.steps", r.training().steps()));
+  PEFT_RETURN_IF_ERROR(positive("training.micro_batch", r.training().micro_batch()));
+  PEFT_RETURN_IF_ERROR(positive("training.grad_accum", r.training().grad_accum()));
+  PEFT_RETURN_IF_ERROR(non_negative("training.threads", r.training().threads()));
+  PEFT_RETURN_IF_ERROR(non_negative("schedule.warmup_steps", r.schedule().warmup_steps()));
+  if (r.schedule().warmup_steps() > r.training().steps()) {
+    return absl::InvalidArgumentError(absl::StrCat("recipe: schedule.warmup_steps (", r.schedule().warmup_steps(),
+                                                   ") exceeds training.steps (", r.training().steps(), ")"));
+  }
+  if (!(r.schedule().min_lr_ratio() >= 0 && r.schedule().min_lr_ratio() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("recipe: schedule.min_lr_ratio must be in [0, 1], got ", r.schedule().min_lr_ratio()));
+  }
+  PEFT_RETURN_IF_ERROR(positive("reweighting.temperature", r.reweighting().temperature()));
+  PEFT_RETURN_IF_ERROR(non_negative("reweighting.warmup_steps", r.reweighting().warmup_steps()));
+  PEFT_RETURN_IF_ERROR(positive("distributed.timeout_s", r.distributed().timeout_s()));
+  PEFT_RETURN_IF_ERROR(non_negative("checkpoint.every_steps", r.checkpoint().every_steps()));
+  PEFT_RETURN_IF_ERROR(positive("checkpoint.keep_last", r.checkpoint().keep_last()));
+  PEFT_RETURN_IF_ERROR(positive("logging.every_steps", r.logging().every_steps()));
+  PEFT_RETURN_IF_ERROR(non_negative("eval.every_steps", r.eval().every_steps()));
+  PEFT_RETURN_IF_ERROR(positive("eval.max_batches", r.eval().max_batches()));
+  std::vector<std::string> names;
+  for (int i = 0; i < r.adapters_size(); ++i) {
+    const proto::AdapterConfig& a = r.adapters(i);
+    absl::StatusOr<const AdapterMethod*> m = method_of(a);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("recipe: adapters[", i, "]: ", m.status().message()));
+    absl::Status st = (*m)->validate(a);
+    if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("recipe: adapters[", i, "]: ", st.message()));
+    for (const std::string& n : names) {
+      if (n == a.name()) {
+        return absl::InvalidArgumentError(absl::StrCat("recipe: two adapters are named '", n, "'"));
+      }
+    }
+    names.push_back(a.name());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open recipe ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  PEFT_ASSIGN_OR_RETURN(proto::Recipe r, parse_recipe(ss.str(), path));
+  for (const std::string& o : overrides) PEFT_RETURN_IF_ERROR(apply_override(&r, o));
+  PEFT_RETURN_IF_ERROR(validate_recipe(r));
+  return r;
+}
+
+std::string recipe_to_text(const proto::Recipe& recipe) {
+  std::string out;
+  pb::TextFormat::PrintToString(recipe, &out);
+  return out;
+}
+
+}  // namespace peft::trainers

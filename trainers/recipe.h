@@ -1,0 +1,39 @@
+// File: trainers/recipe.h
+//
+// Reading training recipes: protobuf text format (trainers/proto/recipe.proto),
+// command-line overrides (`--set training.steps=200`,
+// `--set adapters.0.lora.r=16`), and validation whose errors name the field.
+//
+//   PEFT_ASSIGN_OR_RETURN(proto::Recipe r, load_recipe("examples/recipes/lora.textproto",
+//                                                      {"training.steps=50"}));
+#ifndef PEFT_TRAINERS_RECIPE_H_
+#define PEFT_TRAINERS_RECIPE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "trainers/proto/recipe.pb.h"
+
+namespace peft::trainers {
+
+/// Parses recipe text; unknown fields, wrong types and bad enum names are
+/// errors naming the line and the field.
+absl::StatusOr<proto::Recipe> parse_recipe(const std::string& text, const std::string& source = "recipe");
+
+/// Applies one `path.to.field=value` override (repeated message fields take
+/// an index: `adapters.0.lora.r=16`).
+absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment);
+
+/// Checks required fields and ranges; the error names the field and value.
+absl::Status validate_recipe(const proto::Recipe& recipe);
+
+/// parse_recipe(file) + overrides + validate_recipe.
+absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// The effective recipe in text format (saved into the run directory).
+std::string recipe_to_text(const proto::Recipe& recipe);
+
+}  // namespace peft::trainers
+
+#endif  // PEFT_TRAINERS_RECIPE_H_
