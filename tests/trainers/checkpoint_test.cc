@@ -1,0 +1,73 @@
+// Training checkpoints: a resumed run continues bitwise like an uninterrupted
+// one (tensors, AdamW moments, RNG for dropout), only the newest K are kept,
+// and a mismatching run is refused.
+#include <filesystem>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/optim/adamw.h>
+
+#include "tests/testing/assets.h"
+#include "trainers/checkpoint.h"
+
+namespace peft::trainers {
+namespace {
+
+// A few AdamW steps with dropout noise (uses the global CPU generator).
+void run_steps(at::Tensor& w, torch::optim::AdamW& opt, int n) {
+  for (int i = 0; i < n; ++i) {
+    opt.zero_grad();
+    at::Tensor x = at::dropout(at::ones({8}), 0.3, /*train=*/true);
+    (w * x).pow(2).sum().backward();
+    opt.step();
+  }
+}
+
+TEST(Checkpoint, ResumeIsBitwiseAndKeepsLastK) {
+  const std::string run = testing::make_temp_dir("ckpt");
+  at::manual_seed(1);
+  at::Tensor a = at::randn({8}).requires_grad_(true);
+  torch::optim::AdamW oa({a}, torch::optim::AdamWOptions(0.1));
+  run_steps(a, oa, 3);
+  TrainingState st;
+  st.step = 3;
+  st.data_epoch = 1;
+  st.data_index = 17;
+  st.trainable = {{"w", a}};
+  ASSERT_TRUE(save_training_state(run, st, oa, 2).ok());
+  run_steps(a, oa, 4);  // the uninterrupted run continues
+
+  // A fresh process state: another tensor and optimizer, other RNG state.
+  at::manual_seed(999);
+  at::Tensor b = at::zeros({8}).requires_grad_(true);
+  torch::optim::AdamW ob({b}, torch::optim::AdamWOptions(0.1));
+  TrainingState rs;
+  rs.trainable = {{"w", b}};
+  auto latest = latest_checkpoint(run);
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  ASSERT_TRUE(load_training_state(**latest, &rs, ob).ok());
+  EXPECT_EQ(rs.step, 3);
+  EXPECT_EQ(rs.data_epoch, 1);
+  EXPECT_EQ(rs.data_index, 17);
+  run_steps(b, ob, 4);
+  EXPECT_TRUE(at::equal(a, b)) << "resumed run differs from the uninterrupted one";
+
+  for (int s : {4, 5, 6}) {
+    st.step = s;
+    ASSERT_TRUE(save_training_state(run, st, oa, 2).ok());
+  }
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(run + "/checkpoints")) n += e.is_directory();
+  EXPECT_EQ(n, 2);
+  EXPECT_EQ(std::filesystem::path(**latest_checkpoint(run)).filename(), "step-00000006");
+
+  TrainingState wrong;
+  at::Tensor c = at::zeros({9}).requires_grad_(true);
+  torch::optim::AdamW oc({c}, torch::optim::AdamWOptions(0.1));
+  wrong.trainable = {{"w", c}};
+  EXPECT_FALSE(load_training_state(**latest_checkpoint(run), &wrong, oc).ok());
+  EXPECT_FALSE(latest_checkpoint(run + "/none")->has_value());
+}
+
+}  // namespace
+}  // namespace peft::trainers
