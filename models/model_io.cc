@@ -165,7 +165,8 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
   }
   fs::path parent = target.parent_path();
   if (!fs::is_directory(parent, ec)) {
-    return absl::NotFoundError(absl::StrCat("parent directory ", parent.string(), " does not exist"));
+    fs::create_directories(parent, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
   }
   fs::path tmp = parent / absl::StrCat(".", target.filename().string(), ".tmp-", getpid());
   fs::remove_all(tmp, ec);

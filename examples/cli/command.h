@@ -29,6 +29,7 @@ struct Command {
 /// The subcommands, in help order.
 std::vector<Command> model_commands();  // convert, generate, eval
 std::vector<Command> data_commands();   // tokenize
+std::vector<Command> train_commands();  // train
 
 /// --tokenizer if given, else the tokenizer inside the model directory.
 absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags& flags, const std::string& model_dir);

@@ -42,6 +42,11 @@ absl::StatusOr<bool> ParsedFlags::get_bool(const std::string& name) const {
   return absl::InvalidArgumentError(absl::StrCat("--", name, " must be true or false, got '", v, "'"));
 }
 
+std::vector<std::string> ParsedFlags::get_all(const std::string& name) const {
+  auto it = all_.find(name);
+  return it == all_.end() ? std::vector<std::string>() : it->second;
+}
+
 absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>& args, const std::vector<FlagSpec>& specs) {
   ParsedFlags out;
   std::map<std::string, const FlagSpec*> by_name;
@@ -72,8 +77,11 @@ absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>& args, co
         return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
       }
     }
-    if (out.given_.count(name)) return absl::InvalidArgumentError(absl::StrCat("flag --", name, " given twice"));
+    if (out.given_.count(name) && !it->second->repeated) {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " given twice"));
+    }
     out.given_[name] = value;
+    out.all_[name].push_back(value);
   }
   for (const FlagSpec& s : specs) {
     if (s.required && !out.has(s.name)) {

@@ -22,6 +22,8 @@ struct FlagSpec {
   std::string default_value;  // used when absent and not required
   bool required = false;
   bool is_bool = false;
+  /// May be given several times (get_all returns every value in order).
+  bool repeated = false;
 };
 
 class ParsedFlags {
@@ -32,10 +34,13 @@ class ParsedFlags {
   absl::StatusOr<int64_t> get_int(const std::string& name) const;
   absl::StatusOr<double> get_double(const std::string& name) const;
   absl::StatusOr<bool> get_bool(const std::string& name) const;
+  /// Every value of a repeated flag, in command-line order.
+  std::vector<std::string> get_all(const std::string& name) const;
 
  private:
   friend absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>&, const std::vector<FlagSpec>&);
   std::map<std::string, std::string> given_;
+  std::map<std::string, std::vector<std::string>> all_;
   std::map<std::string, std::string> defaults_;
 };
 

@@ -1,0 +1,411 @@
+#include "trainers/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/types.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "data/dataset.h"
+#include "data/tokenizer.h"
+#include "models/model_io.h"
+#include "peft/core/status.h"
+#include "peft/io/atomic_file.h"
+#include "peft/peft_model.h"
+#include "trainers/checkpoint.h"
+#include "trainers/lr_schedule.h"
+#include "trainers/recipe.h"
+#include "trainers/reweighting.h"
+
+namespace peft::trainers {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+double peak_rss_mb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  }
+  return 0;
+}
+
+data::DataOptions data_options(const proto::Recipe& r) {
+  data::DataOptions o;
+  switch (r.data().format()) {
+    case proto::DataConfig::JSONL_TEXT: o.format = data::DataOptions::Format::kJsonlText; break;
+    case proto::DataConfig::PLAIN_TEXT: o.format = data::DataOptions::Format::kPlainText; break;
+    case proto::DataConfig::INSTRUCTION: o.format = data::DataOptions::Format::kInstruction; break;
+    default: o.format = data::DataOptions::Format::kAuto;
+  }
+  if (r.data().has_prompt_template()) o.prompt_template = r.data().prompt_template();
+  o.seq_len = r.data().seq_len();
+  o.pack = r.data().pack();
+  o.validation_fraction = r.data().has_validation_file() ? 0.0 : r.data().validation_fraction();
+  o.seed = r.training().seed();
+  o.on_bad = r.data().on_bad_record() == proto::DataConfig::SKIP ? data::DataOptions::OnBadRecord::kSkip
+                                                                  : data::DataOptions::OnBadRecord::kStop;
+  return o;
+}
+
+ReweightOptions reweight_options(const proto::Recipe& r) {
+  ReweightOptions o;
+  switch (r.reweighting().strategy()) {
+    case proto::ReweightingConfig::LIN_UPPER: o.strategy = ReweightStrategy::kLinUpper; break;
+    case proto::ReweightingConfig::QUADRATIC: o.strategy = ReweightStrategy::kQuadratic; break;
+    case proto::ReweightingConfig::EXTREMES: o.strategy = ReweightStrategy::kExtremes; break;
+    default: o.strategy = ReweightStrategy::kUniform;
+  }
+  o.temperature = r.reweighting().temperature();
+  o.warmup_steps = r.reweighting().warmup_steps();
+  o.token_weighting = r.reweighting().token_weighting() == proto::ReweightingConfig::SAMPLES
+                          ? TokenWeighting::kSamples
+                          : TokenWeighting::kTokens;
+  return o;
+}
+
+ScheduleOptions schedule_options(const proto::Recipe& r) {
+  ScheduleOptions s;
+  s.peak_lr = r.optimizer().lr();
+  s.total_steps = r.training().steps();
+  s.warmup_steps = r.schedule().warmup_steps();
+  s.min_lr_ratio = r.schedule().min_lr_ratio();
+  s.decay = r.schedule().kind() == proto::ScheduleConfig::LINEAR     ? LrDecay::kLinear
+            : r.schedule().kind() == proto::ScheduleConfig::CONSTANT ? LrDecay::kConstant
+                                                                      : LrDecay::kCosine;
+  return s;
+}
+
+// Sets bf16 CPU autocast for the scope (fp32 master weights stay as they are).
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool on) : on_(on) {
+    if (!on_) return;
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+    at::autocast::set_cpu_enabled(false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+};
+
+// Mean next-token NLL over up to `max_batches` batches of `ds`.
+absl::StatusOr<double> evaluate(PeftModel& pm, const data::Dataset& ds, int64_t batch, int64_t max_batches, bool bf16) {
+  if (ds.size() == 0) return std::nan("");
+  torch::NoGradGuard no_grad;
+  pm.model().module().eval();
+  double sum = 0;
+  int64_t tokens = 0;
+  for (int64_t start = 0, b = 0; start < ds.size() && b < max_batches; start += batch, ++b) {
+    std::vector<int64_t> idx;
+    for (int64_t i = start; i < std::min(ds.size(), start + batch); ++i) idx.push_back(i);
+    PEFT_ASSIGN_OR_RETURN(data::Batch bt, ds.collate(idx));
+    AutocastScope ac(bf16);
+    at::Tensor logits = pm.model().forward(bt.input_ids, nullptr);
+    PerSampleLoss ps = per_sample_token_loss(logits, bt.labels);
+    sum += (ps.loss.to(at::kDouble) * ps.token_counts.to(at::kDouble)).sum().item<double>();
+    tokens += ps.token_counts.sum().item<int64_t>();
+  }
+  pm.model().module().train();
+  return tokens ? sum / static_cast<double>(tokens) : std::nan("");
+}
+
+std::string loss_svg(const std::vector<std::pair<int64_t, double>>& train,
+                     const std::vector<std::pair<int64_t, double>>& eval) {
+  const double w = 640, h = 360, m = 40;
+  double xmax = 1, ymin = 1e30, ymax = -1e30;
+  for (const auto* series : {&train, &eval}) {
+    for (const auto& [s, l] : *series) {
+      if (!std::isfinite(l)) continue;
+      xmax = std::max(xmax, static_cast<double>(s));
+      ymin = std::min(ymin, l);
+      ymax = std::max(ymax, l);
+    }
+  }
+  if (ymin > ymax) ymin = 0, ymax = 1;
+  if (ymax - ymin < 1e-9) ymax = ymin + 1;
+  auto pts = [&](const std::vector<std::pair<int64_t, double>>& s) {
+    std::string p;
+    for (const auto& [x, y] : s) {
+      if (!std::isfinite(y)) continue;
+      absl::StrAppendFormat(&p, "%.1f,%.1f ", m + (w - 2 * m) * x / xmax, h - m - (h - 2 * m) * (y - ymin) / (ymax - ymin));
+    }
+    return p;
+  };
+  std::string svg = absl::StrFormat(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
+      "<text x=\"%.0f\" y=\"%.0f\">step (max %.0f)</text>\n<text x=\"4\" y=\"%.0f\">%.3f</text>\n"
+      "<text x=\"4\" y=\"%.0f\">%.3f</text>\n",
+      w, h, m, h - m, w - m, h - m, m, m, m, h - m, w / 2 - 30, h - 10, xmax, m, ymax, h - m, ymin);
+  absl::StrAppend(&svg, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"", pts(train),
+                  "\"/>\n<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"", pts(eval),
+                  "\"/>\n<text x=\"", w - 190, "\" y=\"20\" fill=\"#1f77b4\">train loss</text>\n<text x=\"", w - 110,
+                  "\" y=\"20\" fill=\"#d62728\">eval loss</text>\n</svg>\n");
+  return svg;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options) {
+  PEFT_RETURN_IF_ERROR(validate_recipe(recipe));
+  auto log = options.log ? options.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  const bool tty = isatty(2) && recipe.logging().progress_bar() && !options.log;
+  const proto::TrainingConfig& tc = recipe.training();
+  at::set_num_threads(tc.threads() > 0 ? tc.threads() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  at::manual_seed(tc.seed());
+  const bool bf16 = tc.precision() == proto::TrainingConfig::BF16;
+
+  // The run directory: refuse to mix two runs.
+  const std::string run = recipe.output_dir();
+  std::error_code ec;
+  fs::create_directories(run, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run, ": ", ec.message()));
+  PEFT_ASSIGN_OR_RETURN(std::optional<std::string> latest, latest_checkpoint(run));
+  if (latest && !options.resume) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
+  }
+  if (!latest && options.resume) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
+  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
+
+  // Model, tokenizer, adapters.
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::load_model(recipe.model()));
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok,
+                        data::load_tokenizer(recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model()));
+  if (tok->vocab_size() > lm->config().vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
+                                                   lm->config().vocab_size()));
+  }
+  PeftModel pm(lm);
+  std::vector<std::pair<std::string, double>> active;
+  for (const proto::AdapterConfig& a : recipe.adapters()) {
+    PEFT_RETURN_IF_ERROR(pm.add_adapter(a, tc.seed()));
+    active.emplace_back(a.name(), 1.0);
+  }
+  if (!active.empty()) {
+    PEFT_RETURN_IF_ERROR(pm.set_active(active));
+    pm.freeze_base_();
+  }
+  std::vector<std::pair<std::string, at::Tensor>> trainable = pm.trainable_parameters();
+  int64_t n_trainable = 0;
+  for (const auto& p : trainable) n_trainable += p.second.numel();
+  if (!active.empty()) log(pm.summary());
+
+  // Data.
+  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, data_options(recipe)));
+  log(splits.stats.summary());
+  data::Dataset validation = splits.validation;
+  if (recipe.data().has_validation_file()) {
+    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, data_options(recipe)));
+    validation = v.train;
+  }
+  const int64_t micro = tc.micro_batch();
+  data::BatchIterator it(splits.train, micro, /*rank=*/0, /*world_size=*/1);
+
+  // Optimizer: no weight decay on norms and biases (1-D tensors).
+  std::vector<at::Tensor> decay, no_decay, all_params;
+  for (const auto& [name, p] : trainable) {
+    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+    all_params.push_back(p);
+  }
+  auto make_opts = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(recipe.optimizer().lr())
+            .betas({recipe.optimizer().beta1(), recipe.optimizer().beta2()})
+            .eps(recipe.optimizer().eps())
+            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, make_opts(recipe.optimizer().weight_decay()));
+  groups.emplace_back(no_decay, make_opts(0.0));
+  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(recipe.optimizer().lr()));
+  const ScheduleOptions sched = schedule_options(recipe);
+  PEFT_RETURN_IF_ERROR(sched.validate());
+  const ReweightOptions rw = reweight_options(recipe);
+  PEFT_RETURN_IF_ERROR(rw.validate());
+
+  TrainingState state;
+  state.trainable = trainable;
+  TrainSummary summary;
+  summary.run_dir = run;
+  summary.trainable_parameters = n_trainable;
+  if (latest && options.resume) {
+    PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt));
+    PEFT_RETURN_IF_ERROR(it.restore({state.data_epoch, state.data_index}));
+    summary.resumed_from_step = state.step;
+    log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
+  }
+
+  // Metrics: appended (a resumed run continues the same file).
+  std::ofstream metrics(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
+  std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
+  PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
+                        evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+  if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {
+    eval_curve.emplace_back(0, summary.initial_eval_loss);
+    metrics << json{{"step", 0}, {"eval_loss", summary.initial_eval_loss},
+                    {"eval_perplexity", std::exp(summary.initial_eval_loss)}}.dump() << "\n";
+  }
+  pm.model().module().train();
+  const double t_start = now();
+  int64_t tokens_seen = 0;
+  const int64_t total = tc.steps();
+  for (int64_t step = state.step; step < total; ++step) {
+    const double t0 = now();
+    const double lr = learning_rate(sched, step);
+    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    opt.zero_grad();
+    double step_loss = 0;
+    int64_t step_tokens = 0;
+    WeightStats ws;
+    bool finite = true;
+    for (int a = 0; a < tc.grad_accum(); ++a) {
+      PEFT_ASSIGN_OR_RETURN(data::Batch b, it.next());
+      at::Tensor loss;
+      {
+        AutocastScope ac(bf16);
+        at::Tensor logits = pm.model().forward(b.input_ids, nullptr);
+        PerSampleLoss ps = per_sample_token_loss(logits, b.labels);
+        ReweightedLoss r = reweighted_loss(rw, ps.loss, ps.token_counts, step);
+        ws = weight_stats(r.global_weights);
+        loss = r.loss;
+        at::Tensor aux = pm.aux_loss();
+        if (aux.numel() > 0) loss = loss + aux.to(loss.scalar_type());
+      }
+      const double lv = loss.item<double>();
+      if (!std::isfinite(lv)) {
+        finite = false;
+        break;
+      }
+      (loss / static_cast<double>(tc.grad_accum())).backward();
+      step_loss += lv / tc.grad_accum();
+      step_tokens += b.tokens;
+    }
+    double grad_norm = 0;
+    if (finite) {
+      grad_norm = recipe.optimizer().max_grad_norm() > 0
+                      ? torch::nn::utils::clip_grad_norm_(all_params, recipe.optimizer().max_grad_norm())
+                      : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
+      finite = std::isfinite(grad_norm);
+    }
+    if (!finite) {
+      if (tc.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
+        return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
+                                                " (training.on_nonfinite = STOP_RUN)"));
+      }
+      log(absl::StrCat("warning: non-finite loss or gradient at step ", step + 1, "; step skipped"));
+      ++summary.skipped_steps;
+      opt.zero_grad();
+    } else {
+      // Post-clip regularisers (SORSA's official update): scaled by 1/peak lr.
+      at::Tensor reg = pm.regularizer();
+      if (reg.requires_grad()) (reg / recipe.optimizer().lr()).backward();
+      opt.step();
+    }
+    pm.on_step(step + 1);
+    state.step = step + 1;
+    tokens_seen += step_tokens;
+    const double dt = now() - t0;
+    if (summary.first_train_loss == 0) summary.first_train_loss = step_loss;
+    summary.final_train_loss = step_loss;
+    train_curve.emplace_back(step + 1, step_loss);
+    json m = {{"step", step + 1},       {"loss", step_loss},     {"lr", lr},
+              {"grad_norm", grad_norm}, {"tokens", step_tokens}, {"tokens_per_s", step_tokens / std::max(dt, 1e-9)},
+              {"peak_rss_mb", peak_rss_mb()}};
+    if (rw.strategy != ReweightStrategy::kUniform) {
+      m["weights"] = {{"min", ws.min}, {"max", ws.max}, {"entropy", ws.entropy}, {"ess", ws.effective_sample_size}};
+    }
+    const bool eval_now = recipe.eval().every_steps() > 0 && (step + 1) % recipe.eval().every_steps() == 0;
+    if (eval_now && step + 1 < total) {
+      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+      m["eval_loss"] = ev;
+      m["eval_perplexity"] = std::exp(ev);
+      eval_curve.emplace_back(step + 1, ev);
+    }
+    metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    const double elapsed = now() - t_start;
+    const double eta = elapsed / (step + 1 - summary.resumed_from_step) * (total - step - 1);
+    const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %02d:%02d",
+                                             step + 1, total, step_loss, lr, tokens_seen / std::max(elapsed, 1e-9),
+                                             static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
+    if (tty) {
+      std::fprintf(stderr, "\r%s\033[K", line.c_str());
+    } else if ((step + 1) % recipe.logging().every_steps() == 0 || step + 1 == total) {
+      log(line);
+    }
+    if (recipe.checkpoint().every_steps() > 0 && (step + 1) % recipe.checkpoint().every_steps() == 0 &&
+        step + 1 < total) {
+      const data::DataPosition pos = it.position();
+      state.data_epoch = pos.epoch;
+      state.data_index = pos.index;
+      PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
+    }
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  summary.steps = state.step;
+  summary.tokens_per_second = tokens_seen / std::max(now() - t_start, 1e-9);
+  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+  if (std::isfinite(summary.final_eval_loss)) {
+    eval_curve.emplace_back(state.step, summary.final_eval_loss);
+    metrics << json{{"step", state.step}, {"eval_loss", summary.final_eval_loss},
+                    {"eval_perplexity", std::exp(summary.final_eval_loss)}}.dump() << "\n";
+  }
+  metrics.close();
+
+  // Outputs: the adapters in the PEFT layout (or the full model), merged model.
+  for (const proto::AdapterConfig& a : recipe.adapters()) {
+    const std::string dir = recipe.adapters_size() == 1 ? run + "/adapter" : run + "/adapter_" + a.name();
+    PEFT_RETURN_IF_ERROR(pm.save_adapter(dir, a.name(), /*overwrite=*/true, recipe.model()));
+  }
+  if (recipe.adapters_size() == 0) {
+    models::SaveOptions so;
+    so.overwrite = true;
+    PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/model", so));
+  } else if (recipe.checkpoint().merge_on_finish()) {
+    PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
+    models::SaveOptions so;
+    so.overwrite = true;
+    PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/merged", so));
+  }
+  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/loss.svg", loss_svg(train_curve, eval_curve)));
+  json s = {{"steps", summary.steps},
+            {"resumed_from_step", summary.resumed_from_step},
+            {"trainable_parameters", summary.trainable_parameters},
+            {"first_train_loss", summary.first_train_loss},
+            {"final_train_loss", summary.final_train_loss},
+            {"initial_eval_loss", summary.initial_eval_loss},
+            {"final_eval_loss", summary.final_eval_loss},
+            {"tokens_per_second", summary.tokens_per_second},
+            {"skipped_steps", summary.skipped_steps},
+            {"peak_rss_mb", peak_rss_mb()}};
+  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/summary.json", s.dump(2) + "\n"));
+  return summary;
+}
+
+}  // namespace peft::trainers

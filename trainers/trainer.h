@@ -1,0 +1,54 @@
+// File: trainers/trainer.h
+//
+// train() runs a recipe end to end: model and tokenizer, adapters (or full
+// fine-tuning when the recipe has none), the data pipeline, AdamW with
+// parameter groups (no weight decay on norms and biases), warm-up + schedule,
+// gradient accumulation, bf16 autocast with fp32 master weights, loss-based
+// sample reweighting, clipping, post-clip regularisers (SORSA), non-finite
+// loss handling, periodic atomic checkpoints with exact resume, evaluation,
+// metrics.jsonl, an SVG loss curve and a summary. It is a function over small
+// parts (data/dataset.h, trainers/reweighting.h, trainers/lr_schedule.h,
+// trainers/checkpoint.h), not an object that owns them.
+//
+// Run directory layout: recipe.textproto (the effective recipe),
+// metrics.jsonl, checkpoints/step-N/, adapter[_<name>]/ (Hugging Face PEFT
+// layout), merged/ (with checkpoint.merge_on_finish), loss.svg, summary.json.
+#ifndef PEFT_TRAINERS_TRAINER_H_
+#define PEFT_TRAINERS_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "trainers/proto/recipe.pb.h"
+
+namespace peft::trainers {
+
+struct TrainOptions {
+  /// Continue from the newest checkpoint of the run directory.
+  bool resume = false;
+  /// Progress lines (stderr by default); a terminal gets a live bar instead.
+  std::function<void(const std::string&)> log;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t resumed_from_step = 0;
+  double first_train_loss = 0;
+  double final_train_loss = 0;
+  double initial_eval_loss = 0;
+  double final_eval_loss = 0;
+  double tokens_per_second = 0;
+  int64_t trainable_parameters = 0;
+  int64_t skipped_steps = 0;  // non-finite losses skipped
+  std::string run_dir;
+};
+
+/// Trains as `recipe` says. Errors name the problem; a run directory that
+/// already holds checkpoints needs `resume` (or another output_dir).
+absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options = {});
+
+}  // namespace peft::trainers
+
+#endif  // PEFT_TRAINERS_TRAINER_H_
