@@ -27,6 +27,7 @@
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"
 #include "trainers/checkpoint.h"
+#include "trainers/distributed.h"
 #include "trainers/lr_schedule.h"
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
@@ -180,6 +181,20 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   at::set_num_threads(tc.threads() > 0 ? tc.threads() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   at::manual_seed(tc.seed());
   const bool bf16 = tc.precision() == proto::TrainingConfig::BF16;
+  if (tc.activation_checkpointing()) {
+    return absl::UnimplementedError("training.activation_checkpointing is not implemented yet; set it to false");
+  }
+
+  // Data parallel: the torchrun environment (RANK, WORLD_SIZE, ...); one
+  // process when absent. Only trainable gradients are all-reduced.
+  PEFT_ASSIGN_OR_RETURN(DistributedEnv env, distributed_env_from_environ());
+  if (recipe.distributed().backend() == proto::DistributedConfig::NCCL) {
+    return absl::UnimplementedError("distributed.backend NCCL needs a CUDA build; this trainer runs on the CPU (gloo)");
+  }
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<ProcessGroup> pg,
+                        ProcessGroup::create(env, Backend::kGloo, std::chrono::seconds(recipe.distributed().timeout_s())));
+  const bool main_rank = env.rank == 0;
+  if (!main_rank) log = [](const std::string&) {};
 
   // The run directory: refuse to mix two runs.
   const std::string run = recipe.output_dir();
@@ -192,7 +207,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
         absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
   }
   if (!latest && options.resume) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
-  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
+  if (main_rank) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
 
   // Model, tokenizer, adapters.
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::load_model(recipe.model()));
@@ -226,10 +241,27 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     validation = v.train;
   }
   const int64_t micro = tc.micro_batch();
-  data::BatchIterator it(splits.train, micro, /*rank=*/0, /*world_size=*/1);
+  // The global batch is micro_batch x world; each rank reads its slice.
+  data::BatchIterator it(splits.train, micro * env.world_size, env.rank, env.world_size);
+  DataParallelGroup group;
+  group.rank = env.rank;
+  group.world_size = env.world_size;
+  group.all_gather = [&pg](const at::Tensor& t) {
+    absl::StatusOr<at::Tensor> g = pg->all_gather(t);
+    if (!g.ok()) throw std::runtime_error(std::string(g.status().message()));
+    return *g;
+  };
 
   // Optimizer: no weight decay on norms and biases (1-D tensors).
   std::vector<at::Tensor> decay, no_decay, all_params;
+  {
+    // Every rank starts from rank 0's values (adapters are seeded alike;
+    // this guards against any difference).
+    std::vector<at::Tensor> values;
+    for (const auto& p : trainable) values.push_back(p.second.detach());
+    torch::NoGradGuard no_grad;
+    PEFT_RETURN_IF_ERROR(pg->broadcast_(values, 0));
+  }
   for (const auto& [name, p] : trainable) {
     (p.dim() >= 2 ? decay : no_decay).push_back(p);
     all_params.push_back(p);
@@ -263,10 +295,11 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   }
 
   // Metrics: appended (a resumed run continues the same file).
-  std::ofstream metrics(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
+  std::ofstream metrics;
+  if (main_rank) metrics.open(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
   std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
   PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
-                        evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+                        evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
   if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {
     eval_curve.emplace_back(0, summary.initial_eval_loss);
     metrics << json{{"step", 0}, {"eval_loss", summary.initial_eval_loss},
@@ -285,35 +318,65 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     int64_t step_tokens = 0;
     WeightStats ws;
     bool finite = true;
+    // The step's micro-batches first: the loss is normalised by the tokens
+    // of the whole optimizer step (all micro-batches, all ranks), so that
+    // accumulation and data parallelism give the gradient of one big batch.
+    std::vector<data::Batch> micro_batches;
+    int64_t step_global_tokens = 0;
     for (int a = 0; a < tc.grad_accum(); ++a) {
       PEFT_ASSIGN_OR_RETURN(data::Batch b, it.next());
+      step_global_tokens += b.global_tokens;
+      micro_batches.push_back(std::move(b));
+    }
+    for (int a = 0; a < tc.grad_accum(); ++a) {
+      const data::Batch& b = micro_batches[a];
       at::Tensor loss;
-      {
+      PEFT_RETURN_IF_ERROR(status_from_torch_error("training step", [&] {
         AutocastScope ac(bf16);
         at::Tensor logits = pm.model().forward(b.input_ids, nullptr);
         PerSampleLoss ps = per_sample_token_loss(logits, b.labels);
-        ReweightedLoss r = reweighted_loss(rw, ps.loss, ps.token_counts, step);
-        ws = weight_stats(r.global_weights);
-        loss = r.loss;
+        ReweightedLoss r = reweighted_loss(rw, ps.loss, ps.token_counts, step, group);
+        if (rw.strategy != ReweightStrategy::kUniform && a == tc.grad_accum() - 1) ws = weight_stats(r.global_weights);
+        if (rw.token_weighting == TokenWeighting::kTokens) {
+          // The GPT-2 repository's normalisation, sum_i (N w_i) n_i l_i / T,
+          // with T the token count of the whole step over all ranks (times
+          // world for the rank average): identical to it for one rank and
+          // one micro-batch, and exact for any split over ranks and
+          // micro-batches. Uniform weights give the step's token-mean CE.
+          const double n = static_cast<double>(r.global_weights.numel());
+          at::Tensor c = r.local_weights.to(ps.loss.scalar_type()) * ps.token_counts.to(ps.loss.scalar_type());
+          loss = (c * ps.loss).sum() * (n * env.world_size / static_cast<double>(std::max<int64_t>(step_global_tokens, 1)));
+        } else {
+          loss = r.loss / static_cast<double>(tc.grad_accum());
+        }
         at::Tensor aux = pm.aux_loss();
-        if (aux.numel() > 0) loss = loss + aux.to(loss.scalar_type());
-      }
+        if (aux.numel() > 0) loss = loss + aux.to(loss.scalar_type()) / static_cast<double>(tc.grad_accum());
+        // A non-finite loss still back-propagates: its NaN gradients reach
+        // every rank through the all-reduce, so all ranks skip together.
+        loss.backward();
+      }));
       const double lv = loss.item<double>();
-      if (!std::isfinite(lv)) {
-        finite = false;
-        break;
+      if (!std::isfinite(lv)) finite = false;
+      step_loss += lv;
+      step_tokens += b.global_tokens;
+    }
+    {
+      std::vector<at::Tensor> grads;
+      for (const at::Tensor& p : all_params) {
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        grads.push_back(p.grad());
       }
-      (loss / static_cast<double>(tc.grad_accum())).backward();
-      step_loss += lv / tc.grad_accum();
-      step_tokens += b.tokens;
+      // The logged loss is the global batch's (each rank holds its share).
+      grads.push_back(at::full({1}, step_loss, at::kDouble));
+      PEFT_RETURN_IF_ERROR(pg->all_reduce_mean_(grads));
+      step_loss = grads.back().item<double>();
     }
-    double grad_norm = 0;
-    if (finite) {
-      grad_norm = recipe.optimizer().max_grad_norm() > 0
-                      ? torch::nn::utils::clip_grad_norm_(all_params, recipe.optimizer().max_grad_norm())
-                      : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
-      finite = std::isfinite(grad_norm);
-    }
+    // The decision to skip rests on the all-reduced gradients alone, so
+    // that every rank makes the same one.
+    double grad_norm = recipe.optimizer().max_grad_norm() > 0
+                           ? torch::nn::utils::clip_grad_norm_(all_params, recipe.optimizer().max_grad_norm())
+                           : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
+    finite = std::isfinite(grad_norm) && (env.world_size > 1 || finite);
     if (!finite) {
       if (tc.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
         return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
@@ -343,12 +406,12 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     }
     const bool eval_now = recipe.eval().every_steps() > 0 && (step + 1) % recipe.eval().every_steps() == 0;
     if (eval_now && step + 1 < total) {
-      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
       m["eval_loss"] = ev;
       m["eval_perplexity"] = std::exp(ev);
       eval_curve.emplace_back(step + 1, ev);
     }
-    metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    if (main_rank) metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
     const double elapsed = now() - t_start;
     const double eta = elapsed / (step + 1 - summary.resumed_from_step) * (total - step - 1);
     const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %02d:%02d",
@@ -364,13 +427,15 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
       const data::DataPosition pos = it.position();
       state.data_epoch = pos.epoch;
       state.data_index = pos.index;
-      PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
+      if (main_rank) PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
     }
   }
   if (tty) std::fprintf(stderr, "\n");
   summary.steps = state.step;
   summary.tokens_per_second = tokens_seen / std::max(now() - t_start, 1e-9);
-  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro, recipe.eval().max_batches(), bf16));
+  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
+  PEFT_RETURN_IF_ERROR(pg->barrier());
+  if (!main_rank) return summary;  // rank 0 writes the outputs
   if (std::isfinite(summary.final_eval_loss)) {
     eval_curve.emplace_back(state.step, summary.final_eval_loss);
     metrics << json{{"step", state.step}, {"eval_loss", summary.final_eval_loss},

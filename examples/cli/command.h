@@ -31,6 +31,11 @@ std::vector<Command> model_commands();  // convert, generate, eval
 std::vector<Command> data_commands();   // tokenize
 std::vector<Command> train_commands();  // train
 
+/// `peft launch --nproc=N [--master_port=P] -- COMMAND...`: starts N local
+/// processes with the torchrun environment (RANK, WORLD_SIZE, ...); returns
+/// the exit code.
+int run_launch(const std::vector<std::string>& args);
+
 /// --tokenizer if given, else the tokenizer inside the model directory.
 absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags& flags, const std::string& model_dir);
 

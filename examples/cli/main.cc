@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string name = argv[1];
+  if (name == "launch") return peft::cli::run_launch(std::vector<std::string>(argv + 2, argv + argc));
   for (const auto& c : commands) {
     if (c.name != name) continue;
     std::vector<std::string> args(argv + 2, argv + argc);

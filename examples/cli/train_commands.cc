@@ -1,11 +1,14 @@
 // peft train.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "examples/cli/command.h"
 #include "peft/core/status.h"
+#include "trainers/distributed.h"
 #include "trainers/recipe.h"
 #include "trainers/trainer.h"
 
@@ -33,6 +36,39 @@ absl::Status run_train(const ParsedFlags& f) {
 }
 
 }  // namespace
+
+int run_launch(const std::vector<std::string>& args) {
+  const std::vector<FlagSpec> specs = {{"nproc", "number of local processes", "", true},
+                                       {"master_port", "TCP port of rank 0's store", "29500"}};
+  auto dash = std::find(args.begin(), args.end(), std::string("--"));
+  const std::vector<std::string> flag_args(args.begin(), dash);
+  std::vector<std::string> command(dash == args.end() ? args.end() : dash + 1, args.end());
+  if (std::find(flag_args.begin(), flag_args.end(), "--help") != flag_args.end() || command.empty()) {
+    std::fputs(usage("launch -- COMMAND...", "Run COMMAND in N local processes for data-parallel training.", specs).c_str(),
+               command.empty() ? stderr : stdout);
+    return command.empty() ? 2 : 0;
+  }
+  absl::StatusOr<ParsedFlags> f = parse_flags(flag_args, specs);
+  absl::Status st = f.status();
+  if (st.ok()) {
+    absl::StatusOr<int64_t> n = f->get_int("nproc");
+    absl::StatusOr<int64_t> port = f->get_int("master_port");
+    st = !n.ok() ? n.status() : !port.ok() ? port.status() : absl::OkStatus();
+    if (st.ok() && (*n < 1 || *n > 256)) st = absl::InvalidArgumentError("--nproc must be in [1, 256]");
+    // `peft` as the command means this very binary.
+    if (st.ok() && command[0] == "peft") command[0] = "/proc/self/exe";
+    if (st.ok() && command[0] == "/proc/self/exe") {
+      std::error_code ec;
+      command[0] = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+    }
+    if (st.ok()) st = trainers::launch_local(static_cast<int>(*n), command, static_cast<int>(*port));
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "peft launch: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
 
 std::vector<Command> train_commands() {
   return {{"train",
