@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing, then `bazel test //...`.
 # Tests that need ../shared/assets skip with a printed reason when it is absent.
-# Ends with one summary line: "tests: N passed, N failed, N skipped".
+# Ends with one summary line: "tests: N passed, N failed, N skipped" (GoogleTest
+# cases; a test target that failed to build or crashed counts as failed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,22 +18,36 @@ else
   echo "test: ../shared/assets not found; tests that need it will skip"
 fi
 
-# CPU tests; --config=cuda (with PEFT_LIBTORCH pointing at a CUDA LibTorch) adds the gpu-tagged ones.
-bazel test //... "$@"
-rc=$?
+# CPU tests; --config=cuda (with PEFT_LIBTORCH pointing at a CUDA LibTorch)
+# adds the gpu-tagged ones. --keep_going: one broken target does not hide
+# the results of the others.
+out=$(mktemp)
+bazel test --keep_going //... "$@" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
 
-# Sum the GoogleTest cases of the test targets that ran (their logs).
+# Per test target from Bazel's summary: PASSED targets contribute their
+# GoogleTest counts; anything else (FAILED, NO STATUS, FAILED TO BUILD,
+# TIMEOUT) counts its failed cases, at least one.
 passed=0; failed=0; skipped=0
-targets=$(bazel query 'tests(//...) except attr(tags, "manual", //...)' 2>/dev/null)
-for t in $targets; do
-  log="bazel-testlogs/$(echo "${t#//}" | tr ':' '/')/test.log"
-  [ -f "$log" ] || continue
-  p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}')
-  f=$(grep -E '^\[  FAILED  \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}')
-  s=$(grep -E '^\[  SKIPPED \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}')
-  if [ -z "$p$f" ] && ! grep -q '^\[==========\]' "$log"; then f=1; fi  # crashed before gtest's summary
-  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${s:-0}))
-done
+while read -r target status; do
+  log="bazel-testlogs/$(echo "${target#//}" | tr ':' '/')/test.log"
+  p=0; f=0; s=0
+  if [ -f "$log" ]; then
+    p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}'); p=${p:-0}
+    f=$(grep -E '^\[  FAILED  \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}'); f=${f:-0}
+    s=$(grep -E '^\[  SKIPPED \] [0-9]+ test' "$log" | tail -1 | awk '{print $4}'); s=${s:-0}
+  fi
+  if [ "$status" = "PASSED" ]; then
+    passed=$((passed + p)); skipped=$((skipped + s))
+  else
+    passed=$((passed + p)); skipped=$((skipped + s))
+    [ "$f" -gt 0 ] || f=1
+    failed=$((failed + f))
+    echo "test: $target $status"
+  fi
+done < <(grep -E '^//[^ ]+ +(\(cached\) )?(PASSED|FAILED|NO STATUS|FAILED TO BUILD|TIMEOUT|FLAKY)' "$out" \
+           | sed -E 's/\(cached\) //' | awk '{t=$1; $1=""; sub(/^ +/, ""); sub(/ in [0-9.]+s$/, ""); print t, $0}')
+rm -f "$out"
+if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
-if [ $rc -ne 0 ] && [ $failed -eq 0 ]; then failed=1; fi
 exit $rc
