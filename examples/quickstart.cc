@@ -49,6 +49,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "examples/cli/flags.h"
 #include "models/generate.h"
@@ -72,7 +73,8 @@ using json = nlohmann::ordered_json;
 // another version is rebuilt.
 constexpr int kBaseVersion = 1;
 constexpr const char* kEndOfText = "<|endoftext|>";
-constexpr const char* kTask = "reverse";
+constexpr const char* kTask = "reverse";   // the new task
+constexpr const char* kControl = "copy";   // the base's pretraining task, replayed during fine-tuning
 // Shown at the end; excluded from all training data like the test words.
 const std::vector<std::string> kDemoWords = {"hello", "lora", "quick"};
 
@@ -110,25 +112,6 @@ struct Record {
 
 std::string reversed(const std::string& s) { return std::string(s.rbegin(), s.rend()); }
 
-// The pretraining tasks: string skills and the prompt format, not the task.
-using Op = std::pair<const char*, std::string (*)(const std::string&)>;
-const std::vector<Op>& pretrain_ops() {
-  static const std::vector<Op> ops = {
-      {"copy", [](const std::string& w) { return w; }},
-      {"upper",
-       [](const std::string& w) {
-         std::string u = w;
-         for (char& c : u) c = static_cast<char>(c - 'a' + 'A');
-         return u;
-       }},
-      {"first", [](const std::string& w) { return w.substr(0, 1); }},
-      {"last", [](const std::string& w) { return w.substr(w.size() - 1); }},
-      {"tail", [](const std::string& w) { return w.substr(1); }},
-      {"init", [](const std::string& w) { return w.substr(0, w.size() - 1); }},
-  };
-  return ops;
-}
-
 std::string to_jsonl(const std::vector<Record>& records) {
   std::string out;
   for (const Record& r : records) {
@@ -149,18 +132,19 @@ absl::Status write_text(const std::string& path, const std::string& text) {
 
 struct TaskData {
   std::vector<std::string> test_words;  // held out: in no training data
-  std::vector<Record> train;            // the task
-  std::vector<Record> pretrain;         // the base's pretraining tasks
+  std::vector<Record> train;            // the task, plus `replay` of copy records
+  std::vector<Record> pretrain;         // the built-in base's pretraining: copy
 };
 
+// The test words first (no palindromes: a copying model would get them
+// right), then training and pretraining words that avoid them.
 TaskData make_data(uint64_t seed, int64_t n_test, int64_t n_train, int64_t n_pretrain, int64_t min_len,
-                   int64_t max_len, const std::vector<Op>& ops) {
+                   int64_t max_len, double replay) {
   TaskData d;
   Rng rng{seed * 0x2545F4914F6CDD1Dull + 17};
   std::set<std::string> held_out(kDemoWords.begin(), kDemoWords.end());
   while (static_cast<int64_t>(d.test_words.size()) < n_test) {
     std::string w = random_word(rng, min_len, max_len);
-    // Palindromes would count a copying model as correct.
     if (w == reversed(w) || held_out.count(w)) continue;
     held_out.insert(w);
     d.test_words.push_back(w);
@@ -171,14 +155,16 @@ TaskData make_data(uint64_t seed, int64_t n_test, int64_t n_train, int64_t n_pre
       if (!held_out.count(w)) return w;
     }
   };
+  const int64_t n_replay = static_cast<int64_t>(replay * static_cast<double>(n_train) + 0.5);
   for (int64_t i = 0; i < n_train; ++i) {
     std::string w = fresh_word();
-    d.train.push_back({kTask, w, reversed(w)});
+    // Replay records are spread evenly through the file.
+    const bool copy = (i + 1) * n_replay / n_train != i * n_replay / n_train;
+    d.train.push_back(copy ? Record{kControl, w, w} : Record{kTask, w, reversed(w)});
   }
   for (int64_t i = 0; i < n_pretrain; ++i) {
-    const Op& op = ops[rng.below(static_cast<int64_t>(ops.size()))];
     std::string w = fresh_word();
-    d.pretrain.push_back({op.first, w, op.second(w)});
+    d.pretrain.push_back({kControl, w, w});
   }
   return d;
 }
@@ -337,6 +323,12 @@ absl::StatusOr<proto::Recipe> recipe_from(const std::string& file, const char* b
   return trainers::parse_recipe(ss.str(), file);
 }
 
+// training.steps, with the warm-up shortened to fit.
+void set_steps(proto::Recipe* r, int64_t steps) {
+  r->mutable_training()->set_steps(static_cast<int32_t>(steps));
+  if (r->schedule().warmup_steps() > steps) r->mutable_schedule()->set_warmup_steps(static_cast<int32_t>(steps / 10));
+}
+
 absl::Status apply_overrides(proto::Recipe* r, const std::vector<std::string>& sets) {
   for (const std::string& s : sets) PEFT_RETURN_IF_ERROR(trainers::apply_override(r, s));
   return trainers::validate_recipe(*r);
@@ -364,7 +356,7 @@ absl::StatusOr<Base> built_in_base(const cli::ParsedFlags& f, const std::string&
                                       "heads must divide hidden_size and kv heads must divide heads");
   }
   PEFT_ASSIGN_OR_RETURN(proto::Recipe recipe, recipe_from(f.get("base_recipe"), kBaseRecipe));
-  if (pretrain_steps > 0) recipe.mutable_training()->set_steps(static_cast<int32_t>(pretrain_steps));
+  if (pretrain_steps > 0) set_steps(&recipe, pretrain_steps);
   recipe.mutable_training()->set_seed(seed);
 
   models::ModelConfig cfg;
@@ -425,15 +417,10 @@ absl::StatusOr<Base> built_in_base(const cli::ParsedFlags& f, const std::string&
   recipe.mutable_data()->set_train_file(data_path);
   recipe.clear_adapters();  // full fine-tuning
   PEFT_RETURN_IF_ERROR(trainers::validate_recipe(recipe));
-  std::string op_names;
-  std::set<std::string> seen;
-  for (const Record& r : data.pretrain) {
-    if (seen.insert(r.instruction).second) absl::StrAppend(&op_names, op_names.empty() ? "" : ", ", r.instruction);
-  }
-  say(absl::StrFormat("      pretraining %lld parameters from random init: %d steps x %d examples of %lld generated "
-                      "records (%s)",
+  say(absl::StrFormat("      pretraining %lld parameters from random init (full fine-tuning): %d steps x %d "
+                      "examples of \"copy: <word> -> <word>\" (%lld generated records)",
                       static_cast<long long>(count_parameters(*lm)), recipe.training().steps(),
-                      recipe.training().micro_batch(), static_cast<long long>(data.pretrain.size()), op_names));
+                      recipe.training().micro_batch(), static_cast<long long>(data.pretrain.size())));
   fs::create_directories(run, ec);
   auto log = std::make_shared<std::ofstream>(run + "/train.log");
   const double t0 = now();
@@ -477,18 +464,20 @@ absl::Status run(const cli::ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(int64_t min_len, f.get_int("min_len"));
   PEFT_ASSIGN_OR_RETURN(int64_t max_len, f.get_int("max_len"));
   PEFT_ASSIGN_OR_RETURN(int64_t steps, f.get_int("steps"));
+  PEFT_ASSIGN_OR_RETURN(double replay, f.get_double("replay"));
   if (n_test < 1 || n_train < 2 || n_pretrain < 2) {
     return absl::InvalidArgumentError("--test_examples must be >= 1, --train_examples and --pretrain_examples >= 2");
   }
   if (min_len < 2 || max_len < min_len || max_len > 12) {
     return absl::InvalidArgumentError("need 2 <= --min_len <= --max_len <= 12");
   }
+  if (!(replay >= 0 && replay < 1)) return absl::InvalidArgumentError("--replay must be in [0, 1)");
   const std::string work = f.get("work_dir");
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create --work_dir ", work, ": ", ec.message()));
 
-  // The LoRA recipe first: a bad --recipe / --set fails before any work.
+  // The fine-tuning recipe first: a bad --recipe / --set fails before any work.
   PEFT_ASSIGN_OR_RETURN(proto::Recipe recipe, recipe_from(f.get("recipe"), kLoraRecipe));
   if (recipe.adapters_size() == 0) return absl::InvalidArgumentError("the fine-tuning recipe has no adapters");
   const std::string data_path = work + "/data/train.jsonl";
@@ -496,20 +485,27 @@ absl::Status run(const cli::ParsedFlags& f) {
   recipe.set_output_dir(lora_run);
   recipe.mutable_data()->set_train_file(data_path);
   recipe.mutable_training()->set_seed(seed);
-  if (steps > 0) recipe.mutable_training()->set_steps(static_cast<int32_t>(steps));
-
-  say(absl::StrFormat("[1/6] data: task \"%s: <word> -> <reversed word>\" on random lowercase words of %lld-%lld "
-                      "letters; %lld training records, %lld held-out test words",
-                      kTask, static_cast<long long>(min_len), static_cast<long long>(max_len),
-                      static_cast<long long>(n_train), static_cast<long long>(n_test)));
-  std::vector<Op> ops;
-  for (absl::string_view name : absl::StrSplit(f.get("pretrain_tasks"), ',', absl::SkipEmpty())) {
-    auto it = std::find_if(pretrain_ops().begin(), pretrain_ops().end(), [&](const Op& op) { return name == op.first; });
-    if (it == pretrain_ops().end()) return absl::InvalidArgumentError(absl::StrCat("unknown --pretrain_tasks entry '", std::string(name), "'"));
-    ops.push_back(*it);
+  recipe.set_model(f.has("base") ? f.get("base") : work + "/base");
+  if (f.has("tokenizer")) recipe.set_tokenizer(f.get("tokenizer"));
+  if (steps > 0) set_steps(&recipe, steps);
+  PEFT_RETURN_IF_ERROR(apply_overrides(&recipe, f.get_all("set")));
+  if (recipe.model() != (f.has("base") ? f.get("base") : work + "/base")) {
+    return absl::InvalidArgumentError("the recipe's model is the base: pass --base=DIR instead of --set model=...");
   }
-  if (ops.empty()) return absl::InvalidArgumentError("--pretrain_tasks is empty");
-  const TaskData data = make_data(seed, n_test, n_train, n_pretrain, min_len, max_len, ops);
+  // The trainer renders prompts with this template (data/dataset.h's default when unset).
+  Prompting prompting;
+  prompting.tmpl = recipe.data().has_prompt_template() ? recipe.data().prompt_template()
+                                                       : data::DataOptions().prompt_template;
+  if (prompting.tmpl.find("{input}") == std::string::npos) {
+    return absl::InvalidArgumentError("the recipe's data.prompt_template needs {input}: the task's word goes there");
+  }
+
+  say(absl::StrFormat("[1/6] data: \"%s\" on random lowercase words of %lld-%lld letters; %lld training "
+                      "records (%.0f%% of them \"%s\" replay), %lld held-out test words",
+                      prompting.prompt(kTask, "<word>") + "<reversed word>", static_cast<long long>(min_len),
+                      static_cast<long long>(max_len), static_cast<long long>(n_train), 100 * replay,
+                      prompting.prompt(kControl, "<word>") + "<word>", static_cast<long long>(n_test)));
+  const TaskData data = make_data(seed, n_test, n_train, n_pretrain, min_len, max_len, replay);
   PEFT_RETURN_IF_ERROR(write_text(data_path, to_jsonl(data.train)));
   {
     std::vector<Record> test;
@@ -530,9 +526,6 @@ absl::Status run(const cli::ParsedFlags& f) {
     if (base.cached) say("      cached (delete it or pass --rebuild_base to pretrain again)");
   }
   const double base_seconds = now() - t_base;
-  recipe.set_model(base.dir);
-  if (f.has("tokenizer")) recipe.set_tokenizer(f.get("tokenizer"));
-  PEFT_RETURN_IF_ERROR(apply_overrides(&recipe, f.get_all("set")));
   const std::string tok_path = recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model();
   absl::StatusOr<std::unique_ptr<data::Tokenizer>> tok_or = data::load_tokenizer(tok_path);
   if (!tok_or.ok()) {
@@ -542,67 +535,61 @@ absl::Status run(const cli::ParsedFlags& f) {
   std::unique_ptr<data::Tokenizer> tok = std::move(*tok_or);
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> base_lm, models::load_model(recipe.model()));
   const int64_t base_params = count_parameters(*base_lm);
-
-  Prompting prompting;
-  prompting.tmpl = recipe.data().has_prompt_template() ? recipe.data().prompt_template()
-                                                        : std::string("{instruction}: {input} -> ");
-  if (prompting.tmpl.find("{input}") == std::string::npos) {
-    return absl::InvalidArgumentError("the recipe's data.prompt_template needs {input}: the task's word goes there");
-  }
   prompting.tok = tok.get();
   if (tok->eos_id() >= 0) prompting.stop_ids.push_back(tok->eos_id());
   for (int64_t e : base_lm->config().eos_token_ids) prompting.stop_ids.push_back(e);
   if (std::vector<int32_t> nl = tok->encode("\n"); nl.size() == 1) prompting.stop_ids.push_back(nl[0]);
 
+  // Both tasks on the held-out words: reverse (new) and copy (the control).
+  struct Scores {
+    Score reverse, copy;
+  };
+  auto evaluate = [&](models::CausalLm& lm) -> absl::StatusOr<Scores> {
+    Scores s;
+    PEFT_ASSIGN_OR_RETURN(s.reverse, score(lm, prompting, kTask, data.test_words, reversed_fn));
+    PEFT_ASSIGN_OR_RETURN(s.copy, score(lm, prompting, kControl, data.test_words, copy_fn));
+    return s;
+  };
+  auto fraction = [&](const Score& s) {
+    return absl::StrFormat("%s (%lld/%lld)", pct(s.accuracy), static_cast<long long>(s.correct),
+                           static_cast<long long>(n_test));
+  };
+
   // 3. Before.
-  say(absl::StrFormat("[3/6] accuracy of the base (greedy, exact match) on %lld held-out words",
-                      static_cast<long long>(n_test)));
-  PEFT_ASSIGN_OR_RETURN(Score before, score(*base_lm, prompting, kTask, data.test_words, reversed_fn));
-  std::optional<Score> copy_before;
-  if (!f.has("base")) {
-    PEFT_ASSIGN_OR_RETURN(copy_before, score(*base_lm, prompting, "copy", data.test_words, copy_fn));
-  }
-  say(absl::StrFormat("      %s: %s (%lld/%lld); e.g. %s: %s -> \"%s\"", kTask, pct(before.accuracy),
-                      static_cast<long long>(before.correct), static_cast<long long>(n_test), kTask,
-                      data.test_words[0], before.answers[0]));
-  if (copy_before) say(absl::StrCat("      copy (a pretraining task, as a control): ", pct(copy_before->accuracy)));
+  say(absl::StrFormat("[3/6] the base, greedy exact match on the %lld held-out words", static_cast<long long>(n_test)));
+  PEFT_ASSIGN_OR_RETURN(Scores before, evaluate(*base_lm));
+  say(absl::StrFormat("      %s: %s, e.g. \"%s%s\"; %s: %s", kTask, fraction(before.reverse),
+                      prompting.prompt(kTask, data.test_words[0]), before.reverse.answers[0], kControl,
+                      fraction(before.copy)));
   base_lm.reset();
 
   // 4. LoRA through the trainer.
   fs::remove_all(lora_run, ec);
   fs::create_directories(lora_run, ec);
-  say(absl::StrFormat("[4/6] LoRA: %s, %d steps of %d examples, lr %g", recipe.adapters(0).ShortDebugString(),
+  say(absl::StrFormat("[4/6] fine-tuning: %s; %d steps x %d examples, lr %g", recipe.adapters(0).ShortDebugString(),
                       recipe.training().steps(), recipe.training().micro_batch(), recipe.optimizer().lr()));
   auto lora_log = std::make_shared<std::ofstream>(lora_run + "/train.log");
   const double t_lora = now();
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary ts, trainers::train(recipe, train_options(lora_run, "[lora]", lora_log)));
   const double lora_seconds = now() - t_lora;
-  const std::string adapter_dir = recipe.adapters_size() == 1 ? lora_run + "/adapter"
-                                                              : lora_run + "/adapter_" + recipe.adapters(0).name();
+  auto adapter_dir = [&](int i) {
+    return recipe.adapters_size() == 1 ? lora_run + "/adapter" : lora_run + "/adapter_" + recipe.adapters(i).name();
+  };
 
   // 5. After: base + adapter (unmerged), then merged, exported and reloaded.
-  say("[5/6] accuracy of base + adapter (unmerged), then merge, export, reload");
+  say("[5/6] base + adapter (unmerged), then merge_and_unload, export, reload");
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::load_model(recipe.model()));
   PeftModel pm(lm);
+  std::vector<std::pair<std::string, double>> active;
   for (int i = 0; i < recipe.adapters_size(); ++i) {
-    const std::string dir = recipe.adapters_size() == 1 ? lora_run + "/adapter"
-                                                        : lora_run + "/adapter_" + recipe.adapters(i).name();
-    PEFT_RETURN_IF_ERROR(pm.load_adapter(dir));
+    PEFT_RETURN_IF_ERROR(pm.load_adapter(adapter_dir(i), recipe.adapters(i).name()));
+    active.emplace_back(recipe.adapters(i).name(), 1.0);
   }
-  if (recipe.adapters_size() > 1) {
-    std::vector<std::pair<std::string, double>> active;
-    for (const auto& a : recipe.adapters()) active.emplace_back(a.name(), 1.0);
-    PEFT_RETURN_IF_ERROR(pm.set_active(active));
-  }
+  PEFT_RETURN_IF_ERROR(pm.set_active(active));
   pm.freeze_base_();
   const int64_t trainable = pm.num_trainable();
-  PEFT_ASSIGN_OR_RETURN(Score after, score(pm.model(), prompting, kTask, data.test_words, reversed_fn));
-  std::optional<Score> copy_after;
-  if (copy_before) {
-    PEFT_ASSIGN_OR_RETURN(copy_after, score(pm.model(), prompting, "copy", data.test_words, copy_fn));
-  }
-  say(absl::StrFormat("      %s: %s (%lld/%lld)", kTask, pct(after.accuracy), static_cast<long long>(after.correct),
-                      static_cast<long long>(n_test)));
+  PEFT_ASSIGN_OR_RETURN(Scores after, evaluate(pm.model()));
+  say(absl::StrFormat("      %s: %s; %s: %s", kTask, fraction(after.reverse), kControl, fraction(after.copy)));
   PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
   const std::string merged_dir = work + "/merged";
   models::SaveOptions so;
@@ -619,13 +606,16 @@ absl::Status run(const cli::ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), merged_dir, so));
   lm.reset();
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> merged, models::load_model(merged_dir));
-  PEFT_ASSIGN_OR_RETURN(Score merged_score, score(*merged, prompting, kTask, data.test_words, reversed_fn));
+  PEFT_ASSIGN_OR_RETURN(Scores merged_scores, evaluate(*merged));
   int64_t same = 0;
-  for (size_t i = 0; i < after.answers.size(); ++i) same += after.answers[i] == merged_score.answers[i];
-  const bool match = same == static_cast<int64_t>(after.answers.size());
-  say(absl::StrFormat("      merged export %s: %s (%lld/%lld); identical answers to base + adapter: %lld/%lld",
-                      merged_dir, pct(merged_score.accuracy), static_cast<long long>(merged_score.correct),
-                      static_cast<long long>(n_test), static_cast<long long>(same), static_cast<long long>(n_test)));
+  for (size_t i = 0; i < data.test_words.size(); ++i) {
+    same += after.reverse.answers[i] == merged_scores.reverse.answers[i] &&
+            after.copy.answers[i] == merged_scores.copy.answers[i];
+  }
+  const bool match = same == n_test;
+  say(absl::StrFormat("      %s (reloaded): %s: %s; %s: %s; identical answers to base + adapter: %lld/%lld",
+                      merged_dir, kTask, fraction(merged_scores.reverse), kControl, fraction(merged_scores.copy),
+                      static_cast<long long>(same), static_cast<long long>(n_test)));
 
   // 6. Examples from the merged model.
   say("[6/6] generations from the merged model");
@@ -639,9 +629,11 @@ absl::Status run(const cli::ParsedFlags& f) {
 
   json summary = {
       {"task", kTask},
+      {"control_task", kControl},
       {"prompt_template", prompting.tmpl},
       {"test_examples", n_test},
       {"train_examples", n_train},
+      {"replay", replay},
       {"base",
        {{"source", base.source},
         {"dir", base.dir},
@@ -651,63 +643,64 @@ absl::Status run(const cli::ParsedFlags& f) {
         {"pretrain", base.pretrain}}},
       {"lora",
        {{"adapter", recipe.adapters(0).ShortDebugString()},
-        {"adapter_dir", adapter_dir},
+        {"adapter_dir", adapter_dir(0)},
         {"trainable_parameters", trainable},
         {"steps", ts.steps},
         {"micro_batch", recipe.training().micro_batch()},
+        {"lr", recipe.optimizer().lr()},
         {"seconds", lora_seconds},
         {"first_train_loss", ts.first_train_loss},
         {"final_train_loss", ts.final_train_loss},
         {"final_eval_loss", ts.final_eval_loss}}},
-      {"accuracy_before", before.accuracy},
-      {"accuracy_after", after.accuracy},
-      {"accuracy_merged", merged_score.accuracy},
+      {"accuracy_before", before.reverse.accuracy},
+      {"accuracy_after", after.reverse.accuracy},
+      {"accuracy_merged", merged_scores.reverse.accuracy},
+      {"control_accuracy_before", before.copy.accuracy},
+      {"control_accuracy_after", after.copy.accuracy},
+      {"control_accuracy_merged", merged_scores.copy.accuracy},
       {"merged_identical_answers", same},
       {"merged_matches_unmerged", match},
       {"merged_dir", merged_dir},
       {"examples", examples},
       {"total_seconds", total},
   };
-  if (copy_before) {
-    summary["control_copy_accuracy_before"] = copy_before->accuracy;
-    summary["control_copy_accuracy_after"] = copy_after->accuracy;
-  }
   PEFT_RETURN_IF_ERROR(write_text(work + "/summary.json", summary.dump(2) + "\n"));
 
   // The table.
-  auto row = [](const std::string& k, const std::string& v) {
-    say(absl::StrFormat("  %-30s %s", k, v));
-  };
+  auto row = [](const std::string& k, const std::string& v) { say(absl::StrFormat("  %-26s %s", k, v)); };
   say("");
   say("quickstart summary");
-  row("task", absl::StrCat("\"", prompting.prompt(kTask, "<word>"), "<reversed word>\""));
   if (f.has("base")) {
-    row("base model", absl::StrFormat("%s (%lld parameters)", base.dir, static_cast<long long>(base_params)));
+    row("base model", absl::StrFormat("%s, %lld parameters", base.dir, static_cast<long long>(base_params)));
   } else {
-    row("base model",
-        absl::StrFormat("built-in LLaMA, %lld parameters, %s", static_cast<long long>(base_params),
-                        base.cached ? "cached" : absl::StrFormat("pretrained in %.0f s", base_seconds)));
+    row("base model", absl::StrFormat("built-in LLaMA, %lld parameters, pretrained on copy only (%s)",
+                                      static_cast<long long>(base_params),
+                                      base.cached ? "cached" : absl::StrFormat("%.0f s", base_seconds)));
   }
-  row("LoRA", absl::StrFormat("r=%d on all linear layers: %lld trainable (%.1f%% of the base)",
-                              recipe.adapters(0).lora().r(), static_cast<long long>(trainable),
-                              100.0 * static_cast<double>(trainable) / static_cast<double>(base_params)));
+  row("adapter", absl::StrFormat("LoRA r=%d on %s: %lld trainable parameters (%.1f%% of the base)",
+                                 recipe.adapters(0).lora().r(),
+                                 recipe.adapters(0).target().preset().empty() ? "its targets"
+                                                                              : recipe.adapters(0).target().preset(),
+                                 static_cast<long long>(trainable),
+                                 100.0 * static_cast<double>(trainable) / static_cast<double>(base_params)));
   row("fine-tuning", absl::StrFormat("%lld steps x %d examples in %.0f s, loss %.3f -> %.3f",
                                      static_cast<long long>(ts.steps), recipe.training().micro_batch(), lora_seconds,
                                      ts.first_train_loss, ts.final_train_loss));
-  row(absl::StrFormat("accuracy on %lld test words", static_cast<long long>(n_test)),
-      absl::StrFormat("%s before -> %s after (base + adapter)", pct(before.accuracy), pct(after.accuracy)));
-  row("merged export, reloaded", absl::StrFormat("%s; %s", pct(merged_score.accuracy),
-                                                 match ? "same answers as base + adapter"
-                                                       : absl::StrFormat("%lld/%lld answers identical",
-                                                                         static_cast<long long>(same),
-                                                                         static_cast<long long>(n_test))));
-  if (copy_before) {
-    row("control: copy (pretrained)", absl::StrFormat("%s before -> %s after", pct(copy_before->accuracy),
-                                                      pct(copy_after->accuracy)));
-  }
+  row(absl::StrFormat("%s (new task)", kTask),
+      absl::StrFormat("%s -> %s  (exact match, %lld held-out words)", pct(before.reverse.accuracy),
+                      pct(after.reverse.accuracy), static_cast<long long>(n_test)));
+  row(absl::StrFormat("%s (control)", kControl),
+      absl::StrFormat("%s -> %s", pct(before.copy.accuracy), pct(after.copy.accuracy)));
+  row("merged export, reloaded",
+      match ? absl::StrFormat("%s; the same answers as base + adapter", pct(merged_scores.reverse.accuracy))
+            : absl::StrFormat("%s; only %lld/%lld answers identical to base + adapter",
+                              pct(merged_scores.reverse.accuracy), static_cast<long long>(same),
+                              static_cast<long long>(n_test)));
   for (const json& e : examples) {
-    row("", absl::StrFormat("%s%s  %s", e["prompt"].get<std::string>(), e["generated"].get<std::string>(),
-                            e["correct"].get<bool>() ? "(correct)" : "(expected " + e["expected"].get<std::string>() + ")"));
+    row("merged generates", absl::StrFormat("%s%s%s", e["prompt"].get<std::string>(), e["generated"].get<std::string>(),
+                                            e["correct"].get<bool>()
+                                                ? ""
+                                                : "  (expected " + e["expected"].get<std::string>() + ")"));
   }
   row("outputs", absl::StrCat(work, "/{summary.json, lora/adapter, merged}"));
   row("total time", absl::StrFormat("%.0f s", total));
@@ -732,11 +725,10 @@ int main(int argc, char** argv) {
       {"threads", "LibTorch threads (0 = all cores)", "0"},
       {"test_examples", "held-out test words", "100"},
       {"train_examples", "task training records", "4000"},
+      {"replay", "share of the training records that are copy (the control task)", "0.5"},
       {"min_len", "shortest word", "3"},
       {"max_len", "longest word", "6"},
       {"pretrain_examples", "built-in base: generated pretraining records", "20000"},
-      {"pretrain_tasks", "built-in base: pretraining tasks (of copy, upper, first, last, tail, init)",
-       "copy,upper,first,last,tail,init"},
       {"pretrain_steps", "built-in base: steps (0 = the base recipe's training.steps)", "0"},
       {"base_recipe", "built-in base: pretraining recipe (default: examples/recipes/quickstart_base.textproto, built in)", ""},
       {"hidden_size", "built-in base: hidden size", "128"},
