@@ -5,6 +5,10 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/causal_softmax.h"
+#include "kernels/rms_norm.h"
+#include "peft/core/autocast.h"
+
 namespace peft::models {
 
 RmsNormImpl::RmsNormImpl(int64_t dim, double eps_) : eps(eps_) {
@@ -12,6 +16,12 @@ RmsNormImpl::RmsNormImpl(int64_t dim, double eps_) : eps(eps_) {
 }
 
 at::Tensor RmsNormImpl::forward(const at::Tensor& x) {
+  // A float32 stream on the CPU: one pass, straight to the autocast dtype
+  // when bf16 autocast is on (what the next linear would cast it to).
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.size(-1) > 0) {
+    const bool bf16 = autocast_dtype_for(x) == at::kBFloat16;
+    return kernels::fused_rms_norm(x, weight, eps, bf16 ? at::kBFloat16 : at::kFloat);
+  }
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
   return (xf * at::rsqrt(var + eps)).to(x.scalar_type()) * weight;
@@ -82,8 +92,16 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const int64_t rep = h / g;
   // Group the query heads that share a KV head so one batched matmul per KV
   // head serves all of them (no copy of K/V per query head).
-  at::Tensor qg = q.contiguous().view({b, g, rep * t, d});                   // [B, G, rep*T, D]
-  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);       // [B, G, rep*T, S]
+  at::Tensor qg = q.contiguous().view({b, g, rep * t, d});  // [B, G, rep*T, D]
+  if (q.is_cpu()) {
+    // Scale, mask and softmax in one pass (kernels/causal_softmax.h).
+    at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, G, rep*T, S]
+    if (scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kBFloat16) {
+      at::Tensor probs = kernels::causal_softmax(scores, scale, t).to(v.scalar_type());
+      return at::matmul(probs, v).view({b, h, t, d});
+    }
+  }
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);  // [B, G, rep*T, S]
   if (t > 1) {
     // Query i (absolute position s-t+i) may see keys 0..s-t+i.
     at::Tensor qpos = at::arange(s - t, s, at::TensorOptions().device(q.device()).dtype(at::kLong)).repeat({rep});

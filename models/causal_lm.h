@@ -51,6 +51,12 @@ class CausalLm {
   /// lm_head: hidden [..., C] -> logits [..., V].
   virtual at::Tensor logits_from_hidden(const at::Tensor& hidden) = 0;
 
+  /// The output layer's weight [V, C] when logits_from_hidden is exactly
+  /// hidden · Wᵀ (no bias, no live adapter on the head), so a loss may fuse
+  /// the product with the cross-entropy (kernels/linear_cross_entropy.h);
+  /// under autocast, the frozen head's compute copy. Undefined otherwise.
+  virtual at::Tensor plain_head_weight() = 0;
+
   /// logits [B, T, V] = logits_from_hidden(forward_hidden(ids, cache)).
   at::Tensor forward(const at::Tensor& input_ids, KvCache* cache) {
     return logits_from_hidden(forward_hidden(input_ids, cache));
@@ -65,6 +71,16 @@ class CausalLm {
 
   /// Installs (or clears, with nullptr) the residual-stream hook.
   virtual void set_stream_hook(StreamHook hook) = 0;
+
+  /// Activation checkpointing per decoder block (models/checkpoint.h): while
+  /// on, a forward in training mode, under grad mode and without a KV cache
+  /// keeps only each block's input and recomputes the block (with the stream
+  /// hook calls inside it) during backward. Loss and gradients are those of
+  /// the plain forward; only backward() (not torch::autograd::grad) reaches
+  /// the parameters of checkpointed blocks. Off by default; evaluation and
+  /// no-grad forwards are never affected.
+  virtual void set_activation_checkpointing(bool on) = 0;
+  virtual bool activation_checkpointing() const = 0;
 };
 
 }  // namespace peft::models

@@ -1,8 +1,12 @@
 #include "models/gpt2.h"
 
 #include <cmath>
+#include <memory>
+#include <utility>
 
 #include <ATen/ATen.h>
+
+#include "models/checkpoint.h"
 
 namespace peft::models {
 namespace {
@@ -92,13 +96,29 @@ at::Tensor Gpt2LMHeadModelImpl::forward_hidden(const at::Tensor& ids, KvCache* c
   at::Tensor pos = at::arange(past, past + t, ids.options().dtype(at::kLong));
   at::Tensor h = transformer->wte->forward(ids) + transformer->wpe->forward(pos).unsqueeze(0);  // [B, T, C]
   if (hook_) h = hook_(HookPoint::kEmbedding, -1, h);
-  int64_t i = 0;
-  for (const auto& block : *transformer->h) h = block->as<Gpt2BlockImpl>()->forward(h, cache, i++, hook_);
+  const bool checkpoint = checkpointing_ && cache == nullptr && is_training() && at::GradMode::is_enabled();
+  for (int64_t i = 0; i < static_cast<int64_t>(transformer->h->size()); ++i) {
+    std::shared_ptr<Gpt2BlockImpl> block = transformer->h->ptr<Gpt2BlockImpl>(i);
+    if (!checkpoint) {
+      h = block->forward(h, cache, i, hook_);
+      continue;
+    }
+    BlockFn fn = [block, i, hook = hook_](const at::Tensor& x) {
+      return block->forward(x, /*cache=*/nullptr, i, hook);
+    };
+    // The hook is assumed trainable: its parameters are not the block's.
+    h = checkpoint_block(std::move(fn), h, static_cast<bool>(hook_) || any_requires_grad(block->parameters()));
+  }
   if (cache) cache->advance(t);
   return transformer->ln_f->forward(h);
 }
 
 at::Tensor Gpt2LMHeadModelImpl::logits_from_hidden(const at::Tensor& hidden) { return lm_head->forward(hidden); }
+
+at::Tensor Gpt2LMHeadModelImpl::plain_head_weight() {
+  if (lm_head->bias.defined() || lm_head->has_live_adapters()) return at::Tensor();
+  return lm_head->compute_weight();
+}
 
 KvCache Gpt2LMHeadModelImpl::make_cache(int64_t batch, int64_t capacity) const {
   const Gpt2Config& c = config_.gpt2;

@@ -1,8 +1,12 @@
 #include "models/llama.h"
 
 #include <cmath>
+#include <memory>
+#include <utility>
 
 #include <ATen/ATen.h>
+
+#include "models/checkpoint.h"
 
 namespace peft::models {
 namespace {
@@ -95,16 +99,34 @@ at::Tensor LlamaForCausalLMImpl::forward_hidden(const at::Tensor& ids, KvCache* 
   TORCH_CHECK(past + ids.size(1) <= config_.llama.max_position_embeddings, "sequence of ", past + ids.size(1),
               " positions exceeds max_position_embeddings ", config_.llama.max_position_embeddings);
   at::Tensor h = model->embed_tokens->forward(ids);  // [B, T, C]
+  if (rope_.cos.device() != h.device()) {
+    // The tables follow the model to its device once, not per layer and step.
+    rope_ = RopeTables{rope_.inv_freq.to(h.device()), rope_.cos.to(h.device()), rope_.sin.to(h.device())};
+  }
   if (hook_) h = hook_(HookPoint::kEmbedding, -1, h);
-  int64_t i = 0;
-  for (const auto& layer : *model->layers) {
-    h = layer->as<LlamaDecoderLayerImpl>()->forward(h, rope_, cache, i++, hook_);
+  const bool checkpoint = checkpointing_ && cache == nullptr && is_training() && at::GradMode::is_enabled();
+  for (int64_t i = 0; i < static_cast<int64_t>(model->layers->size()); ++i) {
+    std::shared_ptr<LlamaDecoderLayerImpl> layer = model->layers->ptr<LlamaDecoderLayerImpl>(i);
+    if (!checkpoint) {
+      h = layer->forward(h, rope_, cache, i, hook_);
+      continue;
+    }
+    BlockFn fn = [layer, rope = rope_, i, hook = hook_](const at::Tensor& x) {
+      return layer->forward(x, rope, /*cache=*/nullptr, i, hook);
+    };
+    // The hook is assumed trainable: its parameters are not the block's.
+    h = checkpoint_block(std::move(fn), h, static_cast<bool>(hook_) || any_requires_grad(layer->parameters()));
   }
   if (cache) cache->advance(ids.size(1));
   return model->norm->forward(h);
 }
 
 at::Tensor LlamaForCausalLMImpl::logits_from_hidden(const at::Tensor& hidden) { return lm_head->forward(hidden); }
+
+at::Tensor LlamaForCausalLMImpl::plain_head_weight() {
+  if (lm_head->bias.defined() || lm_head->has_live_adapters()) return at::Tensor();
+  return lm_head->compute_weight();
+}
 
 KvCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const {
   const LlamaConfig& c = config_.llama;

@@ -72,9 +72,12 @@ class LlamaForCausalLMImpl final : public torch::nn::Module, public CausalLm {
   torch::nn::Module& module() override { return *this; }
   at::Tensor forward_hidden(const at::Tensor& input_ids, KvCache* cache) override;
   at::Tensor logits_from_hidden(const at::Tensor& hidden) override;
+  at::Tensor plain_head_weight() override;
   KvCache make_cache(int64_t batch, int64_t capacity) const override;
   std::vector<HfParameter> hf_parameters() override;
   void set_stream_hook(StreamHook hook) override { hook_ = std::move(hook); }
+  void set_activation_checkpointing(bool on) override { checkpointing_ = on; }
+  bool activation_checkpointing() const override { return checkpointing_; }
 
   LlamaModel model{nullptr};
   AdaptableLinear lm_head{nullptr};
@@ -83,6 +86,7 @@ class LlamaForCausalLMImpl final : public torch::nn::Module, public CausalLm {
   const ModelConfig config_;
   RopeTables rope_;
   StreamHook hook_;
+  bool checkpointing_ = false;
   std::set<std::string> base_names_;  // parameter names at construction
 };
 

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "peft/core/autocast.h"
+
 namespace peft {
 
 AdaptableLinearImpl::AdaptableLinearImpl(const AdaptableLinearOptions& opts) : options(opts) {
@@ -26,11 +28,14 @@ at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
     if (scale == 1.0) single = adapter(name);
   }
   if (live == 0) return base_forward(x);
-  if (live == 1 && single != nullptr) return single->forward(x, weight, bias);
+  // Additive adapters only add a term to x Wᵀ, so they may see the compute
+  // copy; the others transform W itself and get the master weight.
+  if (live == 1 && single != nullptr) return single->forward(x, single->additive() ? compute_weight() : weight, bias);
   at::Tensor y = base_forward(x);
   for (const auto& [name, scale] : active_) {
     if (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) continue;
-    at::Tensor d = adapter(name)->forward_delta(x, weight);
+    LinearAdapter* a = adapter(name);
+    at::Tensor d = a->forward_delta(x, a->additive() ? compute_weight() : weight);
     y = scale == 1.0 ? y + d : y + d * scale;
   }
   return y;
@@ -40,7 +45,35 @@ at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
   TORCH_CHECK(weight.defined(), "AdaptableLinear: tied weight was never set");
   TORCH_CHECK(x.size(-1) == options.in_features, "AdaptableLinear: input has ", x.size(-1), " features, expected ",
               options.in_features);
-  return at::linear(x, weight, bias);
+  return at::linear(x, compute_weight(), bias);
+}
+
+at::Tensor AdaptableLinearImpl::compute_weight() const {
+  if (!weight.defined() || weight.requires_grad() || !at::isFloatingType(weight.scalar_type())) return weight;
+  const std::optional<at::ScalarType> ac = autocast_dtype_for(weight);
+  if (!ac) return weight;
+  const at::ScalarType dtype = *ac;
+  if (c10::elementSize(weight.scalar_type()) <= c10::elementSize(dtype)) return weight;
+  if (!compute_cache_.defined() || cache_source_ != weight.data_ptr() || cache_version_ != weight._version() ||
+      compute_cache_.scalar_type() != dtype) {
+    torch::NoGradGuard no_grad;
+    compute_cache_ = weight.to(dtype);
+    cache_source_ = weight.data_ptr();
+    cache_version_ = weight._version();
+  }
+  return compute_cache_;
+}
+
+bool AdaptableLinearImpl::has_live_adapters() const {
+  return std::any_of(active_.begin(), active_.end(), [&](const auto& a) {
+    return std::none_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == a.first; });
+  });
+}
+
+void AdaptableLinearImpl::release_compute_cache_() const {
+  compute_cache_ = at::Tensor();
+  cache_source_ = nullptr;
+  cache_version_ = -1;
 }
 
 void AdaptableLinearImpl::tie_weight_(const at::Tensor& w) {

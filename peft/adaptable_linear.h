@@ -50,6 +50,18 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// The plain projection x Wᵀ + b, ignoring adapters.
   at::Tensor base_forward(const at::Tensor& x) const;
 
+  /// The weight the base product runs with: `weight` itself, or, while
+  /// autocast is on for its device and `weight` is frozen (no grad) and wider
+  /// than the autocast dtype, a cached copy in that dtype. Eager autocast
+  /// casts a frozen weight again at every call (its cache only keeps leaves
+  /// that require grad); this copy is made once and rebuilt only when the
+  /// weight changes (merge, unmerge, load: its version or storage moves).
+  /// Additive adapters and the fused output layer receive it too.
+  at::Tensor compute_weight() const;
+
+  /// Drops the cached copy (it is rebuilt on the next autocast forward).
+  void release_compute_cache_() const;
+
   /// Makes this head share `weight` with an embedding [out, in] (tied heads).
   void tie_weight_(const at::Tensor& weight);
 
@@ -73,6 +85,8 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// Undoes the most recent merge (adapters come off in reverse order).
   void unmerge_last_();
   const std::vector<std::pair<std::string, double>>& merged() const { return merged_; }
+  /// True when forward() would run an adapter (active and not merged).
+  bool has_live_adapters() const;
 
   const AdaptableLinearOptions options;
   at::Tensor weight;  // [out, in]
@@ -82,6 +96,10 @@ class AdaptableLinearImpl : public torch::nn::Module {
   std::vector<std::pair<std::string, std::shared_ptr<LinearAdapter>>> adapters_;
   std::vector<std::pair<std::string, double>> active_;
   std::vector<std::pair<std::string, double>> merged_;  // merge order
+  // compute_weight()'s copy and what it was made from.
+  mutable at::Tensor compute_cache_;
+  mutable const void* cache_source_ = nullptr;
+  mutable int64_t cache_version_ = -1;
 };
 TORCH_MODULE(AdaptableLinear);
 

@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "absl/strings/str_cat.h"
+#include "peft/core/autocast.h"
 
 namespace peft {
 
@@ -57,9 +58,13 @@ LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, 
 }
 
 at::Tensor LoraLinearImpl::forward_delta(const at::Tensor& x, const at::Tensor& /*weight*/) {
-  at::Tensor h = x.to(lora_A.scalar_type());
+  // Without autocast the adapter computes in its own (fp32) dtype whatever
+  // the base's; under autocast the products run in the autocast dtype.
+  const bool ac = autocast_dtype_for(x).has_value();
+  at::Tensor h = ac ? x : x.to(lora_A.scalar_type());
   if (options.dropout() > 0 && is_training()) h = at::dropout(h, options.dropout(), /*train=*/true);
-  return (at::linear(at::linear(h, lora_A), lora_B) * scaling).to(x.scalar_type());
+  const at::Tensor y = at::linear(at::linear(h, lora_A) * scaling, lora_B);  // scaled on the rank-r side
+  return ac ? y : y.to(x.scalar_type());
 }
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -1,0 +1,209 @@
+#include "kernels/linear_cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/row_math.h"
+
+namespace peft::kernels {
+namespace {
+
+// Reductions run in float32, or float64 for float64 inputs.
+at::ScalarType acc_type(const at::Tensor& h) { return h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// p = softmax(logits) - onehot(labels) for the valid rows of one chunk, in
+// place over `lf` [R, V] float32 (0 rows where the label is ignored), given
+// the row maxima and sums of exp(lf - max) already applied: lf holds
+// exp(lf - max) on entry.
+void to_softmax_minus_onehot_(at::Tensor& lf, const at::Tensor& sum, const at::Tensor& safe, const at::Tensor& valid) {
+  lf.div_(sum.unsqueeze(1));
+  lf.scatter_add_(1, safe.unsqueeze(1), at::full({lf.size(0), 1}, -1.0, lf.options()));
+  if (!valid.all().item<bool>()) lf.mul_(valid.unsqueeze(1).to(lf.scalar_type()));
+}
+
+// One row of a chunk of logits x [V] (float32 or bf16): returns the
+// cross-entropy logsumexp(x) - x[label] and, when `grad`, overwrites x with
+// softmax(x) - onehot(label). `buf` holds V floats of scratch. Two reads and
+// one write of the row, instead of ATen's cast + max + exp + sum + div +
+// scatter + cast passes over the whole chunk.
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(T* x, float* buf, int64_t v,
+                                                                          int64_t label, bool grad) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < v; ++j) {
+    buf[j] = row_math::to_float(x[j]);
+    mx = buf[j] > mx ? buf[j] : mx;
+  }
+  const float picked = buf[label];
+  float sum = 0;
+  for (int64_t j = 0; j < v; ++j) {
+    buf[j] = row_math::exp_approx(buf[j] - mx);
+    sum += buf[j];
+  }
+  if (grad) {
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < v; ++j) x[j] = row_math::from_float<T>(buf[j] * inv);
+    x[label] = row_math::from_float<T>(buf[label] * inv - 1.0f);
+  }
+  return std::log(sum) + mx - picked;
+}
+
+// ce_row over the rows of `logits` [R, V] (contiguous); ignored rows give 0
+// and, when `grad`, a zero row.
+template <typename T>
+void ce_rows(at::Tensor& logits, const int64_t* labels, int64_t ignore_index, float* loss, bool grad) {
+  const int64_t r = logits.size(0), v = logits.size(1);
+  T* base = logits.data_ptr<T>();
+  at::parallel_for(0, r, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(v);
+    for (int64_t i = b; i < e; ++i) {
+      T* row = base + i * v;
+      if (labels[i] == ignore_index) {
+        loss[i] = 0;
+        if (grad) std::fill(row, row + v, row_math::from_float<T>(0.0f));
+        continue;
+      }
+      loss[i] = ce_row(row, buf.data(), v, labels[i], grad);
+    }
+  });
+}
+
+class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& W, const at::Tensor& labels,
+                            int64_t ignore_index, int64_t chunk_rows) {
+    const int64_t n = h.size(0);
+    const bool need_h = h.requires_grad(), need_w = W.requires_grad();
+    const at::Tensor valid = labels != ignore_index;          // [N]
+    const at::Tensor safe = labels.masked_fill(~valid, 0);   // [N] a valid index everywhere
+    const at::ScalarType acc = acc_type(h);
+    at::Tensor loss = at::empty({n}, h.options().dtype(acc));
+    at::Tensor row_grad = need_h && !need_w ? at::empty_like(h) : at::Tensor();  // [N, C]
+    at::Tensor lse_all = need_w ? at::empty({n}, h.options().dtype(acc)) : at::Tensor();
+    const at::Tensor wt = W.t();
+    for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
+      const int64_t r = std::min(chunk_rows, n - r0);
+      const at::Tensor hc = h.narrow(0, r0, r);
+      if (h.is_cpu() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat)) {
+        // The row kernel (CPU): logits in h's dtype, reduced in float32 in
+        // place. Other devices take the ATen path below.
+        at::Tensor logits = at::mm(hc, wt);  // [R, V]
+        const at::Tensor labels_c = labels.narrow(0, r0, r).contiguous();
+        at::Tensor loss_c = loss.narrow(0, r0, r);
+        if (h.scalar_type() == at::kBFloat16) {
+          ce_rows<c10::BFloat16>(logits, labels_c.data_ptr<int64_t>(), ignore_index, loss_c.data_ptr<float>(),
+                                 row_grad.defined());
+        } else {
+          ce_rows<float>(logits, labels_c.data_ptr<int64_t>(), ignore_index, loss_c.data_ptr<float>(),
+                         row_grad.defined());
+        }
+        if (need_w) {
+          // lse = loss + the label's logit (the logits are intact: no grad
+          // rows were written); ignored rows' lse is unused.
+          lse_all.narrow(0, r0, r).copy_(loss_c + logits.gather(1, safe.narrow(0, r0, r).unsqueeze(1)).squeeze(1).to(acc));
+        }
+        if (row_grad.defined()) {
+          at::Tensor out = row_grad.narrow(0, r0, r);
+          at::mm_out(out, logits, W);
+        }
+        continue;
+      }
+      at::Tensor lf = at::mm(hc, wt).to(acc);  // [R, V]
+      const at::Tensor safe_c = safe.narrow(0, r0, r), valid_c = valid.narrow(0, r0, r);
+      const at::Tensor picked = lf.gather(1, safe_c.unsqueeze(1)).squeeze(1);  // [R]
+      const at::Tensor mx = std::get<0>(lf.max(1));                            // [R]
+      lf.sub_(mx.unsqueeze(1)).exp_();
+      const at::Tensor sum = lf.sum(1);
+      const at::Tensor lse = sum.log().add_(mx);
+      loss.narrow(0, r0, r).copy_((lse - picked).mul_(valid_c.to(acc)));
+      if (need_w) lse_all.narrow(0, r0, r).copy_(lse);
+      if (row_grad.defined()) {
+        to_softmax_minus_onehot_(lf, sum, safe_c, valid_c);
+        at::Tensor out = row_grad.narrow(0, r0, r);
+        at::mm_out(out, lf.to(h.scalar_type()), W);
+      }
+    }
+    ctx->saved_data["row_grad"] = row_grad;
+    ctx->saved_data["lse"] = lse_all;
+    ctx->saved_data["chunk_rows"] = chunk_rows;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    if (need_w) {
+      ctx->save_for_backward({h, W, labels});
+    } else {
+      ctx->save_for_backward({labels});
+    }
+    ctx->mark_non_differentiable({});
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor g = grads[0];  // [N]
+    const at::Tensor row_grad = ctx->saved_data["row_grad"].toTensor();
+    if (row_grad.defined()) {
+      return {row_grad * g.unsqueeze(1).to(row_grad.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor()};
+    }
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& h = saved[0];
+    const at::Tensor& W = saved[1];
+    const at::Tensor& labels = saved[2];
+    const at::Tensor lse = ctx->saved_data["lse"].toTensor();
+    const int64_t chunk_rows = ctx->saved_data["chunk_rows"].toInt();
+    const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
+    const bool need_h = h.requires_grad();
+    const at::Tensor valid = labels != ignore_index;
+    const at::Tensor safe = labels.masked_fill(~valid, 0);
+    const int64_t n = h.size(0);
+    const at::ScalarType acc = acc_type(h);
+    at::Tensor grad_h = need_h ? at::empty_like(h) : at::Tensor();
+    at::Tensor grad_w = at::zeros(W.sizes(), W.options().dtype(acc));
+    const at::Tensor wt = W.t();
+    for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
+      const int64_t r = std::min(chunk_rows, n - r0);
+      const at::Tensor hc = h.narrow(0, r0, r);
+      at::Tensor lf = at::mm(hc, wt).to(acc);
+      lf.sub_(lse.narrow(0, r0, r).unsqueeze(1)).exp_();  // softmax rows
+      lf.scatter_add_(1, safe.narrow(0, r0, r).unsqueeze(1), at::full({r, 1}, -1.0, lf.options()));
+      lf.mul_((g.narrow(0, r0, r).to(acc) * valid.narrow(0, r0, r).to(acc)).unsqueeze(1));
+      const at::Tensor pc = lf.to(h.scalar_type());
+      if (need_h) {
+        at::Tensor out = grad_h.narrow(0, r0, r);
+        at::mm_out(out, pc, W);
+      }
+      grad_w.add_(at::mm(pc.t(), hc));
+    }
+    return {grad_h, grad_w.to(W.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor linear_cross_entropy(const at::Tensor& h, const at::Tensor& W, const at::Tensor& labels,
+                                int64_t ignore_index, int64_t chunk_rows) {
+  TORCH_CHECK(h.dim() == 2 && W.dim() == 2 && h.size(1) == W.size(1), "linear_cross_entropy: h [N, C] and W [V, C] ",
+              "must agree on C, got ", h.sizes(), " and ", W.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy: labels must be [",
+              h.size(0), "], got ", labels.sizes());
+  TORCH_CHECK(h.scalar_type() == W.scalar_type() && h.device() == W.device(),
+              "linear_cross_entropy: h and W must share dtype and device, got ", h.scalar_type(), " and ",
+              W.scalar_type());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "linear_cross_entropy: labels must be int64, got ",
+              labels.scalar_type());
+  TORCH_CHECK(chunk_rows > 0, "linear_cross_entropy: chunk_rows must be positive");
+  const at::Tensor bad = (labels != ignore_index) & ((labels < 0) | (labels >= W.size(0)));
+  TORCH_CHECK(!bad.any().item<bool>(), "linear_cross_entropy: a label is outside [0, ", W.size(0),
+              ") and is not ignore_index ", ignore_index);
+  return LinearCeFunction::apply(h.contiguous(), W, labels.contiguous(), ignore_index, chunk_rows);
+}
+
+}  // namespace peft::kernels
