@@ -39,7 +39,33 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints(const fs::path& root) {
   return out;
 }
 
+// Keys of rank r's generators in trainable.safetensors. Rank 0's CPU key is
+// the one checkpoints had before per-rank states.
+std::string rng_key(const char* kind, size_t rank) {
+  return rank == 0 ? absl::StrCat("__rng_", kind, "__") : absl::StrCat("__rng_", kind, "_rank", rank, "__");
+}
+
+bool is_rng_key(const std::string& name) { return name.rfind("__rng_", 0) == 0; }
+
 }  // namespace
+
+RngState capture_rng_state(const c10::Device& device) {
+  RngState s;
+  s.cpu = at::detail::getDefaultCPUGenerator().get_state();
+  if (device.is_cuda()) s.cuda = at::globalContext().defaultGenerator(device).get_state();
+  return s;
+}
+
+void restore_rng_state(const RngState& rng, const c10::Device& device) {
+  if (rng.cpu.defined()) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    gen.set_state(rng.cpu);
+  }
+  if (device.is_cuda() && rng.cuda.defined()) {
+    at::Generator gen = at::globalContext().defaultGenerator(device);
+    gen.set_state(rng.cuda);
+  }
+}
 
 absl::Status save_training_state(const std::string& run_dir, const TrainingState& state,
                                  torch::optim::Optimizer& optimizer, int keep_last) {
@@ -50,9 +76,12 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
   const std::string dir = (root / absl::StrFormat("step-%08d", state.step)).string();
   std::vector<io::NamedTensor> tensors;
   for (const auto& [name, t] : state.trainable) tensors.push_back({name, t.detach().to(at::kCPU).contiguous()});
-  // The CPU generator (dropout) as raw bytes.
-  at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
-  tensors.push_back({"__rng_cpu__", rng});
+  // Every rank's generators (dropout) as raw bytes.
+  const std::vector<RngState> rng = state.rng.empty() ? std::vector<RngState>{capture_rng_state()} : state.rng;
+  for (size_t r = 0; r < rng.size(); ++r) {
+    tensors.push_back({rng_key("cpu", r), rng[r].cpu.to(at::kCPU).contiguous()});
+    if (rng[r].cuda.defined()) tensors.push_back({rng_key("cuda", r), rng[r].cuda.to(at::kCPU).contiguous()});
+  }
   nlohmann::json j = {{"step", state.step}, {"data_epoch", state.data_epoch}, {"data_index", state.data_index}};
   PEFT_RETURN_IF_ERROR(models::write_directory_atomically(dir, /*overwrite=*/true, [&](const std::string& tmp) {
     PEFT_RETURN_IF_ERROR(io::save_safetensors(tmp + "/trainable.safetensors", tensors));
@@ -71,7 +100,8 @@ absl::StatusOr<std::optional<std::string>> latest_checkpoint(const std::string& 
   return std::optional<std::string>(all.back().second.string());
 }
 
-absl::Status load_training_state(const std::string& dir, TrainingState* state, torch::optim::Optimizer& optimizer) {
+absl::Status load_training_state(const std::string& dir, TrainingState* state, torch::optim::Optimizer& optimizer,
+                                 int rank, const c10::Device& device) {
   std::ifstream in(dir + "/state.json");
   if (!in) return absl::NotFoundError(absl::StrCat(dir, ": no state.json (incomplete checkpoint?)"));
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
@@ -85,17 +115,33 @@ absl::Status load_training_state(const std::string& dir, TrainingState* state, t
       return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", name, "' has another shape in the checkpoint"));
     }
   }
-  if (file->tensors().size() != state->trainable.size() + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint holds ", file->tensors().size() - 1,
+  size_t saved = 0;
+  for (const io::TensorInfo& info : file->tensors()) saved += is_rng_key(info.name) ? 0 : 1;
+  if (saved != state->trainable.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint holds ", saved,
                                                    " trainable tensors, this run has ", state->trainable.size()));
+  }
+  // This rank's generators; rank 0's when the checkpoint has none for it.
+  const size_t r = static_cast<size_t>(std::max(rank, 0));
+  const std::string cpu_key = file->find(rng_key("cpu", r)) != nullptr ? rng_key("cpu", r) : rng_key("cpu", 0);
+  if (file->find(cpu_key) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint lacks the RNG state '", cpu_key, "'"));
+  }
+  std::string cuda_key = file->find(rng_key("cuda", r)) != nullptr ? rng_key("cuda", r) : rng_key("cuda", 0);
+  if (!device.is_cuda() || file->find(cuda_key) == nullptr) cuda_key.clear();
+  RngState rng;
+  PEFT_ASSIGN_OR_RETURN(rng.cpu, file->load(cpu_key));
+  if (!cuda_key.empty()) {
+    PEFT_ASSIGN_OR_RETURN(rng.cuda, file->load(cuda_key));
   }
   PEFT_RETURN_IF_ERROR(status_from_torch_error("restore tensors", [&] {
     torch::NoGradGuard no_grad;
     for (auto& [name, t] : state->trainable) t.copy_(*file->load(name));
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
-    gen.set_state(*file->load("__rng_cpu__"));
+    restore_rng_state(rng, device);
   }));
-  PEFT_RETURN_IF_ERROR(status_from_torch_error("restore optimizer", [&] { torch::load(optimizer, dir + "/optimizer.pt"); }));
+  // The moments go to the training device, wherever they were saved from.
+  PEFT_RETURN_IF_ERROR(
+      status_from_torch_error("restore optimizer", [&] { torch::load(optimizer, dir + "/optimizer.pt", device); }));
   state->step = j["step"].get<int64_t>();
   state->data_epoch = j.value("data_epoch", int64_t{0});
   state->data_index = j.value("data_index", int64_t{0});

@@ -1,13 +1,18 @@
 // File: trainers/checkpoint.h
 //
 // Training checkpoints for exact resume: the trainable tensors, the optimizer
-// state, the step, the data position and the CPU RNG state, written into
-// `<run>/checkpoints/step-00000050/` through a temporary directory and a
+// state, the step, the data position and the RNG states of every rank (the
+// CPU generator and, when training on CUDA, the training device's), written
+// into `<run>/checkpoints/step-00000050/` through a temporary directory and a
 // rename (a crash never leaves a half-written checkpoint), keeping the last K.
+// One process (rank 0) writes; the caller gathers the other ranks' RNG
+// states into TrainingState::rng first, so no rank ever writes into the
+// directory of another.
 //
+//   state.rng = every_ranks_states;  // e.g. capture_rng_state(device) per rank, gathered
 //   PEFT_RETURN_IF_ERROR(save_training_state(run_dir, state, optimizer, keep_last));
 //   PEFT_ASSIGN_OR_RETURN(std::optional<std::string> dir, latest_checkpoint(run_dir));
-//   if (dir) PEFT_RETURN_IF_ERROR(load_training_state(*dir, &state, &optimizer));
+//   if (dir) PEFT_RETURN_IF_ERROR(load_training_state(*dir, &state, optimizer, rank, device));
 #ifndef PEFT_TRAINERS_CHECKPOINT_H_
 #define PEFT_TRAINERS_CHECKPOINT_H_
 
@@ -18,6 +23,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
 
@@ -27,6 +33,20 @@ class Optimizer;
 
 namespace peft::trainers {
 
+/// The random generators of one process, as raw bytes (uint8 CPU tensors).
+struct RngState {
+  at::Tensor cpu;   // [n] the CPU generator (dropout on the CPU)
+  at::Tensor cuda;  // [m] the training device's CUDA generator; undefined on the CPU
+};
+
+/// This process's generators: the CPU one and, when `device` is a CUDA
+/// device, that device's.
+RngState capture_rng_state(const c10::Device& device = c10::Device(c10::kCPU));
+
+/// Sets this process's CPU generator from `rng.cpu` and, when `device` is a
+/// CUDA device and `rng.cuda` is defined, that device's from `rng.cuda`.
+void restore_rng_state(const RngState& rng, const c10::Device& device = c10::Device(c10::kCPU));
+
 /// What a checkpoint restores besides the optimizer.
 struct TrainingState {
   int64_t step = 0;        // optimizer steps completed
@@ -35,6 +55,9 @@ struct TrainingState {
   /// Named trainable tensors (their values are saved; on load they are
   /// copied into these same tensors, matched by name and shape).
   std::vector<std::pair<std::string, at::Tensor>> trainable;
+  /// The generators of every rank (index = rank) for save_training_state;
+  /// empty means this process's CPU generator as rank 0's (one process).
+  std::vector<RngState> rng;
 };
 
 /// Writes step-<step> under `run_dir/checkpoints` and removes all but the
@@ -46,9 +69,13 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
 absl::StatusOr<std::optional<std::string>> latest_checkpoint(const std::string& run_dir);
 
 /// Restores `state` (step, data position, tensor values), the optimizer and
-/// the global CPU RNG from `checkpoint_dir`. Names and shapes must match.
+/// this process's generators from `checkpoint_dir`: those saved for `rank`
+/// (the CPU one and, when `device` is CUDA and the checkpoint has it, the
+/// device's). A checkpoint without states for `rank` (written by fewer ranks)
+/// gives it rank 0's CPU state. Names and shapes must match.
 absl::Status load_training_state(const std::string& checkpoint_dir, TrainingState* state,
-                                 torch::optim::Optimizer& optimizer);
+                                 torch::optim::Optimizer& optimizer, int rank = 0,
+                                 const c10::Device& device = c10::Device(c10::kCPU));
 
 }  // namespace peft::trainers
 

@@ -118,6 +118,22 @@ at::ScalarType wire_dtype(Backend backend, at::ScalarType dtype) {
   }
 }
 
+// The device a tensor travels on: Gloo works on host memory (a CUDA tensor
+// is staged through the CPU), NCCL on the tensor's own CUDA device.
+at::Device wire_device(Backend backend, const at::Tensor& t) {
+  return backend == Backend::kGloo ? at::Device(at::kCPU) : t.device();
+}
+
+absl::Status check_backend_device(Backend backend, const char* op,
+                                  const at::Tensor& t) {
+  if (backend == Backend::kNccl && t.defined() && !t.is_cuda()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": the NCCL backend needs CUDA tensors, got one on ",
+                     t.device().str()));
+  }
+  return absl::OkStatus();
+}
+
 // Checks the tensor-list contract shared by all_reduce_mean_ and broadcast_.
 absl::Status check_tensor_list(const char* op,
                                const std::vector<at::Tensor>& tensors,
@@ -145,18 +161,19 @@ absl::Status check_tensor_list(const char* op,
 }
 
 // [sum numel]: the tensors of one bucket flattened into one contiguous buffer
-// of the wire dtype.
+// of the wire dtype, on the wire device.
 at::Tensor flatten(const std::vector<at::Tensor>& tensors,
                    const std::vector<size_t>& bucket, Backend backend) {
   std::vector<at::Tensor> parts;
   parts.reserve(bucket.size());
   for (size_t i : bucket) parts.push_back(tensors[i].reshape({-1}));
   const at::Tensor flat = at::cat(parts);
-  return flat.to(wire_dtype(backend, flat.scalar_type()));
+  return flat.to(wire_device(backend, flat),
+                 wire_dtype(backend, flat.scalar_type()));
 }
 
 // Inverse of flatten(): copies slices of `flat` back into the tensors
-// (copy_ casts from the wire dtype).
+// (copy_ casts from the wire dtype and moves from the wire device).
 void unflatten_(const at::Tensor& flat, std::vector<at::Tensor>& tensors,
                 const std::vector<size_t>& bucket) {
   int64_t offset = 0;
@@ -421,6 +438,10 @@ absl::Status ProcessGroup::all_reduce_mean_(std::vector<at::Tensor>& grads) {
   PEFT_RETURN_IF_ERROR(
       check_tensor_list("all_reduce_mean_", grads, /*floating_only=*/true));
   if (impl_ == nullptr) return absl::OkStatus();
+  if (!grads.empty()) {
+    PEFT_RETURN_IF_ERROR(
+        check_backend_device(backend_, "all_reduce_mean_", grads[0]));
+  }
   at::NoGradGuard no_grad;
   for (const std::vector<size_t>& bucket : bucket_by_dtype(grads)) {
     // [sum numel] in the wire dtype
@@ -445,6 +466,8 @@ absl::StatusOr<at::Tensor> ProcessGroup::all_gather(const at::Tensor& local) {
         local.defined() ? absl::StrCat(local.dim(), "-D") : "undefined"));
   }
   if (impl_ == nullptr) return local.clone();
+  PEFT_RETURN_IF_ERROR(check_backend_device(backend_, "all_gather", local));
+  const at::Device wire = wire_device(backend_, local);
   at::NoGradGuard no_grad;
   // Runs one Gloo/NCCL allgather of same-shaped `input`: [world][input].
   auto gather = [&](const at::Tensor& input,
@@ -466,7 +489,8 @@ absl::StatusOr<at::Tensor> ProcessGroup::all_gather(const at::Tensor& local) {
   // Exchange lengths first: Gloo does not check that peers agree.
   std::vector<at::Tensor> lengths;  // world x [1]
   PEFT_RETURN_IF_ERROR(
-      gather(at::full({1}, local.numel(), local.options().dtype(at::kLong)),
+      gather(at::full({1}, local.numel(),
+                      at::TensorOptions().dtype(at::kLong).device(wire)),
              &lengths));
   std::vector<int64_t> n;
   for (const at::Tensor& l : lengths) n.push_back(l.item<int64_t>());
@@ -480,9 +504,10 @@ absl::StatusOr<at::Tensor> ProcessGroup::all_gather(const at::Tensor& local) {
   if (n[0] == 0) return at::empty({0}, local.options());
   std::vector<at::Tensor> parts;  // world x [N]
   PEFT_RETURN_IF_ERROR(
-      gather(local.to(wire_dtype(backend_, local.scalar_type())).contiguous(),
+      gather(local.to(wire, wire_dtype(backend_, local.scalar_type()))
+                 .contiguous(),
              &parts));
-  return at::cat(parts).to(local.scalar_type());  // [world * N]
+  return at::cat(parts).to(local.device(), local.scalar_type());  // [world * N]
 }
 
 absl::Status ProcessGroup::broadcast_(std::vector<at::Tensor>& tensors,
@@ -495,6 +520,10 @@ absl::Status ProcessGroup::broadcast_(std::vector<at::Tensor>& tensors,
   PEFT_RETURN_IF_ERROR(
       check_tensor_list("broadcast_", tensors, /*floating_only=*/false));
   if (impl_ == nullptr) return absl::OkStatus();
+  if (!tensors.empty()) {
+    PEFT_RETURN_IF_ERROR(
+        check_backend_device(backend_, "broadcast_", tensors[0]));
+  }
   at::NoGradGuard no_grad;  // parameters that require grad are written too
   for (const std::vector<size_t>& bucket : bucket_by_dtype(tensors)) {
     // [sum numel] in the wire dtype
@@ -517,6 +546,9 @@ absl::Status ProcessGroup::barrier() {
   return impl_->run("barrier", [&](C10dGroup& g) {
     c10d::BarrierOptions options;
     options.timeout = timeout_;
+    // NCCL's barrier all-reduces a tensor on a GPU; name ours rather than
+    // let it guess one from the rank.
+    if (backend_ == Backend::kNccl) options.device_ids = {env_.local_rank};
     return g.barrier(options);
   });
 }

@@ -29,11 +29,13 @@
 // After a failed collective the group is unusable: later calls return
 // FailedPrecondition at once (the ranks are out of step and cannot recover).
 //
-// Backends: Gloo (CPU tensors; always built) and NCCL (CUDA tensors; only
-// when built against a CUDA LibTorch with USE_C10D_NCCL, else
-// `create(..., Backend::kNccl, ...)` returns Unimplemented). The LibTorch
-// 1.13 / 2.x differences (ProcessGroup vs Backend base class) are hidden in
-// distributed.cc; this header includes no c10d header.
+// Backends: Gloo (always built; it works on host memory, so CUDA tensors are
+// staged through the CPU and the results copied back) and NCCL (CUDA tensors
+// only, InvalidArgument otherwise; only when built against a CUDA LibTorch
+// with USE_C10D_NCCL, else `create(..., Backend::kNccl, ...)` returns
+// Unimplemented). Results land on the device of the tensors passed in. The
+// LibTorch 1.13 / 2.x differences (ProcessGroup vs Backend base class) are
+// hidden in distributed.cc; this header includes no c10d header.
 //
 // Threading: a ProcessGroup is not thread-safe; call its collectives from one
 // thread, in the same order on every rank.

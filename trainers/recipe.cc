@@ -5,6 +5,7 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
+#include <torch/cuda.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -31,6 +32,32 @@ absl::Status positive(const char* field, double v) {
 
 absl::Status non_negative(const char* field, double v) {
   if (!(v >= 0)) return absl::InvalidArgumentError(absl::StrCat("recipe: ", field, " must be >= 0, got ", v));
+  return absl::OkStatus();
+}
+
+// Built against a CUDA LibTorch (@libtorch//:torch defines PEFT_WITH_CUDA).
+#if defined(PEFT_WITH_CUDA)
+constexpr bool kCudaBuild = true;
+#else
+constexpr bool kCudaBuild = false;
+#endif
+
+absl::Status check_device(const proto::Recipe& r) {
+  if (r.training().device() == proto::TrainingConfig::CUDA && !torch::cuda::is_available()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("recipe: training.device: CUDA requested but no CUDA device is available (this LibTorch has CUDA: ",
+                     kCudaBuild ? "yes" : "no", ")"));
+  }
+  if (r.distributed().backend() == proto::DistributedConfig::NCCL) {
+    if (!kCudaBuild) {
+      return absl::UnimplementedError("distributed.backend NCCL needs a CUDA build; this trainer runs on the CPU (gloo)");
+    }
+    if (resolved_device(r) != proto::TrainingConfig::CUDA) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "recipe: distributed.backend: NCCL needs training.device CUDA (it reduces CUDA tensors), but training.device ",
+          proto::TrainingConfig::Device_Name(r.training().device()), " runs on the CPU; use GLOO or AUTO"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -135,6 +162,7 @@ absl::Status validate_recipe(const proto::Recipe& r) {
   PEFT_RETURN_IF_ERROR(positive("reweighting.temperature", r.reweighting().temperature()));
   PEFT_RETURN_IF_ERROR(non_negative("reweighting.warmup_steps", r.reweighting().warmup_steps()));
   PEFT_RETURN_IF_ERROR(positive("distributed.timeout_s", r.distributed().timeout_s()));
+  PEFT_RETURN_IF_ERROR(check_device(r));
   PEFT_RETURN_IF_ERROR(non_negative("checkpoint.every_steps", r.checkpoint().every_steps()));
   PEFT_RETURN_IF_ERROR(positive("checkpoint.keep_last", r.checkpoint().keep_last()));
   PEFT_RETURN_IF_ERROR(positive("logging.every_steps", r.logging().every_steps()));
@@ -155,6 +183,23 @@ absl::Status validate_recipe(const proto::Recipe& r) {
     names.push_back(a.name());
   }
   return absl::OkStatus();
+}
+
+proto::TrainingConfig::Device resolved_device(const proto::Recipe& r) {
+  switch (r.training().device()) {
+    case proto::TrainingConfig::CUDA:
+      return proto::TrainingConfig::CUDA;
+    case proto::TrainingConfig::AUTO:
+      return torch::cuda::is_available() ? proto::TrainingConfig::CUDA : proto::TrainingConfig::CPU;
+    default:
+      return proto::TrainingConfig::CPU;
+  }
+}
+
+proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& r) {
+  if (r.distributed().backend() != proto::DistributedConfig::AUTO) return r.distributed().backend();
+  return resolved_device(r) == proto::TrainingConfig::CUDA ? proto::DistributedConfig::NCCL
+                                                            : proto::DistributedConfig::GLOO;
 }
 
 absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides) {

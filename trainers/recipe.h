@@ -26,7 +26,18 @@ absl::StatusOr<proto::Recipe> parse_recipe(const std::string& text, const std::s
 absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment);
 
 /// Checks required fields and ranges; the error names the field and value.
+/// Also checks the recipe against this build and machine: training.device
+/// CUDA needs a CUDA device, distributed.backend NCCL a CUDA build and
+/// training.device CUDA (or AUTO resolving to it).
 absl::Status validate_recipe(const proto::Recipe& recipe);
+
+/// What training.device means on this machine: CUDA for CUDA, and for AUTO
+/// when a CUDA device is available; CPU otherwise. Never AUTO.
+proto::TrainingConfig::Device resolved_device(const proto::Recipe& recipe);
+
+/// What distributed.backend means: AUTO is GLOO on the CPU and NCCL on CUDA
+/// (after resolved_device). Never AUTO.
+proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& recipe);
 
 /// parse_recipe(file) + overrides + validate_recipe.
 absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});

@@ -7,27 +7,34 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
+#include <c10/core/DeviceGuard.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <torch/cuda.h>
 #include <torch/types.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
+#if defined(PEFT_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "models/model_io.h"
+#include "peft/core/autocast.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
+#include "trainers/loss.h"
 #include "trainers/lr_schedule.h"
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
@@ -47,6 +54,49 @@ double peak_rss_mb() {
     if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
   }
   return 0;
+}
+
+// The most memory the caching allocator has handed out on `device` so far, in
+// MiB; 0 off CUDA.
+double peak_cuda_mb(const at::Device& device) {
+#if defined(PEFT_WITH_CUDA)
+  if (device.is_cuda()) {
+    // allocated_bytes[0] is StatType::AGGREGATE (all pools) in 1.13 and 2.x.
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);
+  }
+#endif
+  return 0;
+}
+
+// The batch's tensors on the training device (the loader builds them on the
+// CPU); a CPU batch is returned as it is.
+data::Batch to_device(data::Batch b, const at::Device& device) {
+  if (device.is_cpu()) return b;
+  b.input_ids = b.input_ids.to(device);
+  b.labels = b.labels.to(device);
+  if (b.attention_mask.defined()) b.attention_mask = b.attention_mask.to(device);
+  return b;
+}
+
+// Every rank's generator states (index = rank), for the checkpoint that rank
+// 0 writes: one all_gather of the raw bytes, which have the same layout on
+// every rank. NCCL gathers device memory, Gloo host memory.
+absl::StatusOr<std::vector<RngState>> gather_rng_states(ProcessGroup& pg, const at::Device& device) {
+  const RngState mine = capture_rng_state(device);
+  if (pg.world_size() == 1) return std::vector<RngState>{mine};
+  const int64_t n_cpu = mine.cpu.numel(), n_cuda = mine.cuda.defined() ? mine.cuda.numel() : 0;
+  at::Tensor flat = n_cuda > 0 ? at::cat({mine.cpu, mine.cuda.to(at::kCPU)}) : mine.cpu;  // [n_cpu + n_cuda] uint8
+  if (pg.backend() == Backend::kNccl) flat = flat.to(device);
+  PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg.all_gather(flat));  // [world * (n_cpu + n_cuda)]
+  all = all.to(at::kCPU);
+  std::vector<RngState> out(pg.world_size());
+  for (int r = 0; r < pg.world_size(); ++r) {
+    const int64_t offset = r * (n_cpu + n_cuda);
+    out[r].cpu = all.narrow(0, offset, n_cpu).clone();
+    if (n_cuda > 0) out[r].cuda = all.narrow(0, offset + n_cpu, n_cuda).clone();
+  }
+  return out;
 }
 
 data::DataOptions data_options(const proto::Recipe& r) {
@@ -95,26 +145,9 @@ ScheduleOptions schedule_options(const proto::Recipe& r) {
   return s;
 }
 
-// Sets bf16 CPU autocast for the scope (fp32 master weights stay as they are).
-class AutocastScope {
- public:
-  explicit AutocastScope(bool on) : on_(on) {
-    if (!on_) return;
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
-  }
-  ~AutocastScope() {
-    if (!on_) return;
-    at::autocast::set_cpu_enabled(false);
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_;
-};
-
 // Mean next-token NLL over up to `max_batches` batches of `ds`.
-absl::StatusOr<double> evaluate(PeftModel& pm, const data::Dataset& ds, int64_t batch, int64_t max_batches, bool bf16) {
+absl::StatusOr<double> evaluate(PeftModel& pm, const data::Dataset& ds, int64_t batch, int64_t max_batches, bool bf16,
+                                const at::Device& device) {
   if (ds.size() == 0) return std::nan("");
   torch::NoGradGuard no_grad;
   pm.model().module().eval();
@@ -123,10 +156,10 @@ absl::StatusOr<double> evaluate(PeftModel& pm, const data::Dataset& ds, int64_t 
   for (int64_t start = 0, b = 0; start < ds.size() && b < max_batches; start += batch, ++b) {
     std::vector<int64_t> idx;
     for (int64_t i = start; i < std::min(ds.size(), start + batch); ++i) idx.push_back(i);
-    PEFT_ASSIGN_OR_RETURN(data::Batch bt, ds.collate(idx));
-    AutocastScope ac(bf16);
-    at::Tensor logits = pm.model().forward(bt.input_ids, nullptr);
-    PerSampleLoss ps = per_sample_token_loss(logits, bt.labels);
+    PEFT_ASSIGN_OR_RETURN(data::Batch collated, ds.collate(idx));
+    const data::Batch bt = to_device(std::move(collated), device);
+    AutocastScope ac(bf16, device.type());
+    PerSampleLoss ps = causal_lm_loss(pm.model(), bt.input_ids, bt.labels);
     sum += (ps.loss.to(at::kDouble) * ps.token_counts.to(at::kDouble)).sum().item<double>();
     tokens += ps.token_counts.sum().item<int64_t>();
   }
@@ -181,18 +214,27 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   at::set_num_threads(tc.threads() > 0 ? tc.threads() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   at::manual_seed(tc.seed());
   const bool bf16 = tc.precision() == proto::TrainingConfig::BF16;
-  if (tc.activation_checkpointing()) {
-    return absl::UnimplementedError("training.activation_checkpointing is not implemented yet; set it to false");
-  }
 
   // Data parallel: the torchrun environment (RANK, WORLD_SIZE, ...); one
   // process when absent. Only trainable gradients are all-reduced.
   PEFT_ASSIGN_OR_RETURN(DistributedEnv env, distributed_env_from_environ());
-  if (recipe.distributed().backend() == proto::DistributedConfig::NCCL) {
-    return absl::UnimplementedError("distributed.backend NCCL needs a CUDA build; this trainer runs on the CPU (gloo)");
+  // The device: cuda:LOCAL_RANK (one GPU per rank) or the CPU.
+  at::Device device(at::kCPU);
+  std::optional<c10::DeviceGuard> device_guard;  // CUDA: the current device for the run
+  if (resolved_device(recipe) == proto::TrainingConfig::CUDA) {
+    const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
+    if (env.local_rank >= gpus) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("training.device: CUDA needs one GPU per rank, but LOCAL_RANK=", env.local_rank, " and this ",
+                       "machine has ", gpus, " CUDA device(s); start at most ", gpus, " ranks per node"));
+    }
+    device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+    device_guard.emplace(device);
   }
+  const Backend backend =
+      resolved_backend(recipe) == proto::DistributedConfig::NCCL ? Backend::kNccl : Backend::kGloo;
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<ProcessGroup> pg,
-                        ProcessGroup::create(env, Backend::kGloo, std::chrono::seconds(recipe.distributed().timeout_s())));
+                        ProcessGroup::create(env, backend, std::chrono::seconds(recipe.distributed().timeout_s())));
   const bool main_rank = env.rank == 0;
   if (!main_rank) log = [](const std::string&) {};
 
@@ -217,6 +259,9 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
                                                    lm->config().vocab_size()));
   }
+  // Per-block activation checkpointing (models/checkpoint.h): recompute each
+  // block in backward instead of keeping its activations.
+  lm->set_activation_checkpointing(tc.activation_checkpointing());
   PeftModel pm(lm);
   std::vector<std::pair<std::string, double>> active;
   for (const proto::AdapterConfig& a : recipe.adapters()) {
@@ -226,6 +271,12 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   if (!active.empty()) {
     PEFT_RETURN_IF_ERROR(pm.set_active(active));
     pm.freeze_base_();
+  }
+  // Adapters are built on the CPU (the same initial values on every device)
+  // and move with the model.
+  if (!device.is_cpu()) {
+    PEFT_RETURN_IF_ERROR(status_from_torch_error("moving the model to the training device",
+                                                 [&] { lm->module().to(device); }));
   }
   std::vector<std::pair<std::string, at::Tensor>> trainable = pm.trainable_parameters();
   int64_t n_trainable = 0;
@@ -288,7 +339,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   summary.run_dir = run;
   summary.trainable_parameters = n_trainable;
   if (latest && options.resume) {
-    PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt));
+    PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt, env.rank, device));
     PEFT_RETURN_IF_ERROR(it.restore({state.data_epoch, state.data_index}));
     summary.resumed_from_step = state.step;
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
@@ -299,7 +350,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   if (main_rank) metrics.open(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
   std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
   PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
-                        evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
+                        evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
   if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {
     eval_curve.emplace_back(0, summary.initial_eval_loss);
     metrics << json{{"step", 0}, {"eval_loss", summary.initial_eval_loss},
@@ -326,15 +377,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     for (int a = 0; a < tc.grad_accum(); ++a) {
       PEFT_ASSIGN_OR_RETURN(data::Batch b, it.next());
       step_global_tokens += b.global_tokens;
-      micro_batches.push_back(std::move(b));
+      micro_batches.push_back(to_device(std::move(b), device));
     }
     for (int a = 0; a < tc.grad_accum(); ++a) {
       const data::Batch& b = micro_batches[a];
       at::Tensor loss;
       PEFT_RETURN_IF_ERROR(status_from_torch_error("training step", [&] {
-        AutocastScope ac(bf16);
-        at::Tensor logits = pm.model().forward(b.input_ids, nullptr);
-        PerSampleLoss ps = per_sample_token_loss(logits, b.labels);
+        AutocastScope ac(bf16, device.type());
+        PerSampleLoss ps = causal_lm_loss(pm.model(), b.input_ids, b.labels);
         ReweightedLoss r = reweighted_loss(rw, ps.loss, ps.token_counts, step, group);
         if (rw.strategy != ReweightStrategy::kUniform && a == tc.grad_accum() - 1) ws = weight_stats(r.global_weights);
         if (rw.token_weighting == TokenWeighting::kTokens) {
@@ -367,7 +417,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
         grads.push_back(p.grad());
       }
       // The logged loss is the global batch's (each rank holds its share).
-      grads.push_back(at::full({1}, step_loss, at::kDouble));
+      grads.push_back(at::full({1}, step_loss, at::TensorOptions().dtype(at::kDouble).device(device)));
       PEFT_RETURN_IF_ERROR(pg->all_reduce_mean_(grads));
       step_loss = grads.back().item<double>();
     }
@@ -401,12 +451,13 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     json m = {{"step", step + 1},       {"loss", step_loss},     {"lr", lr},
               {"grad_norm", grad_norm}, {"tokens", step_tokens}, {"tokens_per_s", step_tokens / std::max(dt, 1e-9)},
               {"peak_rss_mb", peak_rss_mb()}};
+    if (device.is_cuda()) m["peak_cuda_mb"] = peak_cuda_mb(device);
     if (rw.strategy != ReweightStrategy::kUniform) {
       m["weights"] = {{"min", ws.min}, {"max", ws.max}, {"entropy", ws.entropy}, {"ess", ws.effective_sample_size}};
     }
     const bool eval_now = recipe.eval().every_steps() > 0 && (step + 1) % recipe.eval().every_steps() == 0;
     if (eval_now && step + 1 < total) {
-      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
+      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
       m["eval_loss"] = ev;
       m["eval_perplexity"] = std::exp(ev);
       eval_curve.emplace_back(step + 1, ev);
@@ -427,13 +478,16 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
       const data::DataPosition pos = it.position();
       state.data_epoch = pos.epoch;
       state.data_index = pos.index;
+      // Every rank's generators go into rank 0's checkpoint (a collective:
+      // all ranks reach it at the same step).
+      PEFT_ASSIGN_OR_RETURN(state.rng, gather_rng_states(*pg, device));
       if (main_rank) PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
     }
   }
   if (tty) std::fprintf(stderr, "\n");
   summary.steps = state.step;
   summary.tokens_per_second = tokens_seen / std::max(now() - t_start, 1e-9);
-  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16));
+  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
   PEFT_RETURN_IF_ERROR(pg->barrier());
   if (!main_rank) return summary;  // rank 0 writes the outputs
   if (std::isfinite(summary.final_eval_loss)) {
@@ -469,6 +523,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
             {"tokens_per_second", summary.tokens_per_second},
             {"skipped_steps", summary.skipped_steps},
             {"peak_rss_mb", peak_rss_mb()}};
+  if (device.is_cuda()) s["peak_cuda_mb"] = peak_cuda_mb(device);
   PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/summary.json", s.dump(2) + "\n"));
   return summary;
 }

@@ -6,7 +6,8 @@
 // gradient accumulation, bf16 autocast with fp32 master weights, loss-based
 // sample reweighting, clipping, post-clip regularisers (SORSA), non-finite
 // loss handling, periodic atomic checkpoints with exact resume, evaluation,
-// metrics.jsonl, an SVG loss curve and a summary. It is a function over small
+// metrics.jsonl, an SVG loss curve and a summary, on the CPU or on
+// cuda:LOCAL_RANK (training.device). It is a function over small
 // parts (data/dataset.h, trainers/reweighting.h, trainers/lr_schedule.h,
 // trainers/checkpoint.h), not an object that owns them.
 //

@@ -1,6 +1,6 @@
 // Training checkpoints: a resumed run continues bitwise like an uninterrupted
-// one (tensors, AdamW moments, RNG for dropout), only the newest K are kept,
-// and a mismatching run is refused.
+// one (tensors, AdamW moments, RNG for dropout), each rank gets its own RNG
+// state back, only the newest K are kept, and a mismatching run is refused.
 #include <filesystem>
 
 #include <ATen/ATen.h>
@@ -67,6 +67,42 @@ TEST(Checkpoint, ResumeIsBitwiseAndKeepsLastK) {
   wrong.trainable = {{"w", c}};
   EXPECT_FALSE(load_training_state(**latest_checkpoint(run), &wrong, oc).ok());
   EXPECT_FALSE(latest_checkpoint(run + "/none")->has_value());
+}
+
+TEST(Checkpoint, EachRankRestoresItsOwnRngState) {
+  const std::string run = testing::make_temp_dir("ckpt_rng");
+  at::Tensor w = at::zeros({4}).requires_grad_(true);
+  torch::optim::AdamW opt({w}, torch::optim::AdamWOptions(0.1));
+  TrainingState st;
+  st.step = 2;
+  st.trainable = {{"w", w}};
+  // Two ranks whose generators differ (as after different amounts of dropout).
+  at::manual_seed(10);
+  st.rng.push_back(capture_rng_state());
+  const at::Tensor next0 = at::rand({6});
+  at::manual_seed(20);
+  st.rng.push_back(capture_rng_state());
+  const at::Tensor next1 = at::rand({6});
+  EXPECT_FALSE(st.rng[1].cuda.defined());  // CPU training saves no CUDA state
+  ASSERT_TRUE(save_training_state(run, st, opt, 2).ok());
+
+  TrainingState rs;
+  rs.trainable = {{"w", w}};
+  const std::string dir = **latest_checkpoint(run);
+  at::manual_seed(999);
+  ASSERT_TRUE(load_training_state(dir, &rs, opt, /*rank=*/1).ok());
+  EXPECT_TRUE(at::equal(at::rand({6}), next1)) << "rank 1 did not get its own generator back";
+  at::manual_seed(999);
+  ASSERT_TRUE(load_training_state(dir, &rs, opt, /*rank=*/0).ok());
+  EXPECT_TRUE(at::equal(at::rand({6}), next0));
+
+  // A checkpoint of one process gives a later rank 1 rank 0's state.
+  const std::string single = testing::make_temp_dir("ckpt_rng1");
+  st.rng.resize(1);
+  ASSERT_TRUE(save_training_state(single, st, opt, 2).ok());
+  at::manual_seed(999);
+  ASSERT_TRUE(load_training_state(**latest_checkpoint(single), &rs, opt, /*rank=*/1).ok());
+  EXPECT_TRUE(at::equal(at::rand({6}), next0));
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 // Recipes: text format parsing, --set overrides (scalars, enums, strings,
-// indexed adapters), and errors that name the field for unknown fields,
-// wrong types and out-of-range values.
+// indexed adapters), errors that name the field for unknown fields, wrong
+// types and out-of-range values, and the training device / c10d backend
+// against this build and machine.
 #include <string>
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "tests/testing/assets.h"
 #include "trainers/recipe.h"
@@ -84,6 +86,71 @@ TEST(Recipe, ErrorsNameTheField) {
   no_model.clear_model();
   EXPECT_NE(message(validate_recipe(no_model)).find("model is required"), std::string::npos);
   EXPECT_EQ(load_recipe("/nonexistent.textproto").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Recipe, DeviceDefaultsToTheCpuWithGloo) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  EXPECT_EQ(r.training().device(), proto::TrainingConfig::CPU);
+  EXPECT_TRUE(validate_recipe(r).ok());
+  EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CPU);
+  EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
+  ASSERT_TRUE(apply_override(&r, "distributed.backend=GLOO").ok());
+  EXPECT_TRUE(validate_recipe(r).ok());
+  EXPECT_NE(message(apply_override(&r, "training.device=TPU")).find("--set training.device"), std::string::npos);
+}
+
+TEST(Recipe, AutoDeviceFollowsTheMachine) {
+  proto::Recipe r = *parse_recipe("training { device: AUTO }");
+  ASSERT_EQ(r.training().device(), proto::TrainingConfig::AUTO);
+  r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "training.device=AUTO").ok());
+  EXPECT_TRUE(validate_recipe(r).ok());
+  const bool cuda = torch::cuda::is_available();
+  EXPECT_EQ(resolved_device(r), cuda ? proto::TrainingConfig::CUDA : proto::TrainingConfig::CPU);
+  EXPECT_EQ(resolved_backend(r), cuda ? proto::DistributedConfig::NCCL : proto::DistributedConfig::GLOO);
+}
+
+TEST(Recipe, CudaDeviceNeedsACudaDevice) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "training.device=CUDA").ok());
+  const absl::Status s = validate_recipe(r);
+  if (torch::cuda::is_available()) {
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CUDA);
+    EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::NCCL);
+    ASSERT_TRUE(apply_override(&r, "distributed.backend=GLOO").ok());
+    EXPECT_TRUE(validate_recipe(r).ok());  // Gloo stages CUDA tensors through the CPU
+    EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
+    return;
+  }
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+#if defined(PEFT_WITH_CUDA)
+  const char* const has_cuda = "yes";
+#else
+  const char* const has_cuda = "no";
+#endif
+  EXPECT_NE(message(s).find(std::string("training.device: CUDA requested but no CUDA device is available (this ") +
+                            "LibTorch has CUDA: " + has_cuda + ")"),
+            std::string::npos)
+      << s;
+}
+
+TEST(Recipe, NcclNeedsACudaBuildAndTheCudaDevice) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "distributed.backend=NCCL").ok());
+  const absl::Status s = validate_recipe(r);  // training.device CPU
+#if defined(PEFT_WITH_CUDA)
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(message(s).find("distributed.backend: NCCL needs training.device CUDA"), std::string::npos) << s;
+  EXPECT_NE(message(s).find("training.device CPU"), std::string::npos) << s;
+  if (torch::cuda::is_available()) {
+    ASSERT_TRUE(apply_override(&r, "training.device=CUDA").ok());
+    EXPECT_TRUE(validate_recipe(r).ok());
+  }
+#else
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(message(s).find("distributed.backend NCCL needs a CUDA build"), std::string::npos) << s;
+#endif
 }
 
 }  // namespace
