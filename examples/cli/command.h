@@ -30,6 +30,7 @@ struct Command {
 std::vector<Command> model_commands();  // convert, generate, eval
 std::vector<Command> data_commands();   // tokenize
 std::vector<Command> train_commands();  // train
+std::vector<Command> bench_commands();  // bench
 
 /// `peft launch --nproc=N [--master_port=P] -- COMMAND...`: starts N local
 /// processes with the torchrun environment (RANK, WORLD_SIZE, ...); returns
