@@ -15,29 +15,15 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
-#if defined(PEFT_WITH_CUDA)
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
-
 #include "absl/strings/str_cat.h"
 #include "models/model_io.h"
+#include "peft/core/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/peft_model.h"
 #include "trainers/loss.h"
 
 namespace peft::trainers {
 namespace {
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double peak_rss_mb() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  }
-  return 0;
-}
 
 // Waits for the device's queued work (CUDA); nothing on the CPU.
 void sync(const at::Device& d) {
@@ -52,32 +38,15 @@ double matmul_gflops(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, cons
   sync(device);
   const int batch = device.is_cuda() ? 10 : 1;
   int64_t iters = 0;
-  const double t0 = now();
+  const double t0 = now_seconds();
   double t = t0;
   while (t - t0 < seconds || iters < 2) {
     for (int i = 0; i < batch; ++i) at::mm_out(c, a, b);
     sync(device);
     iters += batch;
-    t = now();
+    t = now_seconds();
   }
   return 2.0 * static_cast<double>(m * k * n) * static_cast<double>(iters) / (t - t0) / 1e9;
-}
-
-// The CUDA caching allocator's peak allocated MB since the last reset.
-double peak_device_mb(const at::Device& d, bool reset) {
-#if defined(PEFT_WITH_CUDA)
-  if (d.is_cuda()) {
-    if (reset) {
-      c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
-      return 0;
-    }
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
-    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // [0]: StatType::AGGREGATE
-  }
-#endif
-  (void)d;
-  (void)reset;
-  return 0;
 }
 
 }  // namespace
@@ -162,9 +131,9 @@ absl::StatusOr<PerfResult> run_perf_benchmark(const PerfOptions& o) {
       if (!o.trace_file.empty() && step == o.warmup_steps + o.steps - 1) {
         trace = std::make_unique<torch::autograd::profiler::RecordProfile>(o.trace_file);
       }
-      if (step == o.warmup_steps) peak_device_mb(device, /*reset=*/true);
+      if (step == o.warmup_steps) reset_peak_cuda_mb(device);
       sync(device);
-      const double t0 = now();
+      const double t0 = now_seconds();
       opt.zero_grad();
       at::Tensor loss;
       {
@@ -179,7 +148,7 @@ absl::StatusOr<PerfResult> run_perf_benchmark(const PerfOptions& o) {
       const double lv = loss.item<double>();
       if (step == 0) r.first_loss = lv;
       r.last_loss = lv;
-      if (step >= o.warmup_steps) times.push_back(now() - t0);
+      if (step >= o.warmup_steps) times.push_back(now_seconds() - t0);
     }
   }));
   std::sort(times.begin(), times.end());
@@ -192,7 +161,7 @@ absl::StatusOr<PerfResult> run_perf_benchmark(const PerfOptions& o) {
     if (item.value().grad().defined()) ++r.base_parameters_with_grad;
   }
   r.peak_rss_mb = peak_rss_mb();
-  r.peak_device_mb = peak_device_mb(device, /*reset=*/false);
+  r.peak_device_mb = peak_cuda_mb(device);
   return r;
 }
 

@@ -19,9 +19,6 @@
 #include <torch/types.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
-#if defined(PEFT_WITH_CUDA)
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,6 +26,7 @@
 #include "data/tokenizer.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
+#include "peft/core/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"
@@ -44,30 +42,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double peak_rss_mb() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  }
-  return 0;
-}
-
-// The most memory the caching allocator has handed out on `device` so far, in
-// MiB; 0 off CUDA.
-double peak_cuda_mb(const at::Device& device) {
-#if defined(PEFT_WITH_CUDA)
-  if (device.is_cuda()) {
-    // allocated_bytes[0] is StatType::AGGREGATE (all pools) in 1.13 and 2.x.
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);
-  }
-#endif
-  return 0;
-}
 
 // The batch's tensors on the training device (the loader builds them on the
 // CPU); a CPU batch is returned as it is.
@@ -357,11 +331,11 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
                     {"eval_perplexity", std::exp(summary.initial_eval_loss)}}.dump() << "\n";
   }
   pm.model().module().train();
-  const double t_start = now();
+  const double t_start = now_seconds();
   int64_t tokens_seen = 0;
   const int64_t total = tc.steps();
   for (int64_t step = state.step; step < total; ++step) {
-    const double t0 = now();
+    const double t0 = now_seconds();
     const double lr = learning_rate(sched, step);
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     opt.zero_grad();
@@ -444,7 +418,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     pm.on_step(step + 1);
     state.step = step + 1;
     tokens_seen += step_tokens;
-    const double dt = now() - t0;
+    const double dt = now_seconds() - t0;
     if (summary.first_train_loss == 0) summary.first_train_loss = step_loss;
     summary.final_train_loss = step_loss;
     train_curve.emplace_back(step + 1, step_loss);
@@ -463,7 +437,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
       eval_curve.emplace_back(step + 1, ev);
     }
     if (main_rank) metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
-    const double elapsed = now() - t_start;
+    const double elapsed = now_seconds() - t_start;
     const double eta = elapsed / (step + 1 - summary.resumed_from_step) * (total - step - 1);
     const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %02d:%02d",
                                              step + 1, total, step_loss, lr, tokens_seen / std::max(elapsed, 1e-9),
@@ -486,7 +460,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   }
   if (tty) std::fprintf(stderr, "\n");
   summary.steps = state.step;
-  summary.tokens_per_second = tokens_seen / std::max(now() - t_start, 1e-9);
+  summary.tokens_per_second = tokens_seen / std::max(now_seconds() - t_start, 1e-9);
   PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
   PEFT_RETURN_IF_ERROR(pg->barrier());
   if (!main_rank) return summary;  // rank 0 writes the outputs

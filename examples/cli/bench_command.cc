@@ -37,6 +37,7 @@
 #include "examples/cli/command.h"
 #include "models/generate.h"
 #include "models/model_io.h"
+#include "peft/core/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/hsm/prune.h"
 #include "peft/peft_model.h"
@@ -50,8 +51,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 namespace task = bench_task;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 void say(const std::string& s) {
   std::fprintf(stdout, "%s\n", s.c_str());
@@ -240,12 +239,12 @@ absl::StatusOr<double> generation_tokens_per_second(models::CausalLm& lm, const 
   double best = 0;
   for (int r = 0; r < rounds; ++r) {
     int64_t tokens = 0;
-    const double t0 = now();
+    const double t0 = now_seconds();
     for (const std::vector<int64_t>& p : prompts) {
       PEFT_ASSIGN_OR_RETURN(models::GenerateResult g, models::generate(lm, p, o));
       tokens += static_cast<int64_t>(g.generated_ids.size());
     }
-    best = std::max(best, static_cast<double>(tokens) / std::max(now() - t0, 1e-9));
+    best = std::max(best, static_cast<double>(tokens) / std::max(now_seconds() - t0, 1e-9));
   }
   return best;
 }
@@ -262,10 +261,10 @@ absl::Status run_variant(const Settings& s, const Variant& v) {
   fs::create_directories(run, ec);
   const task::TaskData data = task::make_data(s.task);
 
-  const double t_train = now();
+  const double t_train = now_seconds();
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary ts,
                         trainers::train(recipe, task::train_options(run + "/train.log", nullptr)));
-  const double train_seconds = now() - t_train;
+  const double train_seconds = now_seconds() - t_train;
   PEFT_ASSIGN_OR_RETURN(json trainer_summary, read_json(run + "/summary.json"));
 
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(recipe.model()));
@@ -296,9 +295,9 @@ absl::Status run_variant(const Settings& s, const Variant& v) {
     merge["note"] = "nothing to merge: full fine-tuning writes the whole model";
   } else if (!hsm_name.empty()) {
     // PAT's export: fold LoRA and the HSMs, drop the pruned channels.
-    const double t0 = now();
+    const double t0 = now_seconds();
     PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> pruned, prune_hsm(pm, hsm_name));
-    merge = {{"mergeable", true}, {"seconds", now() - t0}, {"note", "HSM structural prune (peft/hsm/prune.h)"}};
+    merge = {{"mergeable", true}, {"seconds", now_seconds() - t0}, {"note", "HSM structural prune (peft/hsm/prune.h)"}};
     PEFT_ASSIGN_OR_RETURN(const task::TaskScores pruned_scores, task::score_tasks(*pruned, prompting, data.test_words));
     // Decoding speed: the pruned model against a plain model of the base's
     // size (what merging any other method gives), alternated, best of 3.
@@ -327,10 +326,10 @@ absl::Status run_variant(const Settings& s, const Variant& v) {
            {"generate_tokens_per_second_pruned", pruned_tps},
            {"generate_speedup", plain_tps > 0 ? pruned_tps / plain_tps : 0.0}};
   } else {
-    const double t0 = now();
+    const double t0 = now_seconds();
     absl::Status st = pm.merge_and_unload_();
     if (st.ok()) {
-      merge = {{"mergeable", true}, {"seconds", now() - t0}, {"note", "merge_and_unload_"}};
+      merge = {{"mergeable", true}, {"seconds", now_seconds() - t0}, {"note", "merge_and_unload_"}};
     } else {
       merge["note"] = std::string(st.message());
     }
@@ -487,7 +486,7 @@ std::string table(const json& base, const json& rows) {
 }
 
 absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>& specs) {
-  const double t_start = now();
+  const double t_start = now_seconds();
   PEFT_ASSIGN_OR_RETURN(const Settings s, settings_from(f));
   if (f.has("internal_variant")) {
     PEFT_ASSIGN_OR_RETURN(const Variant v, find_variant(f.get("internal_variant")));
@@ -534,7 +533,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
     const std::string log = s.work + "/runs/" + v.name() + ".log";
     std::vector<std::string> child = args;
     child.push_back("--internal_variant=" + v.name());
-    const double t0 = now();
+    const double t0 = now_seconds();
     PEFT_ASSIGN_OR_RETURN(int code, run_child(child, log));
     if (code != 0) {
       return absl::InternalError(
@@ -544,7 +543,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
     say(absl::StrFormat("[%d/%d] %-14s reverse %4s, copy %4s, eval loss %.4f, %.3f s/step (%.0f s)", i + 1,
                         variants.size(), v.name(), pct(r["accuracy"].get<double>()),
                         pct(r["control_accuracy"].get<double>()), r["final_eval_loss"].get<double>(),
-                        r["step_seconds"].get<double>(), now() - t0));
+                        r["step_seconds"].get<double>(), now_seconds() - t0));
     rows.push_back(std::move(r));
   }
 
@@ -565,7 +564,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
   };
   const json m = machine(s.threads);
   const json out = {{"suite", "methods"}, {"machine", m},   {"settings", settings},
-                    {"base", base_j},     {"variants", rows}, {"total_seconds", now() - t_start}};
+                    {"base", base_j},     {"variants", rows}, {"total_seconds", now_seconds() - t_start}};
   const std::string tbl = table(base_j, rows);
   std::string md = absl::StrFormat(
       "# peft bench --suite=methods\n\n"
@@ -583,7 +582,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
   PEFT_RETURN_IF_ERROR(task::write_text(s.out_dir + "/bench.md", md));
   say("");
   say(tbl);
-  say(absl::StrFormat("bench: %s/bench.md and bench.json (%.0f s)", s.out_dir, now() - t_start));
+  say(absl::StrFormat("bench: %s/bench.md and bench.json (%.0f s)", s.out_dir, now_seconds() - t_start));
   return absl::OkStatus();
 }
 
@@ -703,7 +702,7 @@ std::string perf_table(const std::vector<PerfRun>& runs, const std::string& devi
 }
 
 absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& specs) {
-  const double t_start = now();
+  const double t_start = now_seconds();
   PEFT_ASSIGN_OR_RETURN(int64_t threads, f.get_int("threads"));
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   // The perf suite measures the whole machine unless told otherwise.
@@ -790,7 +789,7 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
     rows.push_back({{"precision", r.precision}, {"peft_cpp", r.ours}, {"eager", r.eager}, {"eager_note", r.eager_note}});
   }
   const json out = {{"suite", "perf"}, {"machine", m}, {"device", device}, {"runs", rows},
-                    {"total_seconds", now() - t_start}};
+                    {"total_seconds", now_seconds() - t_start}};
   const json& o0 = runs[0].ours;
   const std::string tbl = perf_table(runs, device);
   const std::string md = absl::StrFormat(
@@ -810,7 +809,7 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
   PEFT_RETURN_IF_ERROR(task::write_text(out_dir + "/bench.md", md));
   say("");
   say(tbl);
-  say(absl::StrFormat("bench: %s/bench.md and bench.json (%.0f s)", out_dir, now() - t_start));
+  say(absl::StrFormat("bench: %s/bench.md and bench.json (%.0f s)", out_dir, now_seconds() - t_start));
   return absl::OkStatus();
 }
 

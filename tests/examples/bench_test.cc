@@ -28,35 +28,13 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Outcome {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-std::string binary() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft";
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using Outcome = testing::ProgramRun;
+using testing::slurp;
 
 Outcome bench(const std::vector<std::string>& args) {
-  const std::string dir = testing::make_temp_dir("bench_run");
-  std::string cmd = quote(binary()) + " bench";
-  for (const std::string& a : args) cmd += " " + quote(a);
-  cmd += " >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  return Outcome{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir + "/out"), slurp(dir + "/err")};
+  std::vector<std::string> all = {"bench"};
+  all.insert(all.end(), args.begin(), args.end());
+  return testing::run_program(testing::runfile("examples/peft"), all);
 }
 
 // The quickstart test's tiny base, 3 steps, 8 test words, one thread.

@@ -22,36 +22,13 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct CliRun {
-  int code;
-  std::string out;
-  std::string err;
-};
+using CliRun = testing::ProgramRun;
 
-std::string peft_binary() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft";
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+std::string peft_binary() { return testing::runfile("examples/peft"); }
 
 // Runs the binary with `args`, feeding `input` on stdin.
 CliRun run(const std::vector<std::string>& args, const std::string& input = "") {
-  const std::string dir = testing::make_temp_dir("run");
-  std::ofstream(dir + "/in") << input;
-  std::string cmd = quote(peft_binary());
-  for (const std::string& a : args) cmd += " " + quote(a);
-  cmd += " <" + dir + "/in >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return CliRun{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir + "/out"), slurp(dir + "/err")};
+  return testing::run_program(peft_binary(), args, input);
 }
 
 class CliStoriesTest : public ::testing::Test {

@@ -26,34 +26,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Outcome {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-std::string binary() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/quickstart";
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using Outcome = testing::ProgramRun;
 
 Outcome run(const std::vector<std::string>& args) {
-  const std::string dir = testing::make_temp_dir("qs_run");
-  std::string cmd = quote(binary());
-  for (const std::string& a : args) cmd += " " + quote(a);
-  cmd += " >" + dir + "/out 2>" + dir + "/err";
-  const int status = std::system(cmd.c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return Outcome{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir + "/out"), slurp(dir + "/err")};
+  return testing::run_program(testing::runfile("examples/quickstart"), args);
 }
 
 // A 1-layer hidden-32 base (2 heads, 1 kv head, FFN 96) and a handful of

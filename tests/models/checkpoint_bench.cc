@@ -26,6 +26,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/function.h>
 
+#include "peft/core/process_stats.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
 #include "peft/peft_model.h"
@@ -33,18 +34,6 @@
 namespace {
 
 using peft::models::CausalLm;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// A field of /proc/self/status ("VmHWM", "VmRSS") in MB.
-double proc_mb(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + std::strlen(key) + 1) / 1024.0;
-  }
-  return -1;
-}
 
 // Sets VmHWM to the current RSS (Linux >= 4.0).
 bool reset_peak() {
@@ -98,9 +87,9 @@ int run_child(bool checkpointing, bool bf16, int steps) {
   int64_t nodes = 0;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
     for (auto& [name, p] : pm.trainable_parameters()) p.mutable_grad() = at::Tensor();
-    before = proc_mb("VmRSS");
+    before = peft::proc_status_mb("VmRSS");
     const bool reset = reset_peak();
-    const double t0 = now();
+    const double t0 = peft::now_seconds();
     {
       peft::AutocastScope ac(bf16, at::kCPU);
       const at::Tensor logits = lm->forward(ids, nullptr).to(at::kFloat);  // [B, T, V]
@@ -109,9 +98,9 @@ int run_child(bool checkpointing, bool bf16, int steps) {
       nodes = count_nodes(loss);
       loss.backward();
     }
-    const double dt = now() - t0;
+    const double dt = peft::now_seconds() - t0;
     if (s > 0) times.push_back(dt);
-    if (s > 0) peak = std::max(peak, reset ? proc_mb("VmHWM") - before : -1.0);
+    if (s > 0) peak = std::max(peak, reset ? peft::proc_status_mb("VmHWM") - before : -1.0);
   }
   std::sort(times.begin(), times.end());
   std::printf("%-5s checkpointing=%-3s  peak RSS above pre-step %8.1f MB   median step %6.2f s   autograd nodes %5ld\n",

@@ -1,9 +1,12 @@
 #include "tests/testing/assets.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace peft::testing {
@@ -45,6 +48,36 @@ std::string make_temp_dir(const std::string& prefix) {
   std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "XXXXXX";
   char* made = mkdtemp(tmpl.data());
   return made ? std::string(made) : "";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string runfile(const std::string& workspace_path) {
+  const char* srcdir = getenv("TEST_SRCDIR");
+  return std::string(srcdir ? srcdir : ".") + "/__main__/" + workspace_path;
+}
+
+ProgramRun run_program(const std::string& program, const std::vector<std::string>& args, const std::string& input) {
+  const std::string dir = make_temp_dir("run");
+  std::ofstream(dir + "/in") << input;
+  std::string cmd = shell_quote(program);
+  for (const std::string& a : args) cmd += " " + shell_quote(a);
+  cmd += " <" + dir + "/in >" + dir + "/out 2>" + dir + "/err";
+  const int status = std::system(cmd.c_str());
+  ProgramRun r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(dir + "/out");
+  r.err = slurp(dir + "/err");
+  return r;
 }
 
 }  // namespace peft::testing

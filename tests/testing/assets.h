@@ -9,6 +9,7 @@
 #define PEFT_TESTS_TESTING_ASSETS_H_
 
 #include <string>
+#include <vector>
 
 namespace peft::testing {
 
@@ -27,6 +28,26 @@ std::string source_root();
 
 /// A fresh empty directory under $TEST_TMPDIR (or /tmp) for a test's outputs.
 std::string make_temp_dir(const std::string& prefix);
+
+/// A file's bytes ("" when it cannot be read).
+std::string slurp(const std::string& path);
+
+/// `s` quoted for /bin/sh.
+std::string shell_quote(const std::string& s);
+
+/// A program built by Bazel, through the runfiles ("examples/peft" ->
+/// $TEST_SRCDIR/__main__/examples/peft).
+std::string runfile(const std::string& workspace_path);
+
+struct ProgramRun {
+  int code = -1;  ///< the exit status; -1 when killed by a signal
+  std::string out, err;
+};
+
+/// Runs `program args...` through the shell, feeding `input` on stdin, and
+/// returns its exit status, stdout and stderr.
+ProgramRun run_program(const std::string& program, const std::vector<std::string>& args,
+                       const std::string& input = "");
 
 }  // namespace peft::testing
 
