@@ -91,11 +91,25 @@ if [ -e "$TORCH_LIB/libtorch_cuda.so" ]; then
   CUDA=1
   DEFS="$DEFS -DPEFT_WITH_CUDA=1 -DUSE_C10D_NCCL"
   LIBS="-Wl,--no-as-needed -ltorch_cuda -lc10_cuda -Wl,--as-needed $LIBS"
+  # c10/cuda and ProcessGroupNCCL.hpp include the CUDA runtime, cuBLAS,
+  # cuSOLVER and NCCL headers: a pip wheel keeps them in the nvidia packages
+  # beside torch, a LibTorch zip expects the toolkit. Their lib folders let
+  # the linker resolve libtorch_cuda's own dependencies.
+  NV=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
+  for d in "$NV"/*/include "$NV"/*/*/include /usr/local/cuda/include; do
+    [ -d "$d" ] && TORCH_INC="$TORCH_INC -isystem $d"
+  done
+  for d in "$NV"/*/lib "$NV"/*/*/lib /usr/local/cuda/lib64; do
+    [ -d "$d" ] && TORCH_LINK_EXTRA="${TORCH_LINK_EXTRA:-} -Wl,-rpath-link,$d"
+  done
 fi
 STD=c++17
 probe=$(mktemp -d)
-echo '#include <torch/torch.h>
-int main() { return at::ones({1}).numel() == 1 ? 0 : 1; }' > "$probe/p.cc"
+{
+  echo '#include <torch/torch.h>'
+  [ $CUDA -eq 1 ] && echo '#include <c10/cuda/CUDAStream.h>'
+  echo 'int main() { return at::ones({1}).numel() == 1 ? 0 : 1; }'
+} > "$probe/p.cc"
 if ! $CXX -std=c++17 $DEFS $TORCH_INC -fsyntax-only "$probe/p.cc" 2>"$probe/err"; then
   if $CXX -std=c++20 $DEFS $TORCH_INC -fsyntax-only "$probe/p.cc" 2>/dev/null; then
     STD=c++20
@@ -156,7 +170,7 @@ N=$OUT/build.ninja
 {
   echo "cxx = $CXX"
   echo "cflags = -std=$STD -O2 -fPIC -Wno-unused-parameter -Wno-sign-compare -Wno-deprecated-declarations $DEFS -I$ROOT -I$GEN $TORCH_INC $DEPS_INC"
-  echo "ldflags = -L$TORCH_LIB -Wl,-rpath,$TORCH_LIB $DEPS_LIBS"
+  echo "ldflags = -L$TORCH_LIB -Wl,-rpath,$TORCH_LIB ${TORCH_LINK_EXTRA:-} $DEPS_LIBS"
   echo "libs = $LIBS -lprotobuf $ABSL -lpcre2-8 -ldl -lpthread"
   echo 'rule cc'
   echo '  command = $cxx $cflags $extra -MMD -MF $out.d -c $in -o $out'

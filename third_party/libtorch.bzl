@@ -24,9 +24,27 @@ def _libtorch_impl(ctx):
         libdir = root + "/lib"
     has_cuda = ctx.path(libdir + "/libtorch_cuda.so").exists
     libs = ["-ltorch", "-ltorch_cpu", "-lc10"]
+    extra_link = []
     if has_cuda:
         libs = ["-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--as-needed"] + libs
-    linkopts = ["-L" + libdir, "-Wl,-rpath," + libdir] + libs + ["-lpthread"]
+
+        # c10/cuda and ProcessGroupNCCL.hpp include the CUDA runtime, cuBLAS,
+        # cuSOLVER and NCCL headers: a pip wheel keeps them in the nvidia
+        # packages beside torch/, a LibTorch zip expects the CUDA toolkit.
+        found = ctx.execute(["sh", "-c", "ls -d '%s'/../nvidia/*/include '%s'/../nvidia/*/*/include " % (root, root) +
+                                          "'%s'/../nvidia/*/lib '%s'/../nvidia/*/*/lib 2>/dev/null; true" % (root, root)])
+        n = 0
+        for d in found.stdout.splitlines():
+            if d.endswith("/include"):
+                ctx.symlink(d, "cuda_include_%d" % n)
+                includes.append("cuda_include_%d" % n)
+                n += 1
+            elif d:
+                extra_link.append("-Wl,-rpath-link," + d)
+        if ctx.path("/usr/local/cuda/include").exists:
+            ctx.symlink("/usr/local/cuda/include", "cuda_include_toolkit")
+            includes.append("cuda_include_toolkit")
+    linkopts = ["-L" + libdir, "-Wl,-rpath," + libdir] + extra_link + libs + ["-lpthread"]
     ctx.file("BUILD", """
 package(default_visibility = ["//visibility:public"])
 

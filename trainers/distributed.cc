@@ -418,6 +418,13 @@ absl::StatusOr<std::unique_ptr<ProcessGroup>> ProcessGroup::create(
 #if PEFT_HAVE_NCCL
       // NCCL picks the device from the tensors: the caller places them on
       // cuda:<local_rank>. The communicator is created lazily on first use.
+#if TORCH_VERSION_MAJOR >= 2
+      // 2.x arms a watchdog with the same timeout whose default action
+      // (TORCH_NCCL_ASYNC_ERROR_HANDLING=3) kills the process, possibly before
+      // Work::wait throws and we can report which collective timed out and
+      // why. 2 = abort the communicators only; a user's setting wins.
+      setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2", /*overwrite=*/0);
+#endif
       c10::intrusive_ptr<c10d::ProcessGroupNCCL::Options> options =
           c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
