@@ -18,6 +18,8 @@ namespace {
 absl::Status run_train(const ParsedFlags& f) {
   std::vector<std::string> overrides = f.get_all("set");
   if (f.has("output_dir")) overrides.push_back("output_dir=" + f.get("output_dir"));
+  PEFT_ASSIGN_OR_RETURN(const bool merge, f.get_bool("merge_on_finish"));
+  if (merge) overrides.push_back("checkpoint.merge_on_finish=true");
   PEFT_ASSIGN_OR_RETURN(proto::Recipe recipe, trainers::load_recipe(f.get("recipe"), overrides));
   trainers::TrainOptions o;
   PEFT_ASSIGN_OR_RETURN(o.resume, f.get_bool("resume"));
@@ -76,7 +78,10 @@ std::vector<Command> train_commands() {
            {{"recipe", "the recipe file (.textproto)", "", true},
             {"set", "override one recipe field: --set=training.steps=200 (repeatable)", "", false, false, true},
             {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
-            {"resume", "continue from the newest checkpoint in the run directory", "false", false, true}},
+            {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
+            {"merge_on_finish",
+             "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)",
+             "false", false, true}},
            run_train}};
 }
 

@@ -141,6 +141,26 @@ TEST_F(TrainCliTest, ActivationCheckpointingTrainsTheSameAdapter) {
   EXPECT_LE(worst, 1e-5) << "largest adapter value " << scale;
 }
 
+// --merge_on_finish writes <run>/merged, a Hugging Face directory that
+// generates exactly like the base with the run's adapter.
+TEST_F(TrainCliTest, MergeOnFinishWritesAModelThatGeneratesLikeBasePlusAdapter) {
+  const std::string out = work_ + "/merge_run";
+  Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.steps=6 --merge_on_finish --output_dir=" + out);
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(out + "/merged/config.json"));
+  const std::string gen = " --prompt_ids=1,403,407,261 --max_new_tokens=12 --format=json";
+  Result merged = run("generate --model=" + out + "/merged" + gen);
+  Result unmerged = run("generate --model=" + work_ + "/base --adapter=" + out + "/adapter" + gen);
+  Result base = run("generate --model=" + work_ + "/base" + gen);
+  ASSERT_EQ(merged.code, 0) << merged.err;
+  ASSERT_EQ(unmerged.code, 0) << unmerged.err;
+  ASSERT_EQ(base.code, 0) << base.err;
+  EXPECT_EQ(json::parse(merged.out)["generated_ids"], json::parse(unmerged.out)["generated_ids"]) << merged.out;
+  EXPECT_EQ(json::parse(merged.out)["generated_ids"].size(), 12u);
+  // The adapter trained: the merged model is not the base.
+  EXPECT_NE(json::parse(merged.out)["generated_ids"], json::parse(base.out)["generated_ids"]) << base.out;
+}
+
 TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
   const std::string straight = work_ + "/straight", killed = work_ + "/killed";
   Result a = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + straight);
