@@ -41,18 +41,6 @@ struct StepResult {
   at::Tensor next_random;                   // the RNG stream after the step
 };
 
-int64_t count_nodes(const at::Tensor& loss) {
-  std::unordered_set<torch::autograd::Node*> seen;
-  std::vector<torch::autograd::Node*> todo = {loss.grad_fn().get()};
-  while (!todo.empty()) {
-    torch::autograd::Node* n = todo.back();
-    todo.pop_back();
-    if (n == nullptr || !seen.insert(n).second) continue;
-    for (const torch::autograd::Edge& e : n->next_edges()) todo.push_back(e.function.get());
-  }
-  return static_cast<int64_t>(seen.size());
-}
-
 at::Tensor lm_loss(models::CausalLm& lm, const at::Tensor& ids) {
   const at::Tensor logits = lm.forward(ids, nullptr).to(at::kFloat);  // [B, T, V]
   const int64_t v = logits.size(-1), t = ids.size(1);
@@ -76,7 +64,7 @@ StepResult train_step(models::CausalLm& lm, const std::function<at::Tensor()>& a
       const at::Tensor a = aux();
       if (a.defined() && a.numel() > 0) loss = loss + a.to(loss.scalar_type());
     }
-    r.nodes = count_nodes(loss);
+    r.nodes = testing::autograd_node_count(loss);
     if (ac != Autocast::kBf16BackwardOutside) loss.backward();
   }
   if (ac == Autocast::kBf16BackwardOutside) loss.backward();
@@ -314,7 +302,7 @@ TEST(Checkpointing, EvalNoGradAndCacheForwardsUnchanged) {
     // Eval mode (dropout off), grad on: no checkpoint node, same logits.
     const at::Tensor eval = lm.forward(ids, nullptr);
     EXPECT_TRUE(at::equal(eval.detach(), ref));
-    EXPECT_GT(count_nodes(eval), 20);  // the full graph is built
+    EXPECT_GT(testing::autograd_node_count(eval), 20);  // the full graph is built
     // Train mode, grad off: plain forward.
     lm.module().train();
     {

@@ -1,7 +1,11 @@
 #include "tests/testing/tiny_models.h"
 
+#include <unordered_set>
+#include <vector>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "models/model_io.h"
@@ -54,6 +58,18 @@ std::shared_ptr<models::CausalLm> tiny_model(const models::ModelConfig& config, 
 at::Tensor sample_ids(int64_t vocab, int64_t batch, int64_t len, uint64_t seed) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return at::randint(vocab, {batch, len}, gen, at::kLong);
+}
+
+int64_t autograd_node_count(const at::Tensor& loss) {
+  std::unordered_set<torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> todo = {loss.grad_fn().get()};
+  while (!todo.empty()) {
+    torch::autograd::Node* n = todo.back();
+    todo.pop_back();
+    if (n == nullptr || !seen.insert(n).second) continue;
+    for (const torch::autograd::Edge& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return static_cast<int64_t>(seen.size());
 }
 
 }  // namespace peft::testing

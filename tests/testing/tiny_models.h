@@ -25,6 +25,9 @@ std::shared_ptr<models::CausalLm> tiny_model(const models::ModelConfig& config, 
 /// Deterministic ids [batch, len] below `vocab`.
 at::Tensor sample_ids(int64_t vocab, int64_t batch, int64_t len, uint64_t seed);
 
+/// The number of autograd nodes reachable from `loss` (0 when it has none).
+int64_t autograd_node_count(const at::Tensor& loss);
+
 }  // namespace peft::testing
 
 #endif  // PEFT_TESTS_TESTING_TINY_MODELS_H_
