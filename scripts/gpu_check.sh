@@ -13,6 +13,10 @@
 # build.log, tests.log, perf_bench.md, perf_bench.json: at most 8 files.
 #
 #   OUT=/tmp/x bash scripts/gpu_check.sh [--no-cpu-tests] [--no-perf] [--no-quickstart]
+# Expected time on the 16-core H200 machine (not yet measured): build 3-4 min,
+# quickstart about 1.5 min (its base pretrains on the CPU), perf 1-2 min, CPU
+# tests 1-2 min. Skip parts with the flags when the device time left is short;
+# each step's start time is stamped in summary.txt.
 # From this machine, with the device tool (carry the debs):
 #   run(command="bash scripts/gpu_check.sh", carry=[".devbuild/debs"], timeout_s=540)
 set -uo pipefail
