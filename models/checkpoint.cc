@@ -1,13 +1,9 @@
 #include "models/checkpoint.h"
 
-#include <mutex>
 #include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
-#include <ATen/autocast_mode.h>
-#include <ATen/core/Generator.h>
 #include <ATen/core/ivalue.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -15,6 +11,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "peft/core/autocast.h"
+#include "peft/core/rng_state.h"
 
 namespace peft::models {
 namespace {
@@ -59,47 +56,21 @@ class AutocastReentry {
 // AutocastCacheOff (peft/core/autocast.h) keeps grad-less casts of
 // trainable leaves from outliving the no-grad run (see the header).
 
-at::Tensor generator_state(at::Generator gen) {
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
-}
-
-void set_generator_state(at::Generator gen, const at::Tensor& state) {
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-}
-
-// Default generator states: the CPU one, and that of `device` (a CUDA input's
-// device) when there is one.
-struct RngState {
-  at::Tensor cpu;
-  std::optional<at::Device> device;
-  at::Tensor device_state;
-
-  static RngState capture(std::optional<at::Device> device) {
-    RngState s;
-    s.cpu = generator_state(at::globalContext().defaultGenerator(at::kCPU));
-    s.device = device;
-    if (device) s.device_state = generator_state(at::globalContext().defaultGenerator(*device));
-    return s;
-  }
-  void restore() const {
-    set_generator_state(at::globalContext().defaultGenerator(at::kCPU), cpu);
-    if (device) set_generator_state(at::globalContext().defaultGenerator(*device), device_state);
-  }
-};
-
-// Sets `then` for the scope and puts the states found at entry back on exit
+// Sets `then` (the generators of the CPU and of `device`, peft/core/rng_state.h)
+// for the scope and puts the states found at entry back on exit
 // (torch.random.fork_rng): the recomputation draws the forward's numbers and
 // the training stream goes on as if it had not run.
 class RngFork {
  public:
-  explicit RngFork(const RngState& then) : now_(RngState::capture(then.device)) { then.restore(); }
-  ~RngFork() { now_.restore(); }
+  RngFork(const RngState& then, const at::Device& device) : device_(device), now_(capture_rng_state(device)) {
+    restore_rng_state(then, device_);
+  }
+  ~RngFork() { restore_rng_state(now_, device_); }
   RngFork(const RngFork&) = delete;
   RngFork& operator=(const RngFork&) = delete;
 
  private:
+  const at::Device device_;
   const RngState now_;
 };
 
@@ -107,6 +78,7 @@ class RngFork {
 // a capsule.
 struct CheckpointState final : torch::CustomClassHolder {
   BlockFn fn;
+  at::Device device = at::kCPU;  // the input's: its generator is replayed with the CPU's
   RngState rng;
   DeviceAutocast cpu_autocast, cuda_autocast;
 };
@@ -116,7 +88,8 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
   // (see the header); never read.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& anchor,
                             c10::intrusive_ptr<CheckpointState> state) {
-    state->rng = RngState::capture(x.is_cuda() ? std::optional<at::Device>(x.device()) : std::nullopt);
+    state->device = x.device();
+    state->rng = capture_rng_state(state->device);
     state->cpu_autocast = autocast_now(at::kCPU);
     state->cuda_autocast = autocast_now(at::kCUDA);
     at::Tensor y;
@@ -138,7 +111,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     at::Tensor x_copy = x.detach().requires_grad_(want_x);
     at::Tensor y;
     {
-      RngFork rng(state->rng);
+      RngFork rng(state->rng, state->device);
       at::AutoGradMode grad_on(true);
       AutocastReentry cpu(at::kCPU, state->cpu_autocast);
       AutocastReentry cuda(at::kCUDA, state->cuda_autocast);

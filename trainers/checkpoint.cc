@@ -6,7 +6,6 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/optim/optimizer.h>
@@ -48,24 +47,6 @@ std::string rng_key(const char* kind, size_t rank) {
 bool is_rng_key(const std::string& name) { return name.rfind("__rng_", 0) == 0; }
 
 }  // namespace
-
-RngState capture_rng_state(const c10::Device& device) {
-  RngState s;
-  s.cpu = at::detail::getDefaultCPUGenerator().get_state();
-  if (device.is_cuda()) s.cuda = at::globalContext().defaultGenerator(device).get_state();
-  return s;
-}
-
-void restore_rng_state(const RngState& rng, const c10::Device& device) {
-  if (rng.cpu.defined()) {
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
-    gen.set_state(rng.cpu);
-  }
-  if (device.is_cuda() && rng.cuda.defined()) {
-    at::Generator gen = at::globalContext().defaultGenerator(device);
-    gen.set_state(rng.cuda);
-  }
-}
 
 absl::Status save_training_state(const std::string& run_dir, const TrainingState& state,
                                  torch::optim::Optimizer& optimizer, int keep_last) {

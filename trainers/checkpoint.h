@@ -26,26 +26,13 @@
 #include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
+#include "peft/core/rng_state.h"  // RngState, capture_rng_state, restore_rng_state
 
 namespace torch::optim {
 class Optimizer;
 }  // namespace torch::optim
 
 namespace peft::trainers {
-
-/// The random generators of one process, as raw bytes (uint8 CPU tensors).
-struct RngState {
-  at::Tensor cpu;   // [n] the CPU generator (dropout on the CPU)
-  at::Tensor cuda;  // [m] the training device's CUDA generator; undefined on the CPU
-};
-
-/// This process's generators: the CPU one and, when `device` is a CUDA
-/// device, that device's.
-RngState capture_rng_state(const c10::Device& device = c10::Device(c10::kCPU));
-
-/// Sets this process's CPU generator from `rng.cpu` and, when `device` is a
-/// CUDA device and `rng.cuda` is defined, that device's from `rng.cuda`.
-void restore_rng_state(const RngState& rng, const c10::Device& device = c10::Device(c10::kCPU));
 
 /// What a checkpoint restores besides the optimizer.
 struct TrainingState {
