@@ -115,10 +115,7 @@ at::Tensor Gpt2LMHeadModelImpl::forward_hidden(const at::Tensor& ids, KvCache* c
 
 at::Tensor Gpt2LMHeadModelImpl::logits_from_hidden(const at::Tensor& hidden) { return lm_head->forward(hidden); }
 
-at::Tensor Gpt2LMHeadModelImpl::plain_head_weight() {
-  if (lm_head->bias.defined() || lm_head->has_live_adapters()) return at::Tensor();
-  return lm_head->compute_weight();
-}
+at::Tensor Gpt2LMHeadModelImpl::plain_head_weight() { return lm_head->plain_weight(); }
 
 KvCache Gpt2LMHeadModelImpl::make_cache(int64_t batch, int64_t capacity) const {
   const Gpt2Config& c = config_.gpt2;

@@ -123,10 +123,7 @@ at::Tensor LlamaForCausalLMImpl::forward_hidden(const at::Tensor& ids, KvCache* 
 
 at::Tensor LlamaForCausalLMImpl::logits_from_hidden(const at::Tensor& hidden) { return lm_head->forward(hidden); }
 
-at::Tensor LlamaForCausalLMImpl::plain_head_weight() {
-  if (lm_head->bias.defined() || lm_head->has_live_adapters()) return at::Tensor();
-  return lm_head->compute_weight();
-}
+at::Tensor LlamaForCausalLMImpl::plain_head_weight() { return lm_head->plain_weight(); }
 
 KvCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const {
   const LlamaConfig& c = config_.llama;

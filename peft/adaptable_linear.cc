@@ -23,7 +23,7 @@ at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
   LinearAdapter* single = nullptr;
   int live = 0;
   for (const auto& [name, scale] : active_) {
-    if (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) continue;
+    if (is_merged(name)) continue;
     ++live;
     if (scale == 1.0) single = adapter(name);
   }
@@ -33,7 +33,7 @@ at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
   if (live == 1 && single != nullptr) return single->forward(x, single->additive() ? compute_weight() : weight, bias);
   at::Tensor y = base_forward(x);
   for (const auto& [name, scale] : active_) {
-    if (std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; })) continue;
+    if (is_merged(name)) continue;
     LinearAdapter* a = adapter(name);
     at::Tensor d = a->forward_delta(x, a->additive() ? compute_weight() : weight);
     y = scale == 1.0 ? y + d : y + d * scale;
@@ -64,16 +64,16 @@ at::Tensor AdaptableLinearImpl::compute_weight() const {
   return compute_cache_;
 }
 
-bool AdaptableLinearImpl::has_live_adapters() const {
-  return std::any_of(active_.begin(), active_.end(), [&](const auto& a) {
-    return std::none_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == a.first; });
-  });
+at::Tensor AdaptableLinearImpl::plain_weight() const {
+  if (bias.defined()) return at::Tensor();
+  for (const auto& a : active_) {
+    if (!is_merged(a.first)) return at::Tensor();
+  }
+  return compute_weight();
 }
 
-void AdaptableLinearImpl::release_compute_cache_() const {
-  compute_cache_ = at::Tensor();
-  cache_source_ = nullptr;
-  cache_version_ = -1;
+bool AdaptableLinearImpl::is_merged(const std::string& name) const {
+  return std::any_of(merged_.begin(), merged_.end(), [&](const auto& m) { return m.first == name; });
 }
 
 void AdaptableLinearImpl::tie_weight_(const at::Tensor& w) {

@@ -59,8 +59,10 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// Additive adapters and the fused output layer receive it too.
   at::Tensor compute_weight() const;
 
-  /// Drops the cached copy (it is rebuilt on the next autocast forward).
-  void release_compute_cache_() const;
+  /// compute_weight() when forward() is exactly x · Wᵀ (no bias and no
+  /// adapter that is active and not merged), so that a caller may fuse the
+  /// product with what follows (trainers/loss.h); undefined otherwise.
+  at::Tensor plain_weight() const;
 
   /// Makes this head share `weight` with an embedding [out, in] (tied heads).
   void tie_weight_(const at::Tensor& weight);
@@ -85,8 +87,6 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// Undoes the most recent merge (adapters come off in reverse order).
   void unmerge_last_();
   const std::vector<std::pair<std::string, double>>& merged() const { return merged_; }
-  /// True when forward() would run an adapter (active and not merged).
-  bool has_live_adapters() const;
 
   const AdaptableLinearOptions options;
   at::Tensor weight;  // [out, in]
@@ -96,6 +96,7 @@ class AdaptableLinearImpl : public torch::nn::Module {
   std::vector<std::pair<std::string, std::shared_ptr<LinearAdapter>>> adapters_;
   std::vector<std::pair<std::string, double>> active_;
   std::vector<std::pair<std::string, double>> merged_;  // merge order
+  bool is_merged(const std::string& name) const;
   // compute_weight()'s copy and what it was made from.
   mutable at::Tensor compute_cache_;
   mutable const void* cache_source_ = nullptr;
