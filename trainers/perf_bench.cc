@@ -51,7 +51,10 @@ double matmul_gflops(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, cons
 
 }  // namespace
 
-absl::StatusOr<PerfResult> run_perf_benchmark(const PerfOptions& o) {
+absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
+  const bool cuda = o.device == "cuda";
+  if (o.warmup_steps == -1) o.warmup_steps = cuda ? 5 : 2;
+  if (o.steps == 0) o.steps = cuda ? 20 : 6;
   if (o.threads < 1 || o.steps < 1 || o.warmup_steps < 0 || o.batch < 1 || o.seq < 2 || o.hidden % o.heads != 0) {
     return absl::InvalidArgumentError("perf benchmark: need threads, steps, batch >= 1, seq >= 2, heads | hidden");
   }

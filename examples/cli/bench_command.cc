@@ -630,10 +630,6 @@ absl::StatusOr<trainers::PerfOptions> perf_options(const ParsedFlags& f, int64_t
   if (o.device != "cpu" && o.device != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--device must be cpu or cuda, got '", o.device, "'"));
   }
-  if (o.device == "cuda") {
-    o.warmup_steps = 5;
-    if (steps == 0) o.steps = 20;
-  }
   return o;
 }
 
@@ -762,10 +758,9 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
       say(absl::StrCat("bench: eager PyTorch ", p, " ..."));
       std::vector<std::string> e = {python, eager_script, "--precision=" + p, absl::StrCat("--threads=", threads),
                                     "--device=" + device};
-      if (device == "cuda") {
-        e.push_back("--warmup=5");
-        e.push_back(absl::StrCat("--steps=", run.ours["measured_steps"].get<int64_t>()));
-      }
+      // The same warm-up and measured steps as the C++ run.
+      e.push_back(absl::StrCat("--warmup=", run.ours["warmup_steps"].get<int64_t>()));
+      e.push_back(absl::StrCat("--steps=", run.ours["measured_steps"].get<int64_t>()));
       PEFT_ASSIGN_OR_RETURN(int ecode, run_child(e, elog));
       if (ecode == 0) {
         try {

@@ -4,7 +4,7 @@
 // reference beside it; this binary is the same measurement alone.
 //
 //   bazel build //tests/trainers:train_perf_bench &&
-//   bazel-bin/tests/trainers/train_perf_bench [--precision=bf16|fp32] [--threads=2] [--steps=6] [--unfused] [--device=cpu|cuda]
+//   bazel-bin/tests/trainers/train_perf_bench [--precision=bf16|fp32] [--threads=2] [--steps=N] [--warmup=N] [--unfused] [--device=cpu|cuda]
 //       [--trace=FILE.json]
 #include <cstdio>
 #include <cstdlib>
@@ -30,7 +30,6 @@ int main(int argc, char** argv) {
       o.trace_file = a.substr(8);
     } else if (a.rfind("--device=", 0) == 0) {
       o.device = a.substr(9);
-      if (o.device == "cuda") o.warmup_steps = 5, o.steps = 20;
     } else if (a == "--unfused") {
       o.fused_loss = false;
     } else {
