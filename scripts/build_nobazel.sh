@@ -186,7 +186,10 @@ N=$OUT/build.ninja
   for s in "${LIB_SRCS[@]}"; do
     o="obj/${s#$OUT/}.o"
     extra=""
-    case "$s" in kernels/*) extra="$KERNEL_COPTS" ;; esac
+    # kernels/BUILD's ROW_LOOP_COPTS: the libraries with row_math.h loops
+    # (a *_ref.cc shares its kernel's library).
+    case "$s" in kernels/*.cc) grep -q 'kernels/row_math.h' "${s%_ref.cc}" "${s%_ref.cc}.cc" 2>/dev/null \
+      && extra="$KERNEL_COPTS" ;; esac
     src=$s; [ "${s:0:1}" = / ] || src=$ROOT/$s
     echo "build $o: cc $src"
     [ -n "$extra" ] && echo "  extra = $extra"
