@@ -212,34 +212,47 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   const bool main_rank = env.rank == 0;
   if (!main_rank) log = [](const std::string&) {};
 
-  // The run directory: refuse to mix two runs.
+  // The run directory: refuse to mix two runs. It is created only once the
+  // model, adapters and data have loaded, so a recipe that fails to start
+  // leaves nothing behind.
   const std::string run = recipe.output_dir();
-  std::error_code ec;
-  fs::create_directories(run, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run, ": ", ec.message()));
   PEFT_ASSIGN_OR_RETURN(std::optional<std::string> latest, latest_checkpoint(run));
   if (latest && !options.resume) {
     return absl::FailedPreconditionError(
         absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
   }
   if (!latest && options.resume) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
-  if (main_rank) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
+  const ScheduleOptions sched = schedule_options(recipe);
+  PEFT_RETURN_IF_ERROR(sched.validate());
+  const ReweightOptions rw = reweight_options(recipe);
+  PEFT_RETURN_IF_ERROR(rw.validate());
 
   // Model, tokenizer, adapters.
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::load_model(recipe.model()));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
+                        with_context(models::load_model(recipe.model()), "model"));
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok,
-                        data::load_tokenizer(recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model()));
+                        with_context(data::load_tokenizer(recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model()),
+                                     recipe.has_tokenizer() ? "tokenizer" : "tokenizer (from model)"));
   if (tok->vocab_size() > lm->config().vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
                                                    lm->config().vocab_size()));
+  }
+  // Data (before the adapters: bad data is reported before any work).
+  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, data_options(recipe)));
+  log(splits.stats.summary());
+  data::Dataset validation = splits.validation;
+  if (recipe.data().has_validation_file()) {
+    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, data_options(recipe)));
+    validation = v.train;
   }
   // Per-block activation checkpointing (models/checkpoint.h): recompute each
   // block in backward instead of keeping its activations.
   lm->set_activation_checkpointing(tc.activation_checkpointing());
   PeftModel pm(lm);
   std::vector<std::pair<std::string, double>> active;
-  for (const proto::AdapterConfig& a : recipe.adapters()) {
-    PEFT_RETURN_IF_ERROR(pm.add_adapter(a, tc.seed()));
+  for (int i = 0; i < recipe.adapters_size(); ++i) {
+    const proto::AdapterConfig& a = recipe.adapters(i);
+    PEFT_RETURN_IF_ERROR(with_context(pm.add_adapter(a, tc.seed()), absl::StrCat("adapters.", i, " '", a.name(), "'")));
     active.emplace_back(a.name(), 1.0);
   }
   if (!active.empty()) {
@@ -257,14 +270,10 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   for (const auto& p : trainable) n_trainable += p.second.numel();
   if (!active.empty()) log(pm.summary());
 
-  // Data.
-  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, data_options(recipe)));
-  log(splits.stats.summary());
-  data::Dataset validation = splits.validation;
-  if (recipe.data().has_validation_file()) {
-    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, data_options(recipe)));
-    validation = v.train;
-  }
+  std::error_code ec;
+  fs::create_directories(run, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run, ": ", ec.message()));
+  if (main_rank) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
   const int64_t micro = tc.micro_batch();
   // The global batch is micro_batch x world; each rank reads its slice.
   data::BatchIterator it(splits.train, micro * env.world_size, env.rank, env.world_size);
@@ -302,10 +311,6 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   groups.emplace_back(decay, make_opts(recipe.optimizer().weight_decay()));
   groups.emplace_back(no_decay, make_opts(0.0));
   torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(recipe.optimizer().lr()));
-  const ScheduleOptions sched = schedule_options(recipe);
-  PEFT_RETURN_IF_ERROR(sched.validate());
-  const ReweightOptions rw = reweight_options(recipe);
-  PEFT_RETURN_IF_ERROR(rw.validate());
 
   TrainingState state;
   state.trainable = trainable;

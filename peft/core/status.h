@@ -13,6 +13,7 @@
 
 #include <exception>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -51,6 +52,19 @@ absl::Status status_from_torch_error(const char* context, Fn&& fn) {
   } catch (const std::exception& e) {
     return absl::InternalError(std::string(context) + ": " + e.what());
   }
+}
+
+/// `status` with "context: " before its message (same code); OK stays OK.
+inline absl::Status with_context(const absl::Status& status, std::string_view context) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), std::string(context) + ": " + std::string(status.message()));
+}
+
+/// The StatusOr form: the value passes through, an error gains the context.
+template <typename T>
+absl::StatusOr<T> with_context(absl::StatusOr<T> result, std::string_view context) {
+  if (result.ok()) return result;
+  return with_context(result.status(), context);
 }
 
 }  // namespace peft

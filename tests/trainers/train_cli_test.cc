@@ -203,6 +203,18 @@ TEST_F(TrainCliTest, BadRecipesNameTheField) {
           "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("/nonexistent.jsonl"), std::string::npos) << r.err;
+  // A run that cannot start leaves no run directory behind.
+  EXPECT_FALSE(fs::exists(work_ + "/bad")) << "a failed start created the run directory";
+  r = run("train --recipe=" + work_ + "/recipe.textproto --set=model=/nonexistent_model --output_dir=" + work_ + "/bad");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("model: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent_model"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(work_ + "/bad"));
+  r = run("train --recipe=" + work_ + "/recipe.textproto --set='adapters.0.target.preset=\"nope\"' --output_dir=" +
+          work_ + "/bad");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("adapters.0 'default': unknown target preset 'nope'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(work_ + "/bad"));
 }
 
 }  // namespace
