@@ -421,6 +421,10 @@ std::string DataStats::summary() const {
     if (skipped[k] > 0) skips.push_back(absl::StrCat(skipped[k], " ", bad_record_name(static_cast<BadRecord>(k))));
   }
   if (!skips.empty()) absl::StrAppend(&out, "; skipped ", absl::StrJoin(skips, ", "));
+  // Where: the first kMaxSkippedMessages skipped records, one "path:line: what" a line.
+  for (const std::string& m : skipped_messages) absl::StrAppend(&out, "\n  skipped ", m);
+  const int64_t unlisted = skipped_total() - static_cast<int64_t>(skipped_messages.size());
+  if (unlisted > 0) absl::StrAppend(&out, "\n  ... and ", unlisted, " more skipped records");
   return out;
 }
 

@@ -417,6 +417,28 @@ TEST(DatasetTest, BadDataIsReportedWithFileAndLine) {
   }
 }
 
+TEST(DatasetTest, SkipModeListsTheFirstSkippedRecordsAndCountsTheRest) {
+  FakeTokenizer tok;
+  std::string content = "{\"text\": \"fine\"}\n";
+  const int bad = DataStats::kMaxSkippedMessages + 4;
+  for (int i = 0; i < bad; ++i) content += "{\"text\": 5}\n";
+  const std::string path = write_file("many.jsonl", content);
+  DataOptions o = options(8, /*pack=*/false);
+  o.on_bad = DataOptions::OnBadRecord::kSkip;
+  absl::StatusOr<DataSplits> d = load_dataset(path, tok, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->stats.skipped_total(), bad);
+  ASSERT_EQ(d->stats.skipped_messages.size(), static_cast<size_t>(DataStats::kMaxSkippedMessages));
+  const std::string summary = d->stats.summary();
+  EXPECT_NE(summary.find("\n  skipped " + path + ":2: "), std::string::npos) << summary;
+  EXPECT_NE(summary.find(absl::StrCat("\n  skipped ", path, ":", DataStats::kMaxSkippedMessages + 1, ": ")),
+            std::string::npos)
+      << summary;
+  EXPECT_EQ(summary.find(absl::StrCat(path, ":", DataStats::kMaxSkippedMessages + 2, ": ")), std::string::npos)
+      << summary;
+  EXPECT_NE(summary.find("\n  ... and 4 more skipped records"), std::string::npos) << summary;
+}
+
 TEST(DatasetTest, SkipModeCountsSkippedRecordsByReason) {
   FakeTokenizer tok;
   int64_t want[kNumBadRecordKinds] = {};
@@ -435,6 +457,11 @@ TEST(DatasetTest, SkipModeCountsSkippedRecordsByReason) {
     EXPECT_EQ(d->stats.skipped_messages[0].rfind(path + ":3: ", 0), 0u) << d->stats.skipped_messages[0];
     EXPECT_EQ(d->stats.skipped_messages[1].rfind(path + ":7: ", 0), 0u) << d->stats.skipped_messages[1];
     EXPECT_NE(d->stats.summary().find(std::string("2 ") + bad_record_name(c.kind)), std::string::npos)
+        << d->stats.summary();
+    // The summary says where: each skipped record's "path:line: what" on its own line.
+    EXPECT_NE(d->stats.summary().find("\n  skipped " + d->stats.skipped_messages[0]), std::string::npos)
+        << d->stats.summary();
+    EXPECT_NE(d->stats.summary().find("\n  skipped " + d->stats.skipped_messages[1]), std::string::npos)
         << d->stats.summary();
     want[static_cast<int>(c.kind)] += 2;
   }
