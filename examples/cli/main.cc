@@ -18,7 +18,14 @@ std::vector<peft::cli::Command> all_commands() {
 
 void print_help(const std::vector<peft::cli::Command>& commands) {
   std::fprintf(stdout, "peft: parameter-efficient fine-tuning for LLaMA and GPT-2 in C++\n\nusage: peft <command> [flags]\n\ncommands:\n");
-  for (const auto& c : commands) std::fprintf(stdout, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
+  for (const auto& c : commands) {
+    std::fprintf(stdout, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
+    // launch takes a command line, not flags, so it is not a Command; list it after train.
+    if (c.name == "train") {
+      std::fprintf(stdout, "  %-10s %s\n", "launch",
+                   "Run a command in N local processes for data parallel (peft launch --nproc=N -- peft train ...).");
+    }
+  }
   std::fprintf(stdout, "\n`peft <command> --help` lists a command's flags.\n");
 }
 

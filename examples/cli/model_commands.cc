@@ -211,6 +211,7 @@ absl::Status run_generate(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(models::GenerateResult r, models::generate(*lm, prompt, o, on_token));
   if (format == "text") {
     std::fputs("\n", stdout);
+    std::fflush(stdout);  // the text ends before the speed line on stderr
   } else {
     json out = {{"prompt_ids", prompt},
                 {"generated_ids", r.generated_ids},

@@ -144,7 +144,10 @@ TEST_F(CliStoriesTest, BadInputFailsCleanly) {
 TEST(CliTest, HelpAndUnknownCommand) {
   CliRun r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* c : {"convert", "generate", "tokenize", "eval"}) EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  for (const char* c :
+       {"  train ", "  launch ", "  convert ", "  generate ", "  tokenize ", "  eval ", "  merge ", "  init ", "  bench "}) {
+    EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  }
   r = run({"frobnicate"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("unknown command 'frobnicate'"), std::string::npos);
