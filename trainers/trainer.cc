@@ -316,6 +316,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   state.trainable = trainable;
   TrainSummary summary;
   summary.run_dir = run;
+  summary.rank = env.rank;
   summary.trainable_parameters = n_trainable;
   if (latest && options.resume) {
     PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt, env.rank, device));

@@ -44,6 +44,7 @@ struct TrainSummary {
   int64_t trainable_parameters = 0;
   int64_t skipped_steps = 0;  // non-finite losses skipped
   std::string run_dir;
+  int rank = 0;  // this process's data-parallel rank (0 writes the run directory)
 };
 
 /// Trains as `recipe` says. Errors name the problem; a run directory that

@@ -24,6 +24,7 @@ absl::Status run_train(const ParsedFlags& f) {
   trainers::TrainOptions o;
   PEFT_ASSIGN_OR_RETURN(o.resume, f.get_bool("resume"));
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary s, trainers::train(recipe, o));
+  if (s.rank != 0) return absl::OkStatus();  // rank 0 alone reports, as it alone logs
   nlohmann::ordered_json j = {{"run_dir", s.run_dir},
                               {"steps", s.steps},
                               {"resumed_from_step", s.resumed_from_step},

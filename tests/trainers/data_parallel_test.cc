@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -58,10 +59,11 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-int run(const std::string& args, std::string* err = nullptr) {
+int run(const std::string& args, std::string* err = nullptr, std::string* out = nullptr) {
   const std::string tmp = testing::make_temp_dir("dp");
   const int status = std::system((binary() + " " + args + " >" + tmp + "/o 2>" + tmp + "/e").c_str());
   if (err) *err = slurp(tmp + "/e");
+  if (out) *out = slurp(tmp + "/o");
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -96,11 +98,15 @@ TEST_F(DataParallelTest, TwoRanksEqualOneRankWithTheSameGlobalBatch) {
                 &err),
             0)
       << err;
+  std::string out;
   ASSERT_EQ(run("launch --nproc=2 --master_port=" + std::to_string(free_port()) + " -- peft train --recipe=" + work_ +
                     "/recipe.textproto --output_dir=" + work_ + "/two --set=training.micro_batch=2",
-                &err),
+                &err, &out),
             0)
       << err;
+  // Rank 0 alone prints the summary line.
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_NE(out.find("\"steps\":20"), std::string::npos) << out;
   auto a = io::SafetensorsFile::open(work_ + "/one/adapter/adapter_model.safetensors");
   auto b = io::SafetensorsFile::open(work_ + "/two/adapter/adapter_model.safetensors");
   ASSERT_TRUE(a.ok() && b.ok());
