@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +35,7 @@
 #include "trainers/distributed.h"
 #include "trainers/loss.h"
 #include "trainers/lr_schedule.h"
+#include "trainers/progress.h"
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
 
@@ -445,11 +447,10 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     if (main_rank) metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
     const double elapsed = now_seconds() - t_start;
     const double eta = elapsed / (step + 1 - summary.resumed_from_step) * (total - step - 1);
-    const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %02d:%02d",
-                                             step + 1, total, step_loss, lr, tokens_seen / std::max(elapsed, 1e-9),
-                                             static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
+    const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", step + 1, total,
+                                             step_loss, lr, tokens_seen / std::max(elapsed, 1e-9), clock_text(eta));
     if (tty) {
-      std::fprintf(stderr, "\r%s\033[K", line.c_str());
+      std::fprintf(stderr, "\r%s %s\033[K", progress_bar(step + 1, total).c_str(), line.c_str());
     } else if ((step + 1) % recipe.logging().every_steps() == 0 || step + 1 == total) {
       log(line);
     }
