@@ -239,6 +239,7 @@ absl::StatusOr<DistributedEnv> parse_distributed_env(
     return absl::InvalidArgumentError(
         absl::StrCat("WORLD_SIZE=", env.world_size, " but RANK is not set"));
   }
+  env.local_rank_given = has_local;
   if (!has_local) env.local_rank = env.rank;  // single-node assumption
   PEFT_RETURN_IF_ERROR(env.validate());
   return env;

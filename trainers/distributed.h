@@ -67,6 +67,7 @@ struct DistributedEnv {
   int rank = 0;        // global rank in [0, world_size)
   int world_size = 1;  // number of processes in the job
   int local_rank = 0;  // rank on this node: selects cuda:<local_rank> for NCCL
+  bool local_rank_given = false;  // LOCAL_RANK was set; else local_rank = rank
   std::string master_addr = "127.0.0.1";  // host of rank 0's TCPStore
   int master_port = 29500;                // port of rank 0's TCPStore
 
@@ -77,10 +78,16 @@ struct DistributedEnv {
 
 /// Parses torchrun's variables from `vars` (name -> value; a missing name is
 /// unset). Unset WORLD_SIZE means 1; unset RANK means 0 (an error when
-/// WORLD_SIZE > 1); unset LOCAL_RANK means RANK (single node); unset
-/// MASTER_ADDR/MASTER_PORT keep the defaults above. Malformed values give
-/// InvalidArgument naming the variable and the value, e.g.
-/// "RANK='x1' is not an integer".
+/// WORLD_SIZE > 1); unset LOCAL_RANK means RANK (single node; the trainer
+/// then takes cuda:<RANK mod GPUs>, which also suits one process per
+/// Kubernetes pod); unset MASTER_ADDR/MASTER_PORT keep the defaults above.
+/// Malformed values give InvalidArgument naming the variable and the value,
+/// e.g. "RANK='x1' is not an integer".
+///
+/// Slurm's own variables (SLURM_PROCID, SLURM_NTASKS) are deliberately not
+/// read: a batch script's shell has them too (SLURM_PROCID=0, SLURM_NTASKS=N),
+/// and a single `peft train` there would wait for N-1 peers. Under Slurm run
+/// torchrun inside srun, or map them explicitly (README, "Data parallel").
 absl::StatusOr<DistributedEnv> parse_distributed_env(
     const std::map<std::string, std::string>& vars);
 

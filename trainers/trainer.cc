@@ -199,6 +199,9 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   std::optional<c10::DeviceGuard> device_guard;  // CUDA: the current device for the run
   if (resolved_device(recipe) == proto::TrainingConfig::CUDA) {
     const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
+    // Without LOCAL_RANK (one process per Kubernetes pod, or RANK set by
+    // hand) ranks take the visible GPUs in turn.
+    if (!env.local_rank_given && gpus > 0) env.local_rank = static_cast<int>(env.rank % gpus);
     if (env.local_rank >= gpus) {
       return absl::FailedPreconditionError(
           absl::StrCat("training.device: CUDA needs one GPU per rank, but LOCAL_RANK=", env.local_rank, " and this ",

@@ -255,10 +255,22 @@ TEST(DistributedEnvTest, ParsesTorchrunVariables) {
   EXPECT_EQ(env->local_rank, 1);
   EXPECT_EQ(env->master_addr, "10.0.0.7");
   EXPECT_EQ(env->master_port, 1234);
+  EXPECT_TRUE(env->local_rank_given);
   // LOCAL_RANK defaults to RANK (single node).
   env = parse_distributed_env({{"RANK", "1"}, {"WORLD_SIZE", "2"}});
   ASSERT_TRUE(env.ok()) << env.status();
   EXPECT_EQ(env->local_rank, 1);
+  EXPECT_FALSE(env->local_rank_given);
+}
+
+TEST(DistributedEnvTest, SlurmVariablesAloneMeanOneProcess) {
+  // A batch script's shell carries SLURM_PROCID=0 and SLURM_NTASKS=N; a plain
+  // `peft train` there is one process, not rank 0 of N waiting for peers.
+  absl::StatusOr<DistributedEnv> env =
+      parse_distributed_env({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "0"}});
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->world_size, 1);
+  EXPECT_EQ(env->rank, 0);
 }
 
 TEST(DistributedEnvTest, MalformedValuesAreClearErrors) {
