@@ -5,6 +5,7 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <torch/cuda.h>
 
 #include "absl/strings/str_cat.h"
@@ -211,6 +212,14 @@ absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::ve
   for (const std::string& o : overrides) PEFT_RETURN_IF_ERROR(apply_override(&r, o));
   PEFT_RETURN_IF_ERROR(validate_recipe(r));
   return r;
+}
+
+std::string recipe_differences(const proto::Recipe& before, const proto::Recipe& after) {
+  std::string out;
+  pb::util::MessageDifferencer differ;
+  differ.ReportDifferencesToString(&out);
+  differ.Compare(before, after);
+  return out;
 }
 
 std::string recipe_to_text(const proto::Recipe& recipe) {

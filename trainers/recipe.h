@@ -45,6 +45,11 @@ absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::ve
 /// The effective recipe in text format (saved into the run directory).
 std::string recipe_to_text(const proto::Recipe& recipe);
 
+/// What changed from `before` to `after`, one "modified: training.steps: 40 -> 60"
+/// (or added:/deleted:) line per field; empty when they are equal. The
+/// trainer prints it when --resume continues a run under another recipe.
+std::string recipe_differences(const proto::Recipe& before, const proto::Recipe& after);
+
 }  // namespace peft::trainers
 
 #endif  // PEFT_TRAINERS_RECIPE_H_

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -275,6 +276,22 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   for (const auto& p : trainable) n_trainable += p.second.numel();
   if (!active.empty()) log(pm.summary());
 
+  // Resuming under another recipe is allowed (more steps, say), but it is
+  // said: only the same recipe continues exactly.
+  if (latest && options.resume) {
+    std::ifstream saved(run + "/recipe.textproto", std::ios::binary);
+    if (saved) {
+      std::stringstream text;
+      text << saved.rdbuf();
+      absl::StatusOr<proto::Recipe> before = parse_recipe(text.str(), run + "/recipe.textproto");
+      if (!before.ok()) {
+        log(absl::StrCat("note: cannot compare with the run's saved recipe: ", before.status().message()));
+      } else if (std::string d = recipe_differences(*before, recipe); !d.empty()) {
+        log(absl::StrCat("note: resuming under a recipe that differs from the run's (the new values apply; the run ",
+                         "is no longer the same as one uninterrupted run):\n", d));
+      }
+    }
+  }
   std::error_code ec;
   fs::create_directories(run, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run, ": ", ec.message()));
@@ -327,6 +344,29 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt, env.rank, device));
     PEFT_RETURN_IF_ERROR(it.restore({state.data_epoch, state.data_index}));
     summary.resumed_from_step = state.step;
+    if (state.step > tc.steps()) {
+      return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc.steps(), " is fewer than the ", state.step,
+                                                     " steps the run's newest checkpoint ", *latest, " has done"));
+    }
+    // A finished run (its last checkpoint is the last step, and the outputs
+    // are written) is left as it is.
+    std::ifstream done(run + "/summary.json");
+    const json saved = done ? json::parse(done, nullptr, false) : json();
+    if (state.step == tc.steps() && saved.is_object() && saved.value("steps", int64_t{-1}) == state.step) {
+      log(absl::StrCat("the run in ", run, " is already complete at step ", state.step,
+                       "; nothing to do (raise training.steps to train further)"));
+      auto number = [&saved](const char* key) {
+        return saved.contains(key) && saved[key].is_number() ? saved[key].get<double>() : std::nan("");
+      };
+      summary.steps = state.step;
+      summary.first_train_loss = number("first_train_loss");
+      summary.final_train_loss = number("final_train_loss");
+      summary.initial_eval_loss = number("initial_eval_loss");
+      summary.final_eval_loss = number("final_eval_loss");
+      summary.tokens_per_second = number("tokens_per_second");
+      summary.skipped_steps = saved.value("skipped_steps", int64_t{0});
+      return summary;
+    }
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
   }
 
@@ -430,7 +470,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     state.step = step + 1;
     tokens_seen += step_tokens;
     const double dt = now_seconds() - t0;
-    if (summary.first_train_loss == 0) summary.first_train_loss = step_loss;
+    if (std::isnan(summary.first_train_loss)) summary.first_train_loss = step_loss;
     summary.final_train_loss = step_loss;
     train_curve.emplace_back(step + 1, step_loss);
     json m = {{"step", step + 1},       {"loss", step_loss},     {"lr", lr},
@@ -457,8 +497,10 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     } else if ((step + 1) % recipe.logging().every_steps() == 0 || step + 1 == total) {
       log(line);
     }
-    if (recipe.checkpoint().every_steps() > 0 && (step + 1) % recipe.checkpoint().every_steps() == 0 &&
-        step + 1 < total) {
+    // Every every_steps steps and after the last one, so that --resume with
+    // more training.steps continues a finished run instead of redoing its tail.
+    if (recipe.checkpoint().every_steps() > 0 &&
+        ((step + 1) % recipe.checkpoint().every_steps() == 0 || step + 1 == total)) {
       const data::DataPosition pos = it.position();
       state.data_epoch = pos.epoch;
       state.data_index = pos.index;

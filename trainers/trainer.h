@@ -17,6 +17,7 @@
 #ifndef PEFT_TRAINERS_TRAINER_H_
 #define PEFT_TRAINERS_TRAINER_H_
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -36,8 +37,8 @@ struct TrainOptions {
 struct TrainSummary {
   int64_t steps = 0;
   int64_t resumed_from_step = 0;
-  double first_train_loss = 0;
-  double final_train_loss = 0;
+  double first_train_loss = std::nan("");  // NaN (JSON null) when no step ran
+  double final_train_loss = std::nan("");
   double initial_eval_loss = 0;
   double final_eval_loss = 0;
   double tokens_per_second = 0;

@@ -2,6 +2,7 @@
 // indexed adapters), errors that name the field for unknown fields, wrong
 // types and out-of-range values, and the training device / c10d backend
 // against this build and machine.
+#include <algorithm>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -54,6 +55,18 @@ TEST(Recipe, OverridesSetScalarsEnumsStringsAndIndexedAdapters) {
   EXPECT_EQ(r.adapters(0).lora().r(), 16);
   EXPECT_EQ(r.adapters(0).lora().alpha(), 16);  // untouched siblings stay
   EXPECT_TRUE(r.checkpoint().merge_on_finish());
+}
+
+TEST(Recipe, DifferencesNameEachChangedField) {
+  const proto::Recipe a = *parse_recipe(kRecipe);
+  EXPECT_EQ(recipe_differences(a, a), "");
+  proto::Recipe b = a;
+  ASSERT_TRUE(apply_override(&b, "training.steps=40").ok());
+  ASSERT_TRUE(apply_override(&b, "adapters.0.lora.r=4").ok());
+  const std::string d = recipe_differences(a, b);
+  EXPECT_NE(d.find("modified: training.steps: 20 -> 40"), std::string::npos) << d;
+  EXPECT_NE(d.find("adapters[0].lora.r: 8 -> 4"), std::string::npos) << d;
+  EXPECT_EQ(std::count(d.begin(), d.end(), '\n'), 2) << d;
 }
 
 TEST(Recipe, ErrorsNameTheField) {

@@ -193,6 +193,40 @@ TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
       << "resumed adapter differs from the uninterrupted run";
 }
 
+// The last step is checkpointed too: --resume of a finished run does nothing,
+// with more training.steps it continues from the end (saying what changed),
+// and with fewer it is refused.
+TEST_F(TrainCliTest, ResumingAFinishedRunKeepsItOrExtendsIt) {
+  const std::string out = work_ + "/finished";
+  const std::string train = "train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out;
+  Result r = run(train);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000016/state.json"));
+  const std::string adapter = slurp(out + "/adapter/adapter_model.safetensors");
+  const json first = json::parse(r.out);
+
+  r = run(train + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("already complete at step 16"), std::string::npos) << r.err;
+  json again = json::parse(r.out);
+  EXPECT_EQ(again["steps"], 16);
+  EXPECT_EQ(again["final_train_loss"], first["final_train_loss"]);
+  EXPECT_EQ(again["final_eval_loss"], first["final_eval_loss"]);
+  EXPECT_EQ(slurp(out + "/adapter/adapter_model.safetensors"), adapter) << "a finished run was changed";
+
+  r = run(train + " --resume --set=training.steps=20");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("modified: training.steps: 16 -> 20"), std::string::npos) << r.err;
+  json longer = json::parse(r.out);
+  EXPECT_EQ(longer["resumed_from_step"], 16);
+  EXPECT_EQ(longer["steps"], 20);
+  EXPECT_NE(slurp(out + "/adapter/adapter_model.safetensors"), adapter);
+
+  r = run(train + " --resume --set=training.steps=12");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("training.steps: 12 is fewer than the 20 steps"), std::string::npos) << r.err;
+}
+
 TEST_F(TrainCliTest, BadRecipesNameTheField) {
   Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.stepz=3");
   EXPECT_EQ(r.code, 1);
