@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
@@ -139,6 +140,15 @@ absl::Status validate_recipe(const proto::Recipe& r) {
     return absl::InvalidArgumentError(
         absl::StrCat("recipe: data.validation_fraction must be in [0, 1), got ", r.data().validation_fraction()));
   }
+  for (const auto& [name, has, text] :
+       {std::tuple<const char*, bool, std::string>{"data.prompt_template", r.data().has_prompt_template(),
+                                                   r.data().prompt_template()},
+        {"data.prompt_template_no_input", r.data().has_prompt_template_no_input(),
+         r.data().prompt_template_no_input()}}) {
+    if (has && text.find("{instruction}") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("recipe: ", name, " has no \"{instruction}\": '", text, "'"));
+    }
+  }
   PEFT_RETURN_IF_ERROR(positive("optimizer.lr", r.optimizer().lr()));
   PEFT_RETURN_IF_ERROR(non_negative("optimizer.weight_decay", r.optimizer().weight_decay()));
   for (const auto& [name, v] : {std::pair<const char*, float>{"optimizer.beta1", r.optimizer().beta1()},
@@ -212,6 +222,27 @@ absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::ve
   for (const std::string& o : overrides) PEFT_RETURN_IF_ERROR(apply_override(&r, o));
   PEFT_RETURN_IF_ERROR(validate_recipe(r));
   return r;
+}
+
+data::DataOptions data_options(const proto::Recipe& r) {
+  data::DataOptions o;
+  switch (r.data().format()) {
+    case proto::DataConfig::JSONL_TEXT: o.format = data::DataOptions::Format::kJsonlText; break;
+    case proto::DataConfig::PLAIN_TEXT: o.format = data::DataOptions::Format::kPlainText; break;
+    case proto::DataConfig::INSTRUCTION: o.format = data::DataOptions::Format::kInstruction; break;
+    default: o.format = data::DataOptions::Format::kAuto;
+  }
+  // One custom template serves both kinds of record unless the recipe gives
+  // a second one (never a mix of the recipe's and Alpaca's).
+  if (r.data().has_prompt_template()) o.prompt_template = o.prompt_template_no_input = r.data().prompt_template();
+  if (r.data().has_prompt_template_no_input()) o.prompt_template_no_input = r.data().prompt_template_no_input();
+  o.seq_len = r.data().seq_len();
+  o.pack = r.data().pack();
+  o.validation_fraction = r.data().has_validation_file() ? 0.0 : r.data().validation_fraction();
+  o.seed = r.training().seed();
+  o.on_bad = r.data().on_bad_record() == proto::DataConfig::SKIP ? data::DataOptions::OnBadRecord::kSkip
+                                                                  : data::DataOptions::OnBadRecord::kStop;
+  return o;
 }
 
 std::string recipe_differences(const proto::Recipe& before, const proto::Recipe& after) {

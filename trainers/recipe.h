@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "data/dataset.h"
 #include "trainers/proto/recipe.pb.h"
 
 namespace peft::trainers {
@@ -41,6 +42,11 @@ proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& recipe);
 
 /// parse_recipe(file) + overrides + validate_recipe.
 absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// The data loader's options from the recipe's `data` (and training.seed).
+/// A custom prompt_template also serves records with an empty input unless
+/// prompt_template_no_input is given.
+data::DataOptions data_options(const proto::Recipe& recipe);
 
 /// The effective recipe in text format (saved into the run directory).
 std::string recipe_to_text(const proto::Recipe& recipe);

@@ -76,24 +76,6 @@ absl::StatusOr<std::vector<RngState>> gather_rng_states(ProcessGroup& pg, const 
   return out;
 }
 
-data::DataOptions data_options(const proto::Recipe& r) {
-  data::DataOptions o;
-  switch (r.data().format()) {
-    case proto::DataConfig::JSONL_TEXT: o.format = data::DataOptions::Format::kJsonlText; break;
-    case proto::DataConfig::PLAIN_TEXT: o.format = data::DataOptions::Format::kPlainText; break;
-    case proto::DataConfig::INSTRUCTION: o.format = data::DataOptions::Format::kInstruction; break;
-    default: o.format = data::DataOptions::Format::kAuto;
-  }
-  if (r.data().has_prompt_template()) o.prompt_template = r.data().prompt_template();
-  o.seq_len = r.data().seq_len();
-  o.pack = r.data().pack();
-  o.validation_fraction = r.data().has_validation_file() ? 0.0 : r.data().validation_fraction();
-  o.seed = r.training().seed();
-  o.on_bad = r.data().on_bad_record() == proto::DataConfig::SKIP ? data::DataOptions::OnBadRecord::kSkip
-                                                                  : data::DataOptions::OnBadRecord::kStop;
-  return o;
-}
-
 ReweightOptions reweight_options(const proto::Recipe& r) {
   ReweightOptions o;
   switch (r.reweighting().strategy()) {

@@ -69,6 +69,24 @@ TEST(Recipe, DifferencesNameEachChangedField) {
   EXPECT_EQ(std::count(d.begin(), d.end(), '\n'), 2) << d;
 }
 
+TEST(Recipe, ACustomPromptTemplateServesRecordsWithoutInputToo) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  const data::DataOptions alpaca = data_options(r);
+  EXPECT_EQ(alpaca.prompt_template, data::DataOptions().prompt_template);
+  EXPECT_EQ(alpaca.prompt_template_no_input, data::DataOptions().prompt_template_no_input);
+  ASSERT_TRUE(apply_override(&r, "data.prompt_template=\"Q: {instruction} {input}\\nA: \"").ok());
+  data::DataOptions o = data_options(r);
+  EXPECT_EQ(o.prompt_template, "Q: {instruction} {input}\nA: ");
+  EXPECT_EQ(o.prompt_template_no_input, "Q: {instruction} {input}\nA: ") << "mixed with Alpaca's no-input template";
+  ASSERT_TRUE(apply_override(&r, "data.prompt_template_no_input=\"Q: {instruction}\\nA: \"").ok());
+  o = data_options(r);
+  EXPECT_EQ(o.prompt_template_no_input, "Q: {instruction}\nA: ");
+  EXPECT_TRUE(validate_recipe(r).ok());
+  ASSERT_TRUE(apply_override(&r, "data.prompt_template_no_input=\"A: \"").ok());
+  absl::Status st = validate_recipe(r);
+  EXPECT_NE(message(st).find("data.prompt_template_no_input has no \"{instruction}\""), std::string::npos) << st;
+}
+
 TEST(Recipe, ErrorsNameTheField) {
   proto::Recipe r = *parse_recipe(kRecipe);
   EXPECT_NE(message(apply_override(&r, "training.stepz=3")).find("unknown field 'training.stepz'"), std::string::npos);
