@@ -48,13 +48,17 @@ bool is_rng_key(const std::string& name) { return name.rfind("__rng_", 0) == 0; 
 
 }  // namespace
 
+std::string checkpoint_dir(const std::string& run_dir, int64_t step) {
+  return (fs::path(run_dir) / "checkpoints" / absl::StrFormat("step-%08d", step)).string();
+}
+
 absl::Status save_training_state(const std::string& run_dir, const TrainingState& state,
                                  torch::optim::Optimizer& optimizer, int keep_last) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", root.string(), ": ", ec.message()));
-  const std::string dir = (root / absl::StrFormat("step-%08d", state.step)).string();
+  const std::string dir = checkpoint_dir(run_dir, state.step);
   std::vector<io::NamedTensor> tensors;
   for (const auto& [name, t] : state.trainable) tensors.push_back({name, t.detach().to(at::kCPU).contiguous()});
   // Every rank's generators (dropout) as raw bytes.

@@ -47,6 +47,9 @@ struct TrainingState {
   std::vector<RngState> rng;
 };
 
+/// `run_dir/checkpoints/step-<step, 8 digits>`: where step `step`'s checkpoint goes.
+std::string checkpoint_dir(const std::string& run_dir, int64_t step);
+
 /// Writes step-<step> under `run_dir/checkpoints` and removes all but the
 /// newest `keep_last` checkpoints.
 absl::Status save_training_state(const std::string& run_dir, const TrainingState& state,

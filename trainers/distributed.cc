@@ -37,6 +37,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "peft/core/status.h"
+#include "trainers/stop_signal.h"
 
 extern char** environ;
 
@@ -664,7 +665,17 @@ absl::Status launch_local(int nproc, const std::vector<std::string>& argv,
   bool failure_seen = false, term_sent = false, kill_sent = false;
   Clock::time_point term_at, kill_at;
   size_t running = children.size();
+  // SIGINT/SIGTERM to the launcher: the ranks get SIGTERM (they stop after
+  // the step with a checkpoint); a second signal SIGKILLs them.
+  StopSignals stop_signals(/*announce=*/false, /*repeat_kills=*/false);
+  int forwarded = 0;
   while (running > 0) {
+    if (StopSignals::count() > forwarded) {
+      forwarded = StopSignals::count();
+      for (Child& c : children) {
+        if (!c.done) ::kill(c.pid, forwarded == 1 ? SIGTERM : SIGKILL);
+      }
+    }
     for (Child& c : children) {
       if (c.done) continue;
       const pid_t r = ::waitpid(c.pid, &c.status, WNOHANG);
@@ -714,9 +725,11 @@ absl::Status launch_local(int nproc, const std::vector<std::string>& argv,
         absl::StrCat("rank ", c.rank, " (pid ", c.pid, ") ", what));
   }
   if (problems.empty()) return absl::OkStatus();
+  const std::string stopped =
+      forwarded > 0 ? absl::StrCat(" (stopped by ", StopSignals::name(StopSignals::pending()), ")") : "";
   return absl::InternalError(
       absl::StrCat("launch_local: ", nproc, " processes of '", argv[0],
-                   "': ", absl::StrJoin(problems, "; ")));
+                   "'", stopped, ": ", absl::StrJoin(problems, "; ")));
 }
 
 }  // namespace peft::trainers

@@ -39,6 +39,7 @@
 #include "trainers/progress.h"
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
+#include "trainers/stop_signal.h"
 
 namespace peft::trainers {
 namespace {
@@ -364,6 +365,18 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
                     {"eval_perplexity", std::exp(summary.initial_eval_loss)}}.dump() << "\n";
   }
   pm.model().module().train();
+  // SIGINT/SIGTERM end the run after the current step, with a checkpoint.
+  StopSignals stop_signals(/*announce=*/main_rank, /*repeat_kills=*/true);
+  auto save_checkpoint = [&]() -> absl::Status {
+    const data::DataPosition pos = it.position();
+    state.data_epoch = pos.epoch;
+    state.data_index = pos.index;
+    // Every rank's generators go into rank 0's checkpoint (a collective:
+    // all ranks reach it at the same step).
+    PEFT_ASSIGN_OR_RETURN(state.rng, gather_rng_states(*pg, device));
+    if (main_rank) PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
+    return absl::OkStatus();
+  };
   const double t_start = now_seconds();
   int64_t tokens_seen = 0;
   const int64_t total = tc.steps();
@@ -376,6 +389,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     int64_t step_tokens = 0;
     WeightStats ws;
     bool finite = true;
+    bool stop_requested = false;
     // The step's micro-batches first: the loss is normalised by the tokens
     // of the whole optimizer step (all micro-batches, all ranks), so that
     // accumulation and data parallelism give the gradient of one big batch.
@@ -423,10 +437,13 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
         if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
         grads.push_back(p.grad());
       }
-      // The logged loss is the global batch's (each rank holds its share).
-      grads.push_back(at::full({1}, step_loss, at::TensorOptions().dtype(at::kDouble).device(device)));
+      // The logged loss is the global batch's (each rank holds its share),
+      // and a stop signal seen by any rank stops every rank after this step.
+      grads.push_back(at::tensor({step_loss, StopSignals::pending() != 0 ? 1.0 : 0.0}, at::kDouble).to(device));
       PEFT_RETURN_IF_ERROR(pg->all_reduce_mean_(grads));
-      step_loss = grads.back().item<double>();
+      at::Tensor shared = grads.back().cpu();
+      step_loss = shared[0].item<double>();
+      stop_requested = shared[1].item<double>() > 0;
     }
     // The decision to skip rests on the all-reduced gradients alone, so
     // that every rank makes the same one.
@@ -481,15 +498,18 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     }
     // Every every_steps steps and after the last one, so that --resume with
     // more training.steps continues a finished run instead of redoing its tail.
-    if (recipe.checkpoint().every_steps() > 0 &&
-        ((step + 1) % recipe.checkpoint().every_steps() == 0 || step + 1 == total)) {
-      const data::DataPosition pos = it.position();
-      state.data_epoch = pos.epoch;
-      state.data_index = pos.index;
-      // Every rank's generators go into rank 0's checkpoint (a collective:
-      // all ranks reach it at the same step).
-      PEFT_ASSIGN_OR_RETURN(state.rng, gather_rng_states(*pg, device));
-      if (main_rank) PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
+    const bool stop_now = stop_requested && step + 1 < total;
+    if (stop_now || (recipe.checkpoint().every_steps() > 0 &&
+                     ((step + 1) % recipe.checkpoint().every_steps() == 0 || step + 1 == total))) {
+      PEFT_RETURN_IF_ERROR(save_checkpoint());
+    }
+    if (stop_now) {
+      if (tty) std::fprintf(stderr, "\n");
+      const int sig = StopSignals::pending();
+      return absl::AbortedError(absl::StrCat(
+          "stopped by ", sig != 0 ? StopSignals::name(sig) : std::string("a stop signal on another rank"),
+          " after step ", step + 1, " of ", total, "; checkpoint ", checkpoint_dir(run, step + 1),
+          " saved: continue with --resume"));
     }
   }
   if (tty) std::fprintf(stderr, "\n");

@@ -19,6 +19,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -200,6 +203,85 @@ TEST_F(DataParallelTest, DeadRankIsReportedWithinTheTimeout) {
   EXPECT_LE(secs, 5.0 + 3.0) << "configured timeout 5 s";
   const std::string err = slurp(errfile);
   EXPECT_NE(err.find("rank"), std::string::npos) << err;
+}
+
+// SIGTERM to one rank (a Kubernetes eviction, say) stops every rank after the
+// same step: the flag travels in the step's all-reduce, and rank 0 saves a
+// checkpoint holding both ranks' generators.
+TEST_F(DataParallelTest, SigtermToOneRankStopsAllRanksAtTheSameStep) {
+  const int port = free_port();
+  pid_t pids[2];
+  for (int rank = 0; rank < 2; ++rank) {
+    pids[rank] = fork();
+    ASSERT_GE(pids[rank], 0);
+    if (pids[rank] == 0) {
+      setenv("RANK", std::to_string(rank).c_str(), 1);
+      setenv("WORLD_SIZE", "2", 1);
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      freopen((work_ + "/rank" + std::to_string(rank) + ".err").c_str(), "w", stderr);
+      freopen("/dev/null", "w", stdout);
+      const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
+      const std::string out = "--output_dir=" + work_ + "/stopped";
+      execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
+            "--set=training.micro_batch=2", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (slurp(work_ + "/stopped/metrics.jsonl").size() < 400 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pids[1], SIGTERM);
+  int status[2] = {0, 0};
+  for (int rank = 0; rank < 2; ++rank) waitpid(pids[rank], &status[rank], 0);
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_TRUE(WIFEXITED(status[rank]) && WEXITSTATUS(status[rank]) == 1) << "rank " << rank;
+  }
+  const std::string err0 = slurp(work_ + "/rank0.err"), err1 = slurp(work_ + "/rank1.err");
+  const size_t at = err1.find("stopped by SIGTERM after step ");
+  ASSERT_NE(at, std::string::npos) << err1;
+  const int step = std::atoi(err1.c_str() + at + std::strlen("stopped by SIGTERM after step "));
+  ASSERT_GT(step, 0);
+  EXPECT_NE(err0.find("stopped by a stop signal on another rank after step " + std::to_string(step) + " "),
+            std::string::npos)
+      << err0;
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08d", step);
+  auto saved = io::SafetensorsFile::open(work_ + "/stopped/checkpoints/" + name + "/trainable.safetensors");
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_NE((*saved)->find("__rng_cpu_rank1__"), nullptr);
+}
+
+// `peft launch` passes a SIGTERM on to its ranks and says so.
+TEST_F(DataParallelTest, LaunchForwardsSigtermToItsRanks) {
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    freopen((work_ + "/launch.err").c_str(), "w", stderr);
+    freopen("/dev/null", "w", stdout);
+    const std::string port = "--master_port=" + std::to_string(free_port());
+    const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
+    const std::string out = "--output_dir=" + work_ + "/launched";
+    execl(binary().c_str(), "peft", "launch", "--nproc=2", port.c_str(), "--", binary().c_str(), "train",
+          recipe.c_str(), out.c_str(), "--set=training.steps=100000", "--set=training.micro_batch=2",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (slurp(work_ + "/launched/metrics.jsonl").size() < 400 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  const std::string err = slurp(work_ + "/launch.err");
+  EXPECT_NE(err.find("(stopped by SIGTERM)"), std::string::npos) << err;
+  // Both ranks stopped themselves (exit code 1), none was killed.
+  EXPECT_NE(err.find("rank 0 (pid"), std::string::npos) << err;
+  EXPECT_EQ(err.find("killed by signal"), std::string::npos) << err;
+  EXPECT_NE(err.find("checkpoint " + work_ + "/launched/checkpoints/step-"), std::string::npos) << err;
 }
 
 }  // namespace

@@ -18,6 +18,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "peft/io/safetensors.h"
 #include "tests/testing/assets.h"
 
@@ -225,6 +227,65 @@ TEST_F(TrainCliTest, ResumingAFinishedRunKeepsItOrExtendsIt) {
   r = run(train + " --resume --set=training.steps=12");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("training.steps: 12 is fewer than the 20 steps"), std::string::npos) << r.err;
+}
+
+// SIGTERM (a preemption, scancel, Ctrl-C's SIGINT alike) ends the run after
+// the current step with a checkpoint of that step, and --resume goes on
+// from it.
+TEST_F(TrainCliTest, SigtermStopsAfterTheStepWithACheckpoint) {
+  const std::string out = work_ + "/signalled";
+  auto start = [&](bool resume) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string recipe = "--recipe=" + work_ + "/recipe.textproto", dir = "--output_dir=" + out;
+      freopen((out + (resume ? ".err2" : ".err")).c_str(), "w", stderr);
+      freopen("/dev/null", "w", stdout);
+      execl(binary().c_str(), "peft", "train", recipe.c_str(), dir.c_str(), "--set=training.steps=2000",
+            resume ? "--resume" : static_cast<char*>(nullptr), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    return pid;
+  };
+  auto train_lines = [&] {
+    std::istringstream lines(slurp(out + "/metrics.jsonl"));
+    int n = 0;
+    for (std::string l; std::getline(lines, l);) n += l.find("\"loss\"") != std::string::npos ? 1 : 0;
+    return n;
+  };
+  auto stop_after = [&](pid_t pid, int lines) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (train_lines() < lines && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+  };
+  const pid_t pid = start(false);
+  ASSERT_GT(pid, 0);
+  int status = stop_after(pid, 3);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of stopping";
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  const int steps = train_lines();
+  ASSERT_GE(steps, 3);
+  const std::string ckpt = absl::StrFormat("%s/checkpoints/step-%08d", out, steps);
+  const std::string err = slurp(out + ".err");
+  EXPECT_NE(err.find(absl::StrCat("stopped by SIGTERM after step ", steps, " of 2000; checkpoint ", ckpt)),
+            std::string::npos)
+      << err;
+  EXPECT_TRUE(fs::exists(ckpt + "/state.json")) << ckpt;
+  EXPECT_EQ(json::parse(slurp(ckpt + "/state.json"))["step"], steps);
+  EXPECT_FALSE(fs::exists(out + "/summary.json"));
+
+  // Resumed, it starts from that step (and stops again the same way).
+  const pid_t again = start(true);
+  ASSERT_GT(again, 0);
+  status = stop_after(again, steps + 2);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  const std::string err2 = slurp(out + ".err2");
+  EXPECT_NE(err2.find(absl::StrCat("resumed from ", ckpt, " at step ", steps)), std::string::npos) << err2;
+  EXPECT_NE(err2.find("stopped by SIGTERM after step "), std::string::npos) << err2;
 }
 
 TEST_F(TrainCliTest, BadRecipesNameTheField) {
