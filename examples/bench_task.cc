@@ -222,17 +222,6 @@ absl::Status write_byte_tokenizer(const std::string& dir) {
   return write_text(dir + "/tokenizer_config.json", config.dump(2) + "\n");
 }
 
-std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& dir) {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                           "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin",
-                           "generation_config.json"}) {
-    std::error_code ec;
-    if (fs::is_regular_file(fs::path(dir) / name, ec)) out.push_back({(fs::path(dir) / name).string(), name});
-  }
-  return out;
-}
-
 // ---- Recipes -------------------------------------------------------------------
 
 const char* builtin_base_recipe() { return kBaseRecipe; }
@@ -314,7 +303,7 @@ absl::StatusOr<Base> build_base(const std::string& work, const TaskData& data, u
   models::init_weights_(*lm, seed);
   models::SaveOptions so;
   so.overwrite = true;
-  so.extra_files = tokenizer_files(tok_dir);
+  so.extra_files = models::tokenizer_files(tok_dir);
   const std::string init_dir = work + "/base_init";
   PEFT_RETURN_IF_ERROR(models::save_model(*lm, init_dir, so));
   const std::string data_path = work + "/data/pretrain.jsonl";
@@ -342,7 +331,7 @@ absl::StatusOr<Base> build_base(const std::string& work, const TaskData& data, u
   fs::remove_all(b.dir, ec);
   fs::rename(run + "/model", b.dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot move ", run, "/model to ", b.dir, ": ", ec.message()));
-  for (const auto& [src, name] : tokenizer_files(tok_dir)) {
+  for (const auto& [src, name] : models::tokenizer_files(tok_dir)) {
     fs::copy_file(src, b.dir + "/" + name, fs::copy_options::overwrite_existing, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot copy ", src, ": ", ec.message()));
   }

@@ -88,9 +88,6 @@ absl::Status write_text(const std::string& path, const std::string& text);
 /// in peft-cpp and in Hugging Face `tokenizers`).
 absl::Status write_byte_tokenizer(const std::string& dir);
 
-/// {path, name} of the tokenizer files in a model directory (the files a
-/// merged export must carry along).
-std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& dir);
 
 // ---- Recipes ---------------------------------------------------------------
 

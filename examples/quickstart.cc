@@ -206,14 +206,7 @@ absl::Status run(const cli::ParsedFlags& f) {
   models::SaveOptions so;
   so.overwrite = true;
   // The tokenizer travels with the export, so `peft generate --model=merged` works.
-  so.extra_files = tokenizer_files(recipe.model());
-  if (recipe.has_tokenizer()) {
-    if (fs::is_regular_file(recipe.tokenizer(), ec)) {
-      so.extra_files = {{recipe.tokenizer(), fs::path(recipe.tokenizer()).filename().string()}};
-    } else {
-      so.extra_files = tokenizer_files(recipe.tokenizer());
-    }
-  }
+  so.extra_files = models::export_files(recipe.model(), recipe.tokenizer());
   PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), merged_dir, so));
   lm.reset();
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> merged, models::load_model(merged_dir));

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -196,6 +197,32 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
   }
   if (!old.empty()) fs::remove_all(old, ec);
   return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& path) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return {{path, fs::path(path).filename().string()}};
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                           "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin",
+                           "generation_config.json"}) {
+    if (fs::is_regular_file(fs::path(path) / name, ec)) out.push_back({(fs::path(path) / name).string(), name});
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> export_files(const std::string& model_dir,
+                                                              const std::string& tokenizer) {
+  std::error_code ec;
+  if (tokenizer.empty() || fs::equivalent(tokenizer, model_dir, ec)) return tokenizer_files(model_dir);
+  std::vector<std::pair<std::string, std::string>> out = tokenizer_files(tokenizer);
+  for (const auto& f : tokenizer_files(model_dir)) {
+    if (f.second == "generation_config.json" &&
+        std::none_of(out.begin(), out.end(), [&](const auto& o) { return o.second == f.second; })) {
+      out.push_back(f);
+    }
+  }
+  return out;
 }
 
 absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptions& options) {

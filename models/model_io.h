@@ -66,6 +66,20 @@ struct SaveOptions {
   std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
+/// The tokenizer and generation files that travel with a model: for a
+/// directory, those of tokenizer.model, tokenizer.json, tokenizer_config.json,
+/// special_tokens_map.json, vocab.json, merges.txt, encoder.json, vocab.bpe,
+/// tokenizer.bin and generation_config.json that it holds; for a file, the
+/// file itself. As SaveOptions::extra_files entries {source, name}.
+std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& path);
+
+/// What an export of `model_dir` carries along: its tokenizer_files, or, when
+/// `tokenizer` (a file or directory) is given and is not model_dir, that
+/// tokenizer's files plus model_dir's generation_config.json (never a mix of
+/// two tokenizers).
+std::vector<std::pair<std::string, std::string>> export_files(const std::string& model_dir,
+                                                              const std::string& tokenizer = "");
+
 /// Writes a Hugging Face model directory that transformers and load_model read.
 absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptions& options = {});
 

@@ -530,14 +530,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     const std::string dir = recipe.adapters_size() == 1 ? run + "/adapter" : run + "/adapter_" + a.name();
     PEFT_RETURN_IF_ERROR(pm.save_adapter(dir, a.name(), /*overwrite=*/true, recipe.model()));
   }
+  // Model directories carry the tokenizer, so `peft generate --model=DIR` works.
+  models::SaveOptions so;
+  so.overwrite = true;
+  so.extra_files = models::export_files(recipe.model(), recipe.tokenizer());
   if (recipe.adapters_size() == 0) {
-    models::SaveOptions so;
-    so.overwrite = true;
     PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/model", so));
   } else if (recipe.checkpoint().merge_on_finish()) {
     PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
-    models::SaveOptions so;
-    so.overwrite = true;
     PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/merged", so));
   }
   PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/loss.svg", loss_svg(train_curve, eval_curve)));

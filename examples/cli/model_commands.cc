@@ -384,18 +384,6 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) 
   return absl::InvalidArgumentError("--prune needs an HSM adapter among --adapter");
 }
 
-// Tokenizer and generation files that travel with a model directory.
-std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& model_dir) {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                           "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin",
-                           "generation_config.json"}) {
-    std::error_code ec;
-    if (fs::is_regular_file(fs::path(model_dir) / name, ec)) out.push_back({(fs::path(model_dir) / name).string(), name});
-  }
-  return out;
-}
-
 absl::Status run_merge(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(apply_threads(f));
   PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
@@ -403,7 +391,7 @@ absl::Status run_merge(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_base(f.get("model")));
   models::SaveOptions so;
   so.overwrite = overwrite;
-  so.extra_files = tokenizer_files(f.get("model"));
+  so.extra_files = models::tokenizer_files(f.get("model"));
   std::string dtype = f.get("dtype");
   if (dtype.empty()) dtype = lm->config().torch_dtype;
   PEFT_ASSIGN_OR_RETURN(so.dtype, models::dtype_from_name(dtype));

@@ -65,6 +65,32 @@ TEST(ModelIoTest, RoundTripEveryDtype) {
   }
 }
 
+TEST(ModelIoTest, ExportFilesCarryOneTokenizer) {
+  namespace fs = std::filesystem;
+  const std::string model = testing::make_temp_dir("expm"), tok = testing::make_temp_dir("expt");
+  for (const char* f : {"config.json", "tokenizer.model", "generation_config.json", "notes.txt"}) {
+    std::ofstream(model + "/" + f) << f;
+  }
+  for (const char* f : {"vocab.json", "merges.txt"}) std::ofstream(tok + "/" + f) << f;
+  auto names = [](const std::vector<std::pair<std::string, std::string>>& files) {
+    std::vector<std::string> out;
+    for (const auto& [src, name] : files) {
+      EXPECT_EQ(fs::path(src).filename().string(), name);
+      out.push_back(name);
+    }
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(names(models::tokenizer_files(model)), (V{"tokenizer.model", "generation_config.json"}));
+  EXPECT_EQ(names(models::export_files(model)), (V{"tokenizer.model", "generation_config.json"}));
+  EXPECT_EQ(names(models::export_files(model, model)), (V{"tokenizer.model", "generation_config.json"}));
+  // Another tokenizer replaces the model's, which keeps its generation config.
+  EXPECT_EQ(names(models::export_files(model, tok)), (V{"vocab.json", "merges.txt", "generation_config.json"}));
+  // A tokenizer file is carried under its own name.
+  EXPECT_EQ(names(models::export_files(model, tok + "/vocab.json")), (V{"vocab.json", "generation_config.json"}));
+  EXPECT_TRUE(models::tokenizer_files(tok + "/missing").empty());
+}
+
 TEST(ModelIoTest, ShardedSaveLoadsTheSame) {
   std::shared_ptr<CausalLm> lm = make(tiny_llama(false), 3);
   const std::string dir = testing::make_temp_dir("shard") + "/m";

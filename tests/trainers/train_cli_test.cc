@@ -161,6 +161,12 @@ TEST_F(TrainCliTest, MergeOnFinishWritesAModelThatGeneratesLikeBasePlusAdapter) 
   EXPECT_EQ(json::parse(merged.out)["generated_ids"].size(), 12u);
   // The adapter trained: the merged model is not the base.
   EXPECT_NE(json::parse(merged.out)["generated_ids"], json::parse(base.out)["generated_ids"]) << base.out;
+  // The export carries the base's tokenizer, so it generates from text alone.
+  ASSERT_TRUE(fs::exists(work_ + "/base/tokenizer.model"));
+  EXPECT_EQ(slurp(out + "/merged/tokenizer.model"), slurp(work_ + "/base/tokenizer.model"));
+  Result text = run("generate --model=" + out + "/merged --prompt='Once upon a time' --max_new_tokens=8");
+  ASSERT_EQ(text.code, 0) << text.err;
+  EXPECT_EQ(text.out.rfind("Once upon a time", 0), 0u) << text.out;
 }
 
 TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
