@@ -91,6 +91,30 @@ eval { max_batches: 1 }
 distributed { timeout_s: 5 }
 )";
   }
+  // Forks rank `rank` of 2 training the recipe into `out_dir` for (nearly)
+  // ever, with torchrun's variables set by hand; stderr goes to `err_file`.
+  pid_t start_rank(int rank, int port, const std::string& out_dir, const std::string& err_file) {
+    const pid_t pid = fork();
+    if (pid != 0) return pid;
+    setenv("RANK", std::to_string(rank).c_str(), 1);
+    setenv("WORLD_SIZE", "2", 1);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+    freopen(err_file.c_str(), "w", stderr);
+    freopen("/dev/null", "w", stdout);
+    const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
+    const std::string out = "--output_dir=" + out_dir;
+    execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
+          "--set=training.micro_batch=2", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Waits until rank 0 has written `bytes` of metrics (training runs).
+  void wait_for_metrics(const std::string& out_dir, size_t bytes) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (slurp(out_dir + "/metrics.jsonl").size() < bytes && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   std::string work_;
 };
 
@@ -160,27 +184,11 @@ TEST_F(DataParallelTest, DeadRankIsReportedWithinTheTimeout) {
   pid_t pids[2];
   const std::string errfile = work_ + "/rank0.err";
   for (int rank = 0; rank < 2; ++rank) {
-    pids[rank] = fork();
+    pids[rank] = start_rank(rank, port, work_ + "/dead", rank == 0 ? errfile : "/dev/null");
     ASSERT_GE(pids[rank], 0);
-    if (pids[rank] == 0) {
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", "2", 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      freopen(rank == 0 ? errfile.c_str() : "/dev/null", "w", stderr);
-      freopen("/dev/null", "w", stdout);
-      const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
-      const std::string out = "--output_dir=" + work_ + "/dead";
-      execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
-            "--set=training.micro_batch=2", static_cast<char*>(nullptr));
-      _exit(127);
-    }
   }
   // Let training start (rank 0 writes metrics), then kill rank 1.
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (slurp(work_ + "/dead/metrics.jsonl").size() < 200 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_for_metrics(work_ + "/dead", 200);
   kill(pids[1], SIGKILL);
   waitpid(pids[1], nullptr, 0);
   const auto t0 = std::chrono::steady_clock::now();
@@ -212,26 +220,10 @@ TEST_F(DataParallelTest, SigtermToOneRankStopsAllRanksAtTheSameStep) {
   const int port = free_port();
   pid_t pids[2];
   for (int rank = 0; rank < 2; ++rank) {
-    pids[rank] = fork();
+    pids[rank] = start_rank(rank, port, work_ + "/stopped", work_ + "/rank" + std::to_string(rank) + ".err");
     ASSERT_GE(pids[rank], 0);
-    if (pids[rank] == 0) {
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", "2", 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      freopen((work_ + "/rank" + std::to_string(rank) + ".err").c_str(), "w", stderr);
-      freopen("/dev/null", "w", stdout);
-      const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
-      const std::string out = "--output_dir=" + work_ + "/stopped";
-      execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
-            "--set=training.micro_batch=2", static_cast<char*>(nullptr));
-      _exit(127);
-    }
   }
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (slurp(work_ + "/stopped/metrics.jsonl").size() < 400 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_for_metrics(work_ + "/stopped", 400);
   kill(pids[1], SIGTERM);
   int status[2] = {0, 0};
   for (int rank = 0; rank < 2; ++rank) waitpid(pids[rank], &status[rank], 0);
@@ -268,10 +260,7 @@ TEST_F(DataParallelTest, LaunchForwardsSigtermToItsRanks) {
           static_cast<char*>(nullptr));
     _exit(127);
   }
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (slurp(work_ + "/launched/metrics.jsonl").size() < 400 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_for_metrics(work_ + "/launched", 400);
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
