@@ -164,6 +164,23 @@ std::string loss_svg(const std::vector<std::pair<int64_t, double>>& train,
   return svg;
 }
 
+// A finished run's summary.json back into a TrainSummary (losses absent or
+// null read as NaN).
+void summary_from_json(const json& saved, TrainSummary* summary) {
+  auto number = [&saved](const char* key) {
+    return saved.contains(key) && saved[key].is_number() ? saved[key].get<double>() : std::nan("");
+  };
+  summary->steps = saved.value("steps", int64_t{0});
+  summary->resumed_from_step = summary->steps;
+  summary->trainable_parameters = saved.value("trainable_parameters", int64_t{0});
+  summary->first_train_loss = number("first_train_loss");
+  summary->final_train_loss = number("final_train_loss");
+  summary->initial_eval_loss = number("initial_eval_loss");
+  summary->final_eval_loss = number("final_eval_loss");
+  summary->tokens_per_second = number("tokens_per_second");
+  summary->skipped_steps = saved.value("skipped_steps", int64_t{0});
+}
+
 }  // namespace
 
 absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options) {
@@ -209,6 +226,32 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   if (latest && !options.resume) {
     return absl::FailedPreconditionError(
         absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
+  }
+  // A run directory with another run's outputs but no checkpoint: never
+  // overwrite it silently (checkpoint.every_steps = 0 keeps none).
+  std::error_code exists_ec;
+  const bool finished = fs::exists(run + "/summary.json", exists_ec);
+  const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
+  if (!latest && started && !options.resume) {
+    return absl::FailedPreconditionError(absl::StrCat(run, " already holds the output of a run (",
+                                                      finished ? "summary.json" : "metrics.jsonl",
+                                                      "): pass another output_dir, or --resume to continue it"));
+  }
+  if (!latest && finished && options.resume) {
+    std::ifstream in(run + "/summary.json");
+    const json saved = json::parse(in, nullptr, false);
+    const int64_t done = saved.is_object() ? saved.value("steps", int64_t{-1}) : -1;
+    if (done != tc.steps()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          run, " holds a run that finished at step ", done, " without checkpoints (checkpoint.every_steps = 0), ",
+          "so it cannot be continued to training.steps = ", tc.steps(), ": pass another output_dir"));
+    }
+    log(absl::StrCat("the run in ", run, " is already complete at step ", done, "; nothing to do"));
+    TrainSummary summary;
+    summary.run_dir = run;
+    summary.rank = env.rank;
+    summary_from_json(saved, &summary);
+    return summary;
   }
   if (!latest && options.resume) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
   const ScheduleOptions sched = schedule_options(recipe);
@@ -338,16 +381,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     if (state.step == tc.steps() && saved.is_object() && saved.value("steps", int64_t{-1}) == state.step) {
       log(absl::StrCat("the run in ", run, " is already complete at step ", state.step,
                        "; nothing to do (raise training.steps to train further)"));
-      auto number = [&saved](const char* key) {
-        return saved.contains(key) && saved[key].is_number() ? saved[key].get<double>() : std::nan("");
-      };
-      summary.steps = state.step;
-      summary.first_train_loss = number("first_train_loss");
-      summary.final_train_loss = number("final_train_loss");
-      summary.initial_eval_loss = number("initial_eval_loss");
-      summary.final_eval_loss = number("final_eval_loss");
-      summary.tokens_per_second = number("tokens_per_second");
-      summary.skipped_steps = saved.value("skipped_steps", int64_t{0});
+      summary_from_json(saved, &summary);
       return summary;
     }
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
@@ -553,6 +587,17 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
             {"peak_rss_mb", peak_rss_mb()}};
   if (device.is_cuda()) s["peak_cuda_mb"] = peak_cuda_mb(device);
   PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/summary.json", s.dump(2) + "\n"));
+  // One readable line for people (the CLI's stdout JSON is for programs).
+  std::string done = absl::StrFormat("done: step %d in %s (%.0f tok/s)", summary.steps,
+                                     clock_text(now_seconds() - t_start), summary.tokens_per_second);
+  if (std::isfinite(summary.initial_eval_loss) && std::isfinite(summary.final_eval_loss)) {
+    absl::StrAppendFormat(&done, "; eval loss %.4f -> %.4f (perplexity %.2f -> %.2f)", summary.initial_eval_loss,
+                          summary.final_eval_loss, std::exp(summary.initial_eval_loss),
+                          std::exp(summary.final_eval_loss));
+  }
+  std::string outputs = recipe.adapters_size() == 0 ? "model/" : (recipe.adapters_size() == 1 ? "adapter/" : "adapter_*/");
+  if (recipe.adapters_size() > 0 && recipe.checkpoint().merge_on_finish()) outputs += ", merged/";
+  log(absl::StrCat(done, "; wrote ", outputs, ", metrics.jsonl, loss.svg, summary.json in ", run));
   return summary;
 }
 

@@ -294,6 +294,28 @@ TEST_F(TrainCliTest, SigtermStopsAfterTheStepWithACheckpoint) {
   EXPECT_NE(err2.find("stopped by SIGTERM after step "), std::string::npos) << err2;
 }
 
+// checkpoint.every_steps = 0 keeps no checkpoint: a second run into the same
+// directory is refused instead of overwriting the first one's outputs.
+TEST_F(TrainCliTest, ARunWithoutCheckpointsIsNeverOverwritten) {
+  const std::string out = work_ + "/nockpt";
+  const std::string train = "train --recipe=" + work_ + "/recipe.textproto --set=training.steps=4 " +
+                            "--set=checkpoint.every_steps=0 --output_dir=" + out;
+  Result r = run(train);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(out + "/checkpoints"));
+  const std::string adapter = slurp(out + "/adapter/adapter_model.safetensors");
+  r = run(train);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("already holds the output of a run (summary.json)"), std::string::npos) << r.err;
+  r = run(train + " --resume");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("already complete at step 4"), std::string::npos) << r.err;
+  r = run(train + " --resume --set=training.steps=6");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("finished at step 4 without checkpoints"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(out + "/adapter/adapter_model.safetensors"), adapter);
+}
+
 TEST_F(TrainCliTest, BadRecipesNameTheField) {
   Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.stepz=3");
   EXPECT_EQ(r.code, 1);
