@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing, then `bazel test //...`.
 # Tests that need ../shared/assets skip with a printed reason when it is absent.
+# Then scripts/cuda_syntax_check.sh (the CUDA-only code, syntax only; one test).
 # Ends with one summary line: "tests: N passed, N failed, N skipped" (GoogleTest
 # cases; a test target that failed to build or crashed counts as failed).
 set -uo pipefail
@@ -49,5 +50,14 @@ done < <(grep -E '^//[^ ]+ +(\(cached\) )?(PASSED|FAILED|NO STATUS|FAILED TO BUI
            | sed -E 's/\(cached\) //' | awk '{t=$1; $1=""; sub(/^ +/, ""); sub(/ in [0-9.]+s$/, ""); print t, $0}')
 rm -f "$out"
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+
+# The CUDA-only code that no CPU build compiles, syntax-checked with the CUDA
+# defines against the installed CUDA toolkit headers (one more test).
+bash scripts/cuda_syntax_check.sh
+case $? in
+  0) passed=$((passed + 1)) ;;
+  77) skipped=$((skipped + 1)) ;;
+  *) failed=$((failed + 1)); echo "test: scripts/cuda_syntax_check.sh FAILED"; [ "$rc" -ne 0 ] || rc=1 ;;
+esac
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
 exit $rc
