@@ -181,6 +181,28 @@ void summary_from_json(const json& saved, TrainSummary* summary) {
   summary->skipped_steps = saved.value("skipped_steps", int64_t{0});
 }
 
+// A resumed run's metrics.jsonl: keeps the lines up to the checkpoint's
+// `step` (later ones belong to steps that run again, and a killed run may
+// have left a torn last line), rewritten atomically, and returns the loss
+// curves they hold.
+absl::Status trim_metrics(const std::string& path, int64_t step, std::vector<std::pair<int64_t, double>>* train,
+                          std::vector<std::pair<int64_t, double>>* eval) {
+  std::ifstream in(path);
+  if (!in) return absl::OkStatus();
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const json m = json::parse(line, nullptr, false);
+    if (!m.is_object() || !m.contains("step") || !m["step"].is_number_integer()) continue;
+    const int64_t s = m["step"].get<int64_t>();
+    if (s > step) continue;
+    kept += line + "\n";
+    if (m.contains("loss") && m["loss"].is_number()) train->emplace_back(s, m["loss"].get<double>());
+    if (m.contains("eval_loss") && m["eval_loss"].is_number()) eval->emplace_back(s, m["eval_loss"].get<double>());
+  }
+  in.close();
+  return io::write_file_atomically(path, kept);
+}
+
 }  // namespace
 
 absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options) {
@@ -387,10 +409,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
   }
 
-  // Metrics: appended (a resumed run continues the same file).
+  // Metrics: appended (a resumed run continues the same file, cut back to
+  // the checkpoint's step, and its loss curve covers the whole run).
+  std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
+  if (main_rank && state.step > 0) {
+    PEFT_RETURN_IF_ERROR(trim_metrics(run + "/metrics.jsonl", state.step, &train_curve, &eval_curve));
+  }
   std::ofstream metrics;
   if (main_rank) metrics.open(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
-  std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
   PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
                         evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
   if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {

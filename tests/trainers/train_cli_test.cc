@@ -199,6 +199,22 @@ TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
   EXPECT_GE(json::parse(b.out)["resumed_from_step"].get<int>(), 8);
   EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"), slurp(killed + "/adapter/adapter_model.safetensors"))
       << "resumed adapter differs from the uninterrupted run";
+  // The resumed run's metrics hold each step once (the lines the killed run
+  // wrote after its checkpoint are dropped), with the same losses, and its
+  // loss curve is the whole run's.
+  auto losses = [](const std::string& path) {
+    std::vector<std::pair<int64_t, double>> out;
+    std::istringstream lines(slurp(path));
+    for (std::string l; std::getline(lines, l);) {
+      const json m = json::parse(l);
+      if (m.contains("loss")) out.emplace_back(m["step"].get<int64_t>(), m["loss"].get<double>());
+    }
+    return out;
+  };
+  const auto a_losses = losses(straight + "/metrics.jsonl"), b_losses = losses(killed + "/metrics.jsonl");
+  ASSERT_EQ(a_losses.size(), 16u);
+  EXPECT_EQ(a_losses, b_losses);
+  EXPECT_EQ(slurp(straight + "/loss.svg"), slurp(killed + "/loss.svg"));
 }
 
 // The last step is checkpointed too: --resume of a finished run does nothing,
