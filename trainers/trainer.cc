@@ -417,8 +417,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   }
   std::ofstream metrics;
   if (main_rank) metrics.open(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
-  PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
-                        evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
+  // A resumed run reports the whole run's first loss and step-0 eval loss.
+  if (!train_curve.empty()) summary.first_train_loss = train_curve.front().second;
+  if (state.step > 0 && !eval_curve.empty() && eval_curve.front().first == 0) {
+    summary.initial_eval_loss = eval_curve.front().second;
+  } else {
+    PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
+                          evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
+  }
   if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {
     eval_curve.emplace_back(0, summary.initial_eval_loss);
     metrics << json{{"step", 0}, {"eval_loss", summary.initial_eval_loss},

@@ -215,6 +215,10 @@ TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
   ASSERT_EQ(a_losses.size(), 16u);
   EXPECT_EQ(a_losses, b_losses);
   EXPECT_EQ(slurp(straight + "/loss.svg"), slurp(killed + "/loss.svg"));
+  const json sa = json::parse(slurp(straight + "/summary.json")), sb = json::parse(slurp(killed + "/summary.json"));
+  for (const char* k : {"steps", "first_train_loss", "final_train_loss", "initial_eval_loss", "final_eval_loss"}) {
+    EXPECT_EQ(sa[k], sb[k]) << k;
+  }
 }
 
 // The last step is checkpointed too: --resume of a finished run does nothing,
