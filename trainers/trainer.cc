@@ -250,7 +250,9 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
         absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
   }
   // A run directory with another run's outputs but no checkpoint: never
-  // overwrite it silently (checkpoint.every_steps = 0 keeps none).
+  // overwrite it silently (checkpoint.every_steps = 0 keeps none). Every rank
+  // sees the same files here: rank 0 writes metrics.jsonl only after the
+  // initial broadcast below, which no rank passes before all got here.
   std::error_code exists_ec;
   const bool finished = fs::exists(run + "/summary.json", exists_ec);
   const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
