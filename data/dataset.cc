@@ -276,6 +276,14 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
                                                      DataStats* stats) {
   RecordReader reader(tok, opts);
   std::vector<Document> docs;
+  int64_t next_report = DataOptions::kProgressBytes;
+  auto report = [&](std::string_view line) {
+    if (!opts.progress) return;
+    const int64_t done = static_cast<int64_t>(line.data() - content.data());
+    if (done < next_report) return;
+    opts.progress(done, static_cast<int64_t>(content.size()));
+    next_report = done + DataOptions::kProgressBytes;
+  };
   auto handle = [&](Record r, int64_t lineno) -> absl::Status {
     ++stats->records;
     if (!r.bad.has_value() && !opts.pack && static_cast<int64_t>(r.doc.tokens.size()) > opts.seq_len + 1) {
@@ -305,6 +313,7 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     std::string paragraph;
     int64_t first_line = 0;
     PEFT_RETURN_IF_ERROR(for_each_line(content, [&](std::string_view line, int64_t lineno) -> absl::Status {
+      report(line);
       if (is_blank(line)) {
         if (first_line == 0) return absl::OkStatus();
         const int64_t start = first_line;
@@ -322,6 +331,7 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     if (first_line != 0) PEFT_RETURN_IF_ERROR(handle(reader.text(paragraph), first_line));
   } else {
     PEFT_RETURN_IF_ERROR(for_each_line(content, [&](std::string_view line, int64_t lineno) -> absl::Status {
+      report(line);
       if (is_blank(line)) return absl::OkStatus();
       return handle(format == Format::kInstruction ? reader.instruction(line) : reader.json_text(line), lineno);
     }));

@@ -79,6 +79,7 @@
 #define PEFT_DATA_DATASET_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -128,6 +129,10 @@ struct DataOptions {
   /// Seeds the validation split and the per-epoch shuffles.
   uint64_t seed = 0;
   OnBadRecord on_bad = OnBadRecord::kStop;
+  /// Called while a file is read and tokenized, about every kProgressBytes of
+  /// it: (bytes done, bytes in all). Unset: nothing is reported.
+  std::function<void(int64_t done, int64_t total)> progress;
+  static constexpr int64_t kProgressBytes = 1 << 20;
 
   /// InvalidArgumentError naming the field for seq_len outside [1, 2^24],
   /// validation_fraction outside [0, 1), or a template without "{instruction}".

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -203,6 +205,22 @@ absl::Status trim_metrics(const std::string& path, int64_t step, std::vector<std
   return io::write_file_atomically(path, kept);
 }
 
+// Progress of reading and tokenizing a large data file: a log line every
+// 5 s, none for a file that takes less.
+std::function<void(int64_t, int64_t)> data_progress(const std::function<void(const std::string&)>& log,
+                                                    const std::string& name) {
+  const double start = now_seconds();
+  auto last = std::make_shared<double>(start);
+  return [log, name, start, last](int64_t done, int64_t total) {
+    const double now = now_seconds();
+    if (now - *last < 5.0 || done <= 0 || total <= 0) return;
+    *last = now;
+    const double rate = static_cast<double>(done) / std::max(now - start, 1e-9);
+    log(absl::StrFormat("data: %s %.0f%% (%.0f of %.0f MB, %.1f MB/s, ETA %s)", name, 100.0 * done / total,
+                        done / 1e6, total / 1e6, rate / 1e6, clock_text(static_cast<double>(total - done) / rate)));
+  };
+}
+
 }  // namespace
 
 absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options) {
@@ -294,11 +312,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
                                                    lm->config().vocab_size()));
   }
   // Data (before the adapters: bad data is reported before any work).
-  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, data_options(recipe)));
+  data::DataOptions dopts = data_options(recipe);
+  dopts.progress = data_progress(log, recipe.data().train_file());
+  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, dopts));
   log(splits.stats.summary());
   data::Dataset validation = splits.validation;
   if (recipe.data().has_validation_file()) {
-    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, data_options(recipe)));
+    dopts.progress = data_progress(log, recipe.data().validation_file());
+    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, dopts));
     validation = v.train;
   }
   // Per-block activation checkpointing (models/checkpoint.h): recompute each

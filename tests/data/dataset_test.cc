@@ -417,6 +417,31 @@ TEST(DatasetTest, BadDataIsReportedWithFileAndLine) {
   }
 }
 
+TEST(DatasetTest, ProgressIsReportedAboutEveryMegabyte) {
+  FakeTokenizer tok;
+  std::string content;
+  while (content.size() < 3 * static_cast<size_t>(DataOptions::kProgressBytes) + 1000) {
+    content += "{\"text\": \"a few words of text for the progress test\"}\n";
+  }
+  const std::string path = write_file("progress.jsonl", content);
+  DataOptions o = options(8);
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  o.progress = [&](int64_t done, int64_t total) { calls.emplace_back(done, total); };
+  ASSERT_TRUE(load_dataset(path, tok, o).ok());
+  ASSERT_EQ(calls.size(), 3u);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].second, static_cast<int64_t>(content.size()));
+    // At the first line that starts a megabyte or more after the last report.
+    const int64_t gap = calls[i].first - (i == 0 ? 0 : calls[i - 1].first);
+    EXPECT_GE(gap, DataOptions::kProgressBytes) << i;
+    EXPECT_LT(gap, DataOptions::kProgressBytes + 100) << i;
+  }
+  // A small file reports nothing.
+  calls.clear();
+  ASSERT_TRUE(load_dataset(write_file("small.jsonl", content.substr(0, content.find('\n', 5000) + 1)), tok, o).ok());
+  EXPECT_TRUE(calls.empty());
+}
+
 TEST(DatasetTest, SkipModeListsTheFirstSkippedRecordsAndCountsTheRest) {
   FakeTokenizer tok;
   std::string content = "{\"text\": \"fine\"}\n";
