@@ -10,6 +10,7 @@
 #include <torch/cuda.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "peft/core/status.h"
 #include "peft/registry.h"
@@ -112,21 +113,43 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   }
   const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts.back());
   if (f == nullptr) return absl::InvalidArgumentError(absl::StrCat("--set: unknown field '", path, "'"));
-  if (f->is_repeated() || f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-    return absl::InvalidArgumentError(absl::StrCat("--set: '", path, "' is not a single value; edit the recipe"));
+  const bool is_message = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE;
+  if (f->is_repeated() && is_message) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--set: '", path, "' is a list of messages; set one entry (", path, ".0.…) or edit the recipe"));
   }
-  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || value.front() != '"')) {
+  auto quote = [](const std::string& v) {
     std::string quoted = "\"";
-    for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
-    value = quoted + "\"";
+    for (char c : v) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+    return quoted + "\"";
+  };
+  const bool is_string = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING;
+  if (is_message) {
+    // A whole message in text format replaces the field: reweighting={ strategy: QUADRATIC }.
+    if (value.empty() || value.front() != '{') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--set: '", path, "' is a message; give it in text format, e.g. ", path, "={ ... }"));
+    }
+  } else if (f->is_repeated()) {
+    // A list replaces the field: modules=q_proj,v_proj or modules=["q_proj", "v_proj"].
+    if (value.empty() || value.front() != '[') {
+      std::vector<std::string> items = absl::StrSplit(value, ',', absl::SkipEmpty());
+      for (std::string& item : items) {
+        if (is_string && (item.empty() || item.front() != '"')) item = quote(item);
+      }
+      value = absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+    }
+  } else if (is_string && (value.empty() || value.front() != '"')) {
+    value = quote(value);
   }
   pb::TextFormat::Parser parser;
   Collector errors;
   parser.RecordErrorsTo(&errors);
   std::unique_ptr<pb::Message> tmp(msg->New());
-  if (!parser.ParseFromString(absl::StrCat(f->name(), ": ", value), tmp.get())) {
+  if (!parser.ParseFromString(absl::StrCat(f->name(), is_message ? " " : ": ", value), tmp.get())) {
     return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": ", errors.first));
   }
+  if (f->is_repeated() || is_message) msg->GetReflection()->ClearField(msg, f);
   msg->MergeFrom(*tmp);
   return absl::OkStatus();
 }

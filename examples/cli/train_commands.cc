@@ -77,7 +77,10 @@ std::vector<Command> train_commands() {
   return {{"train",
            "Fine-tune as a recipe (protobuf text format) says; see examples/recipes/.",
            {{"recipe", "the recipe file (.textproto)", "", true},
-            {"set", "override one recipe field: --set=training.steps=200 (repeatable)", "", false, false, true},
+            {"set",
+             "override one recipe field (repeatable): --set=training.steps=200, a list "
+             "--set=adapters.0.target.modules=q_proj,v_proj, a whole message --set='reweighting={ strategy: QUADRATIC }'",
+             "", false, false, true},
             {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
             {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
             {"merge_on_finish",

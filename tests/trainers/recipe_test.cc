@@ -57,6 +57,31 @@ TEST(Recipe, OverridesSetScalarsEnumsStringsAndIndexedAdapters) {
   EXPECT_TRUE(r.checkpoint().merge_on_finish());
 }
 
+TEST(Recipe, OverridesReplaceListsAndWholeMessages) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  // A list, comma-separated or in text format, replaces the field.
+  ASSERT_TRUE(apply_override(&r, "adapters.0.target.modules=q_proj,v_proj").ok());
+  ASSERT_EQ(r.adapters(0).target().modules_size(), 2);
+  EXPECT_EQ(r.adapters(0).target().modules(0), "q_proj");
+  EXPECT_EQ(r.adapters(0).target().modules(1), "v_proj");
+  ASSERT_TRUE(apply_override(&r, "adapters.0.target.modules=[\"o_proj\"]").ok());
+  ASSERT_EQ(r.adapters(0).target().modules_size(), 1);
+  EXPECT_EQ(r.adapters(0).target().modules(0), "o_proj");
+  EXPECT_EQ(r.adapters(0).target().preset(), "all_linear");  // siblings stay
+  // A message in text format replaces the whole message.
+  ASSERT_TRUE(apply_override(&r, "reweighting={ strategy: QUADRATIC }").ok());
+  EXPECT_EQ(r.reweighting().strategy(), proto::ReweightingConfig::QUADRATIC);
+  EXPECT_FALSE(r.reweighting().has_temperature()) << "the old message was merged, not replaced";
+  ASSERT_TRUE(apply_override(&r, "adapters.0.lora={ r: 4 }").ok());
+  EXPECT_EQ(r.adapters(0).lora().r(), 4);
+  EXPECT_FALSE(r.adapters(0).lora().has_alpha());
+  // Errors name the field.
+  EXPECT_NE(message(apply_override(&r, "reweighting=QUADRATIC")).find("'reweighting' is a message"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters={ name: \"x\" }")).find("'adapters' is a list of messages"),
+            std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "reweighting={ strategy: NOPE }")).find("--set reweighting"), std::string::npos);
+}
+
 TEST(Recipe, DifferencesNameEachChangedField) {
   const proto::Recipe a = *parse_recipe(kRecipe);
   EXPECT_EQ(recipe_differences(a, a), "");
