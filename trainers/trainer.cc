@@ -346,6 +346,15 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   int64_t n_trainable = 0;
   for (const auto& p : trainable) n_trainable += p.second.numel();
   if (!active.empty()) log(pm.summary());
+  if (options.dry_run) {
+    log(absl::StrCat("dry run: the recipe, model, tokenizer, data and adapters are valid (", n_trainable,
+                     " trainable parameters, ", splits.stats.train_examples, " training examples); nothing written"));
+    TrainSummary summary;
+    summary.run_dir = run;
+    summary.rank = env.rank;
+    summary.trainable_parameters = n_trainable;
+    return summary;
+  }
 
   // Resuming under another recipe is allowed (more steps, say), but it is
   // said: only the same recipe continues exactly.

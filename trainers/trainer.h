@@ -32,6 +32,9 @@ struct TrainOptions {
   bool resume = false;
   /// Progress lines (stderr by default); a terminal gets a live bar instead.
   std::function<void(const std::string&)> log;
+  /// Check the recipe end to end (model, tokenizer, data, adapters, resume
+  /// state) and return before training, writing nothing.
+  bool dry_run = false;
 };
 
 struct TrainSummary {

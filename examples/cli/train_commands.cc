@@ -23,8 +23,17 @@ absl::Status run_train(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(proto::Recipe recipe, trainers::load_recipe(f.get("recipe"), overrides));
   trainers::TrainOptions o;
   PEFT_ASSIGN_OR_RETURN(o.resume, f.get_bool("resume"));
+  PEFT_ASSIGN_OR_RETURN(o.dry_run, f.get_bool("dry_run"));
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary s, trainers::train(recipe, o));
   if (s.rank != 0) return absl::OkStatus();  // rank 0 alone reports, as it alone logs
+  if (o.dry_run) {
+    std::fprintf(stdout, "%s\n",
+                 nlohmann::ordered_json({{"dry_run", true}, {"run_dir", s.run_dir},
+                                         {"trainable_parameters", s.trainable_parameters}})
+                     .dump()
+                     .c_str());
+    return absl::OkStatus();
+  }
   nlohmann::ordered_json j = {{"run_dir", s.run_dir},
                               {"steps", s.steps},
                               {"resumed_from_step", s.resumed_from_step},
@@ -83,6 +92,8 @@ std::vector<Command> train_commands() {
              "", false, false, true},
             {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
             {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
+            {"dry_run", "check the recipe, model, tokenizer, data and adapters, then stop without training or writing",
+             "false", false, true},
             {"merge_on_finish",
              "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)",
              "false", false, true}},

@@ -346,6 +346,15 @@ TEST_F(TrainCliTest, BadRecipesNameTheField) {
           "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("/nonexistent.jsonl"), std::string::npos) << r.err;
+  // --dry_run checks everything and writes nothing; it finds the same errors.
+  r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --output_dir=" + work_ + "/dry");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("dry run: the recipe, model, tokenizer, data and adapters are valid"), std::string::npos) << r.err;
+  EXPECT_EQ(json::parse(r.out)["dry_run"], true);
+  EXPECT_FALSE(fs::exists(work_ + "/dry"));
+  r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --set=data.train_file=/nonexistent.jsonl");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("/nonexistent.jsonl"), std::string::npos) << r.err;
   // A run that cannot start leaves no run directory behind.
   EXPECT_FALSE(fs::exists(work_ + "/bad")) << "a failed start created the run directory";
   r = run("train --recipe=" + work_ + "/recipe.textproto --set=model=/nonexistent_model --output_dir=" + work_ + "/bad");
