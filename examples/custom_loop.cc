@@ -2,10 +2,11 @@
 // trainer): load a model and a tokenizer, inject an adapter described in
 // protobuf text format, train, save the adapter, optionally merge.
 //
-//   bazel-bin/examples/custom_loop --model=runs/quickstart/stories260K \
-//     --text=../shared/assets/corpus/tinyshakespeare.txt \
-//     --adapter='lora { r: 8 alpha: 16 } target { preset: "all_linear" }' \
-//     --steps=40 --output=runs/custom_lora
+// One command (a model from `peft convert`, see examples/recipes/stories260k_lora.textproto):
+//   bazel-bin/examples/custom_loop --model=runs/stories260K
+//       --text=../shared/assets/corpus/tinyshakespeare.txt
+//       --adapter='lora { r: 8 alpha: 16 } target { preset: "all_linear" }'
+//       --steps=40 --output=runs/custom_lora
 #include <cstdio>
 #include <fstream>
 #include <sstream>

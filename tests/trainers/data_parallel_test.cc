@@ -100,8 +100,8 @@ distributed { timeout_s: 5 }
     setenv("WORLD_SIZE", "2", 1);
     setenv("MASTER_ADDR", "127.0.0.1", 1);
     setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-    freopen(err_file.c_str(), "w", stderr);
-    freopen("/dev/null", "w", stdout);
+    if (freopen(err_file.c_str(), "w", stderr) == nullptr) _exit(126);
+    if (freopen("/dev/null", "w", stdout) == nullptr) _exit(126);
     const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
     const std::string out = "--output_dir=" + out_dir;
     execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
@@ -250,8 +250,8 @@ TEST_F(DataParallelTest, LaunchForwardsSigtermToItsRanks) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    freopen((work_ + "/launch.err").c_str(), "w", stderr);
-    freopen("/dev/null", "w", stdout);
+    if (freopen((work_ + "/launch.err").c_str(), "w", stderr) == nullptr) _exit(126);
+    if (freopen("/dev/null", "w", stdout) == nullptr) _exit(126);
     const std::string port = "--master_port=" + std::to_string(free_port());
     const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
     const std::string out = "--output_dir=" + work_ + "/launched";

@@ -179,8 +179,8 @@ TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     const std::string recipe = "--recipe=" + work_ + "/recipe.textproto", dir = "--output_dir=" + killed;
-    freopen("/dev/null", "w", stderr);
-    freopen("/dev/null", "w", stdout);
+    if (freopen("/dev/null", "w", stderr) == nullptr) _exit(126);
+    if (freopen("/dev/null", "w", stdout) == nullptr) _exit(126);
     execl(binary().c_str(), "peft", "train", recipe.c_str(), dir.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -264,8 +264,8 @@ TEST_F(TrainCliTest, SigtermStopsAfterTheStepWithACheckpoint) {
     const pid_t pid = fork();
     if (pid == 0) {
       const std::string recipe = "--recipe=" + work_ + "/recipe.textproto", dir = "--output_dir=" + out;
-      freopen((out + (resume ? ".err2" : ".err")).c_str(), "w", stderr);
-      freopen("/dev/null", "w", stdout);
+      if (freopen((out + (resume ? ".err2" : ".err")).c_str(), "w", stderr) == nullptr) _exit(126);
+      if (freopen("/dev/null", "w", stdout) == nullptr) _exit(126);
       execl(binary().c_str(), "peft", "train", recipe.c_str(), dir.c_str(), "--set=training.steps=2000",
             resume ? "--resume" : static_cast<char*>(nullptr), static_cast<char*>(nullptr));
       _exit(127);
