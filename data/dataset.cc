@@ -2,11 +2,14 @@
 #include "data/dataset.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include <ATen/ops/empty.h>
@@ -270,21 +273,43 @@ bool is_empty(const Document& d, bool pack) {
          std::none_of(d.targets.begin() + first, d.targets.end(), [](uint8_t t) { return t != 0; });
 }
 
-// The documents of `content`, bad records handled per options.on_bad.
-absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name,
-                                                     Format format, const Tokenizer& tok, const DataOptions& opts,
-                                                     DataStats* stats) {
+// Bytes read so far across the reading threads, passed to
+// DataOptions::progress about every kProgressBytes (one call at a time, with
+// a growing count).
+class ProgressMeter {
+ public:
+  ProgressMeter(const DataOptions& opts, int64_t total) : opts_(opts), total_(total) {}
+
+  void add(int64_t bytes) {
+    if (!opts_.progress) return;
+    const int64_t done = done_.fetch_add(bytes) + bytes;
+    if (done < next_.load()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done < next_.load()) return;
+    next_.store(done + DataOptions::kProgressBytes);
+    opts_.progress(std::min(done_.load(), total_), total_);
+  }
+
+ private:
+  const DataOptions& opts_;
+  const int64_t total_;
+  std::atomic<int64_t> done_{0};
+  std::atomic<int64_t> next_{DataOptions::kProgressBytes};
+  std::mutex mu_;
+};
+
+// The documents of one piece of a file: `chunk` starts after `lines_before`
+// lines and, for plain text, on a paragraph boundary. Its counts go to
+// `stats` (records, empty documents, skipped); bad records are handled per
+// options.on_bad.
+absl::StatusOr<std::vector<Document>> read_chunk(std::string_view chunk, int64_t lines_before, const std::string& name,
+                                                 Format format, const Tokenizer& tok, const DataOptions& opts,
+                                                 ProgressMeter* meter, DataStats* stats) {
   RecordReader reader(tok, opts);
   std::vector<Document> docs;
-  int64_t next_report = DataOptions::kProgressBytes;
-  auto report = [&](std::string_view line) {
-    if (!opts.progress) return;
-    const int64_t done = static_cast<int64_t>(line.data() - content.data());
-    if (done < next_report) return;
-    opts.progress(done, static_cast<int64_t>(content.size()));
-    next_report = done + DataOptions::kProgressBytes;
-  };
-  auto handle = [&](Record r, int64_t lineno) -> absl::Status {
+  auto report = [&](std::string_view line) { meter->add(static_cast<int64_t>(line.size()) + 1); };
+  auto handle = [&](Record r, int64_t chunk_lineno) -> absl::Status {
+    const int64_t lineno = lines_before + chunk_lineno;
     ++stats->records;
     if (!r.bad.has_value() && !opts.pack && static_cast<int64_t>(r.doc.tokens.size()) > opts.seq_len + 1) {
       r.bad = BadRecord::kTooLong;
@@ -312,7 +337,7 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
   if (format == Format::kPlainText) {
     std::string paragraph;
     int64_t first_line = 0;
-    PEFT_RETURN_IF_ERROR(for_each_line(content, [&](std::string_view line, int64_t lineno) -> absl::Status {
+    PEFT_RETURN_IF_ERROR(for_each_line(chunk, [&](std::string_view line, int64_t lineno) -> absl::Status {
       report(line);
       if (is_blank(line)) {
         if (first_line == 0) return absl::OkStatus();
@@ -330,11 +355,93 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     }));
     if (first_line != 0) PEFT_RETURN_IF_ERROR(handle(reader.text(paragraph), first_line));
   } else {
-    PEFT_RETURN_IF_ERROR(for_each_line(content, [&](std::string_view line, int64_t lineno) -> absl::Status {
+    PEFT_RETURN_IF_ERROR(for_each_line(chunk, [&](std::string_view line, int64_t lineno) -> absl::Status {
       report(line);
       if (is_blank(line)) return absl::OkStatus();
       return handle(format == Format::kInstruction ? reader.instruction(line) : reader.json_text(line), lineno);
     }));
+  }
+  return docs;
+}
+
+// Where to cut `content` into about `pieces` chunks: after a line end, and
+// for plain text after a blank line (paragraphs never straddle two chunks).
+std::vector<size_t> chunk_starts(std::string_view content, Format format, int pieces) {
+  std::vector<size_t> starts = {0};
+  const size_t target = content.size() / static_cast<size_t>(pieces) + 1;
+  size_t pos = 0;
+  while (true) {
+    size_t cut = pos + target;
+    if (cut >= content.size()) break;
+    cut = content.find('\n', cut);
+    if (cut == std::string_view::npos) break;
+    ++cut;  // the start of the next line
+    if (format == Format::kPlainText) {
+      // Move on to just after the next blank line.
+      while (cut < content.size()) {
+        size_t end = content.find('\n', cut);
+        if (end == std::string_view::npos) end = content.size();
+        const bool blank = is_blank(content.substr(cut, end - cut));
+        cut = std::min(end + 1, content.size());
+        if (blank) break;
+      }
+      if (cut >= content.size()) break;
+    }
+    starts.push_back(cut);
+    pos = cut;
+  }
+  return starts;
+}
+
+// The documents of `content` in file order, read by options.threads threads
+// (each a run of whole lines; the result does not depend on the count).
+absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name,
+                                                     Format format, const Tokenizer& tok, const DataOptions& opts,
+                                                     DataStats* stats) {
+  ProgressMeter meter(opts, static_cast<int64_t>(content.size()));
+  int threads = opts.threads > 0 ? opts.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Small files are not worth the threads.
+  if (content.size() < 2 * static_cast<size_t>(DataOptions::kProgressBytes)) threads = 1;
+  const std::vector<size_t> starts = chunk_starts(content, format, threads == 1 ? 1 : 4 * threads);
+  const size_t n = starts.size();
+  std::vector<int64_t> lines_before(n, 0);
+  for (size_t i = 1; i < n; ++i) {
+    lines_before[i] = lines_before[i - 1] + std::count(content.begin() + static_cast<std::ptrdiff_t>(starts[i - 1]),
+                                                       content.begin() + static_cast<std::ptrdiff_t>(starts[i]), '\n');
+  }
+  struct Piece {
+    absl::StatusOr<std::vector<Document>> docs = std::vector<Document>();
+    DataStats stats;
+  };
+  std::vector<Piece> pieces(n);
+  auto work = [&](size_t i) {
+    const size_t end = i + 1 < n ? starts[i + 1] : content.size();
+    pieces[i].docs = read_chunk(content.substr(starts[i], end - starts[i]), lines_before[i], name, format, tok, opts,
+                                &meter, &pieces[i].stats);
+  };
+  if (threads == 1 || n == 1) {
+    for (size_t i = 0; i < n; ++i) work(i);
+  } else {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < std::min<int>(threads, static_cast<int>(n)); ++t) {
+      pool.emplace_back([&] {
+        for (size_t i = next++; i < n; i = next++) work(i);
+      });
+    }
+    for (std::thread& t : pool) t.join();
+  }
+  // In file order: the first error is the one a single thread would report.
+  std::vector<Document> docs;
+  for (Piece& p : pieces) {
+    if (!p.docs.ok()) return p.docs.status();
+    stats->records += p.stats.records;
+    stats->empty_documents += p.stats.empty_documents;
+    for (int k = 0; k < kNumBadRecordKinds; ++k) stats->skipped[k] += p.stats.skipped[k];
+    for (std::string& m : p.stats.skipped_messages) {
+      if (stats->skipped_messages.size() < DataStats::kMaxSkippedMessages) stats->skipped_messages.push_back(std::move(m));
+    }
+    std::move(p.docs->begin(), p.docs->end(), std::back_inserter(docs));
   }
   return docs;
 }

@@ -129,8 +129,13 @@ struct DataOptions {
   /// Seeds the validation split and the per-epoch shuffles.
   uint64_t seed = 0;
   OnBadRecord on_bad = OnBadRecord::kStop;
+  /// Threads that read and tokenize a file (0 = one per core). Files under
+  /// 2 MB use one. The documents, their order and the errors do not depend
+  /// on it.
+  int threads = 1;
   /// Called while a file is read and tokenized, about every kProgressBytes of
-  /// it: (bytes done, bytes in all). Unset: nothing is reported.
+  /// it: (bytes done, bytes in all). Unset: nothing is reported. Calls come
+  /// one at a time, from the reading threads.
   std::function<void(int64_t done, int64_t total)> progress;
   static constexpr int64_t kProgressBytes = 1 << 20;
 

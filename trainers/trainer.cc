@@ -313,6 +313,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   }
   // Data (before the adapters: bad data is reported before any work).
   data::DataOptions dopts = data_options(recipe);
+  dopts.threads = tc.threads();  // 0: every core, as for training
   dopts.progress = data_progress(log, recipe.data().train_file());
   PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, dopts));
   log(splits.stats.summary());
