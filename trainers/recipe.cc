@@ -9,6 +9,7 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <torch/cuda.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -87,7 +88,10 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   std::vector<std::string> parts = absl::StrSplit(path, '.');
   pb::Message* msg = recipe;
   std::string walked;
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+  // "list.N" last: the whole entry N is replaced (handled after the walk).
+  const bool whole_entry =
+      parts.size() >= 2 && !parts.back().empty() && parts.back().find_first_not_of("0123456789") == std::string::npos;
+  for (size_t i = 0; i + (whole_entry ? 2 : 1) < parts.size(); ++i) {
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
     walked += (walked.empty() ? "" : ".") + parts[i];
     if (f == nullptr || f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
@@ -100,16 +104,44 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
         return absl::InvalidArgumentError(absl::StrCat("--set: repeated field '", walked, "' needs an index (", walked,
                                                        ".0.…)"));
       }
-      const int idx = std::stoi(parts[++i]);
-      if (idx >= refl->FieldSize(*msg, f)) {
+      int idx = 0;
+      if (!absl::SimpleAtoi(parts[++i], &idx) || idx >= refl->FieldSize(*msg, f)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("--set: ", walked, " has ", refl->FieldSize(*msg, f), " entries, no index ", idx));
+            absl::StrCat("--set: ", walked, " has ", refl->FieldSize(*msg, f), " entries, no index ", parts[i]));
       }
       walked += "." + parts[i];
       msg = refl->MutableRepeatedMessage(msg, f, idx);
     } else {
       msg = refl->MutableMessage(msg, f);
     }
+  }
+  // path.to.list.N={ ... }: replaces entry N of a list of messages.
+  if (whole_entry) {
+    const std::string list_path = path.substr(0, path.rfind('.'));
+    const pb::FieldDescriptor* list = msg->GetDescriptor()->FindFieldByName(parts[parts.size() - 2]);
+    if (list == nullptr || !list->is_repeated() || list->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      return absl::InvalidArgumentError(absl::StrCat("--set: '", list_path, "' is not a list of messages of the recipe"));
+    }
+    const pb::Reflection* refl = msg->GetReflection();
+    int idx = 0;
+    if (!absl::SimpleAtoi(parts.back(), &idx) || idx >= refl->FieldSize(*msg, list)) {
+      return absl::InvalidArgumentError(absl::StrCat("--set: ", list_path, " has ", refl->FieldSize(*msg, list),
+                                                     " entries, no index ", parts.back()));
+    }
+    const size_t close = value.rfind('}');
+    if (value.empty() || value.front() != '{' || close == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--set: '", path, "' is a message; give it in text format, e.g. ", path, "={ ... }"));
+    }
+    pb::TextFormat::Parser parser;
+    Collector errors;
+    parser.RecordErrorsTo(&errors);
+    std::unique_ptr<pb::Message> entry(refl->GetRepeatedMessage(*msg, list, idx).New());
+    if (!parser.ParseFromString(value.substr(1, close - 1), entry.get())) {
+      return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": ", errors.first));
+    }
+    refl->MutableRepeatedMessage(msg, list, idx)->CopyFrom(*entry);
+    return absl::OkStatus();
   }
   const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts.back());
   if (f == nullptr) return absl::InvalidArgumentError(absl::StrCat("--set: unknown field '", path, "'"));

@@ -75,6 +75,19 @@ TEST(Recipe, OverridesReplaceListsAndWholeMessages) {
   ASSERT_TRUE(apply_override(&r, "adapters.0.lora={ r: 4 }").ok());
   EXPECT_EQ(r.adapters(0).lora().r(), 4);
   EXPECT_FALSE(r.adapters(0).lora().has_alpha());
+  // A whole list entry: switch the adapter's method.
+  ASSERT_TRUE(apply_override(&r, "adapters.0={ name: \"b\" bone { r: 32 } target { preset: \"mlp\" } }").ok());
+  ASSERT_EQ(r.adapters_size(), 1);
+  EXPECT_EQ(r.adapters(0).name(), "b");
+  EXPECT_FALSE(r.adapters(0).has_lora());
+  EXPECT_EQ(r.adapters(0).bone().r(), 32);
+  EXPECT_EQ(r.adapters(0).target().preset(), "mlp");
+  EXPECT_NE(message(apply_override(&r, "adapters.1={ name: \"c\" }")).find("adapters has 1 entries, no index 1"),
+            std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.0=lora")).find("'adapters.0' is a message"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "training.0={ }")).find("'training' is not a list of messages"),
+            std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.0={ nope: 1 }")).find("--set adapters.0"), std::string::npos);
   // Errors name the field.
   EXPECT_NE(message(apply_override(&r, "reweighting=QUADRATIC")).find("'reweighting' is a message"), std::string::npos);
   EXPECT_NE(message(apply_override(&r, "adapters={ name: \"x\" }")).find("'adapters' is a list of messages"),
@@ -119,6 +132,9 @@ TEST(Recipe, ErrorsNameTheField) {
   EXPECT_NE(message(apply_override(&r, "training.precision=FP8")).find("--set training.precision"), std::string::npos);
   EXPECT_NE(message(apply_override(&r, "adapters.3.lora.r=1")).find("no index 3"), std::string::npos);
   EXPECT_NE(message(apply_override(&r, "adapters.lora.r=1")).find("needs an index"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.99999999999.lora.r=1")).find("no index 99999999999"),
+            std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.99999999999={ }")).find("no index 99999999999"), std::string::npos);
   EXPECT_NE(message(apply_override(&r, "nonsense")).find("expected path.to.field=value"), std::string::npos);
 
   absl::Status s = parse_recipe("model: \"m\"\nbogus_field: 3\n").status();
