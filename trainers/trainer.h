@@ -13,7 +13,21 @@
 //
 // Run directory layout: recipe.textproto (the effective recipe),
 // metrics.jsonl, checkpoints/step-N/, adapter[_<name>]/ (Hugging Face PEFT
-// layout), merged/ (with checkpoint.merge_on_finish), loss.svg, summary.json.
+// layout), merged/ (with checkpoint.merge_on_finish) or model/ (full
+// fine-tuning), both with the tokenizer files, loss.svg, summary.json.
+//
+// Lifecycle:
+// - Everything is loaded and checked (model, tokenizer, data, adapters)
+//   before the run directory is created: a recipe that cannot start writes
+//   nothing (TrainOptions::dry_run stops right there).
+// - A directory holding another run (checkpoints, or metrics/summary without
+//   them) is refused unless resuming. Resuming continues from the newest
+//   checkpoint (the last step is checkpointed too): a finished run is left as
+//   it is, more training.steps train on, fewer are refused, and a changed
+//   recipe is allowed but each changed field is logged. metrics.jsonl is cut
+//   back to the checkpoint's step, so curves and summary cover the whole run.
+// - SIGINT/SIGTERM (trainers/stop_signal.h) end the run after the current
+//   step on every rank, with a checkpoint, as an AbortedError.
 #ifndef PEFT_TRAINERS_TRAINER_H_
 #define PEFT_TRAINERS_TRAINER_H_
 
@@ -51,8 +65,8 @@ struct TrainSummary {
   int rank = 0;  // this process's data-parallel rank (0 writes the run directory)
 };
 
-/// Trains as `recipe` says. Errors name the problem; a run directory that
-/// already holds checkpoints needs `resume` (or another output_dir).
+/// Trains as `recipe` says (see the lifecycle above). Errors name the
+/// problem; a stop signal returns AbortedError naming the checkpoint.
 absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options = {});
 
 }  // namespace peft::trainers
