@@ -172,7 +172,7 @@ absl::Status run(const cli::ParsedFlags& f) {
                       fraction(before.control)));
   base_lm.reset();
 
-  // 4. LoRA through the trainer.
+  // 4. Fine-tuning (LoRA unless the recipe says otherwise) through the trainer.
   fs::remove_all(lora_run, ec);
   fs::create_directories(lora_run, ec);
   say(absl::StrFormat("[4/6] fine-tuning: %s; %d steps x %d examples, lr %g", recipe.adapters(0).ShortDebugString(),
@@ -180,7 +180,7 @@ absl::Status run(const cli::ParsedFlags& f) {
   const double t_lora = now();
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary ts,
                         trainers::train(recipe, train_options(lora_run + "/train.log", [](const std::string& line) {
-                                          say("      [lora] " + line);
+                                          say("      [tune] " + line);
                                         })));
   const double lora_seconds = now() - t_lora;
   auto adapter_dir = [&](int i) {
