@@ -67,7 +67,10 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
     tensors.push_back({rng_key("cpu", r), rng[r].cpu.to(at::kCPU).contiguous()});
     if (rng[r].cuda.defined()) tensors.push_back({rng_key("cuda", r), rng[r].cuda.to(at::kCPU).contiguous()});
   }
-  nlohmann::json j = {{"step", state.step}, {"data_epoch", state.data_epoch}, {"data_index", state.data_index}};
+  nlohmann::json j = {{"step", state.step},
+                      {"data_epoch", state.data_epoch},
+                      {"data_index", state.data_index},
+                      {"world_size", state.world_size}};
   PEFT_RETURN_IF_ERROR(models::write_directory_atomically(dir, /*overwrite=*/true, [&](const std::string& tmp) {
     PEFT_RETURN_IF_ERROR(io::save_safetensors(tmp + "/trainable.safetensors", tensors));
     PEFT_RETURN_IF_ERROR(status_from_torch_error("save optimizer", [&] { torch::save(optimizer, tmp + "/optimizer.pt"); }));
@@ -129,6 +132,7 @@ absl::Status load_training_state(const std::string& dir, TrainingState* state, t
       status_from_torch_error("restore optimizer", [&] { torch::load(optimizer, dir + "/optimizer.pt", device); }));
   state->step = j["step"].get<int64_t>();
   state->data_epoch = j.value("data_epoch", int64_t{0});
+  state->world_size = j.value("world_size", int64_t{0});
   state->data_index = j.value("data_index", int64_t{0});
   return absl::OkStatus();
 }

@@ -39,6 +39,9 @@ struct TrainingState {
   int64_t step = 0;        // optimizer steps completed
   int64_t data_epoch = 0;  // the data loader's position
   int64_t data_index = 0;
+  /// Data-parallel ranks that wrote the checkpoint (0 when an older
+  /// checkpoint does not say).
+  int64_t world_size = 1;
   /// Named trainable tensors (their values are saved; on load they are
   /// copied into these same tensors, matched by name and shape).
   std::vector<std::pair<std::string, at::Tensor>> trainable;

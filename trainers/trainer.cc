@@ -417,6 +417,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
 
   TrainingState state;
   state.trainable = trainable;
+  state.world_size = env.world_size;
   TrainSummary summary;
   summary.run_dir = run;
   summary.rank = env.rank;
@@ -440,6 +441,13 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
       return summary;
     }
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
+    if (state.world_size > 0 && state.world_size != env.world_size) {
+      log(absl::StrCat("note: the checkpoint was written by ", state.world_size, " ranks and this run has ",
+                       env.world_size, ": the global batch changes from ", micro * state.world_size * tc.grad_accum(),
+                       " to ", micro * env.world_size * tc.grad_accum(),
+                       " examples (the run is no longer the same as one uninterrupted run)"));
+    }
+    state.world_size = env.world_size;
   }
 
   // Metrics: appended (a resumed run continues the same file, cut back to
