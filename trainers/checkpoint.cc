@@ -11,6 +11,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "models/model_io.h"
@@ -27,12 +28,9 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints(const fs::path& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return out;
   for (const auto& e : fs::directory_iterator(root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) != 0 || !fs::exists(e.path() / "state.json", ec)) continue;
-    try {
-      out.emplace_back(std::stoll(n.substr(5)), e.path());
-    } catch (...) {
-    }
+    const int64_t step = checkpoint_step(e.path().string());
+    if (step < 0 || !fs::exists(e.path() / "state.json", ec)) continue;
+    out.emplace_back(step, e.path());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -47,6 +45,13 @@ std::string rng_key(const char* kind, size_t rank) {
 bool is_rng_key(const std::string& name) { return name.rfind("__rng_", 0) == 0; }
 
 }  // namespace
+
+int64_t checkpoint_step(const std::string& checkpoint_dir) {
+  const std::string name = fs::path(checkpoint_dir).filename().string();
+  int64_t step = -1;
+  if (name.rfind("step-", 0) != 0 || !absl::SimpleAtoi(name.substr(5), &step) || step < 0) return -1;
+  return step;
+}
 
 std::string checkpoint_dir(const std::string& run_dir, int64_t step) {
   return (fs::path(run_dir) / "checkpoints" / absl::StrFormat("step-%08d", step)).string();

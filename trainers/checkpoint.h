@@ -53,6 +53,10 @@ struct TrainingState {
 /// `run_dir/checkpoints/step-<step, 8 digits>`: where step `step`'s checkpoint goes.
 std::string checkpoint_dir(const std::string& run_dir, int64_t step);
 
+/// The step in a checkpoint directory's name (".../step-00000050" -> 50), or
+/// -1 when the name is not of that form.
+int64_t checkpoint_step(const std::string& checkpoint_dir);
+
 /// Writes step-<step> under `run_dir/checkpoints` and removes all but the
 /// newest `keep_last` checkpoints.
 absl::Status save_training_state(const std::string& run_dir, const TrainingState& state,

@@ -26,6 +26,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "models/model_io.h"
@@ -263,17 +264,38 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   // leaves nothing behind.
   const std::string run = recipe.output_dir();
   PEFT_ASSIGN_OR_RETURN(std::optional<std::string> latest, latest_checkpoint(run));
+  std::error_code exists_ec;
+  const bool finished = fs::exists(run + "/summary.json", exists_ec);
+  const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
+  // Every rank must see the same run directory (one filesystem shared by the
+  // job): else some would resume and others start afresh.
+  if (env.world_size > 1) {
+    const int64_t step = latest ? checkpoint_step(*latest) : -1;
+    at::Tensor mine = at::tensor({step, int64_t{finished}, int64_t{started}}, at::kLong);
+    if (backend == Backend::kNccl) mine = mine.to(device);
+    PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg->all_gather(mine));
+    all = all.to(at::kCPU).view({env.world_size, 3});
+    if (!all.eq(all[0]).all().item<bool>()) {
+      std::vector<std::string> seen;
+      for (int r = 0; r < env.world_size; ++r) {
+        const int64_t s = all[r][0].item<int64_t>();
+        seen.push_back(absl::StrCat("rank ", r, ": ", s < 0 ? std::string("no checkpoint") : absl::StrCat("step ", s),
+                                    all[r][1].item<int64_t>() ? ", finished" : ""));
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the ranks see different run directories at ", run, " (", absl::StrJoin(seen, "; "),
+          "): every rank must see the same output_dir, on a filesystem the job shares"));
+    }
+  }
   if (latest && !options.resume) {
     return absl::FailedPreconditionError(
         absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
   }
   // A run directory with another run's outputs but no checkpoint: never
   // overwrite it silently (checkpoint.every_steps = 0 keeps none). Every rank
-  // sees the same files here: rank 0 writes metrics.jsonl only after the
-  // initial broadcast below, which no rank passes before all got here.
-  std::error_code exists_ec;
-  const bool finished = fs::exists(run + "/summary.json", exists_ec);
-  const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
+  // sees the same files here (checked above; rank 0 writes metrics.jsonl only
+  // after the initial broadcast below, which no rank passes before all got
+  // here).
   if (!latest && started && !options.resume) {
     return absl::FailedPreconditionError(absl::StrCat(run, " already holds the output of a run (",
                                                       finished ? "summary.json" : "metrics.jsonl",

@@ -93,7 +93,8 @@ distributed { timeout_s: 5 }
   }
   // Forks rank `rank` of 2 training the recipe into `out_dir` for (nearly)
   // ever, with torchrun's variables set by hand; stderr goes to `err_file`.
-  pid_t start_rank(int rank, int port, const std::string& out_dir, const std::string& err_file) {
+  pid_t start_rank(int rank, int port, const std::string& out_dir, const std::string& err_file,
+                   const char* extra = "--set=training.micro_batch=2") {
     const pid_t pid = fork();
     if (pid != 0) return pid;
     setenv("RANK", std::to_string(rank).c_str(), 1);
@@ -105,7 +106,7 @@ distributed { timeout_s: 5 }
     const std::string recipe = "--recipe=" + work_ + "/recipe.textproto";
     const std::string out = "--output_dir=" + out_dir;
     execl(binary().c_str(), "peft", "train", recipe.c_str(), out.c_str(), "--set=training.steps=100000",
-          "--set=training.micro_batch=2", static_cast<char*>(nullptr));
+          "--set=training.micro_batch=2", extra, static_cast<char*>(nullptr));
     _exit(127);
   }
   // Waits until rank 0 has written `bytes` of metrics (training runs).
@@ -254,6 +255,31 @@ TEST_F(DataParallelTest, SigtermToOneRankStopsAllRanksAtTheSameStep) {
   auto saved = io::SafetensorsFile::open(work_ + "/stopped/checkpoints/" + name + "/trainable.safetensors");
   ASSERT_TRUE(saved.ok()) << saved.status();
   EXPECT_NE((*saved)->find("__rng_cpu_rank1__"), nullptr);
+}
+
+// Ranks that see different run directories (no shared filesystem) are told
+// so at once, instead of some resuming and others starting afresh.
+TEST_F(DataParallelTest, RanksThatSeeDifferentRunDirectoriesAreAnError) {
+  const std::string a = work_ + "/seen_by_0", b = work_ + "/seen_by_1";
+  const std::string ckpt = "/checkpoints/step-00000004";
+  fs::create_directories(a + ckpt);
+  std::ofstream(a + ckpt + "/state.json") << "{\"step\": 4}\n";
+  const int port = free_port();
+  const pid_t p0 = start_rank(0, port, a, work_ + "/r0.err", "--resume");
+  const pid_t p1 = start_rank(1, port, b, work_ + "/r1.err", "--resume");
+  ASSERT_GT(p0, 0);
+  ASSERT_GT(p1, 0);
+  int s0 = 0, s1 = 0;
+  waitpid(p0, &s0, 0);
+  waitpid(p1, &s1, 0);
+  EXPECT_TRUE(WIFEXITED(s0) && WEXITSTATUS(s0) == 1);
+  EXPECT_TRUE(WIFEXITED(s1) && WEXITSTATUS(s1) == 1);
+  for (const char* f : {"/r0.err", "/r1.err"}) {
+    const std::string err = slurp(work_ + f);
+    EXPECT_NE(err.find("the ranks see different run directories"), std::string::npos) << err;
+    EXPECT_NE(err.find("rank 0: step 4; rank 1: no checkpoint"), std::string::npos) << err;
+  }
+  EXPECT_FALSE(fs::exists(b)) << "rank 1 started a run of its own";
 }
 
 // `peft launch` passes a SIGTERM on to its ranks and says so.
