@@ -5,7 +5,6 @@
 #include <fstream>
 #include <memory>
 #include <set>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -229,11 +228,7 @@ const char* builtin_lora_recipe() { return kLoraRecipe; }
 
 absl::StatusOr<proto::Recipe> recipe_from(const std::string& file, const char* builtin) {
   if (file.empty()) return trainers::parse_recipe(builtin, "built-in recipe");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open recipe ", file));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return trainers::parse_recipe(ss.str(), file);
+  return trainers::read_recipe(file);
 }
 
 void set_steps(proto::Recipe* r, int64_t steps) {

@@ -67,14 +67,43 @@ absl::Status check_device(const proto::Recipe& r) {
 
 }  // namespace
 
-absl::StatusOr<proto::Recipe> parse_recipe(const std::string& text, const std::string& source) {
-  proto::Recipe r;
+namespace {
+
+// Parses text format into `m`; an error names `context` and the parser's
+// first complaint.
+absl::Status parse_text(const std::string& text, pb::Message* m, const std::string& context) {
   pb::TextFormat::Parser parser;
   Collector errors;
   parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &r)) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", errors.first));
+  if (!parser.ParseFromString(text, m)) return absl::InvalidArgumentError(absl::StrCat(context, ": ", errors.first));
+  return absl::OkStatus();
+}
+
+bool is_index(const std::string& part) {
+  return !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// Entry `part` of the list `f` of `msg` (its path so far is `walked`).
+absl::StatusOr<int> list_index(const pb::Message& msg, const pb::FieldDescriptor* f, const std::string& part,
+                               const std::string& walked) {
+  const int size = msg.GetReflection()->FieldSize(msg, f);
+  int idx = 0;
+  if (!absl::SimpleAtoi(part, &idx) || idx >= size) {
+    return absl::InvalidArgumentError(absl::StrCat("--set: ", walked, " has ", size, " entries, no index ", part));
   }
+  return idx;
+}
+
+absl::Status not_message_text(const std::string& path) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("--set: '", path, "' is a message; give it in text format, e.g. ", path, "={ ... }"));
+}
+
+}  // namespace
+
+absl::StatusOr<proto::Recipe> parse_recipe(const std::string& text, const std::string& source) {
+  proto::Recipe r;
+  PEFT_RETURN_IF_ERROR(parse_text(text, &r, source));
   return r;
 }
 
@@ -89,8 +118,7 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   pb::Message* msg = recipe;
   std::string walked;
   // "list.N" last: the whole entry N is replaced (handled after the walk).
-  const bool whole_entry =
-      parts.size() >= 2 && !parts.back().empty() && parts.back().find_first_not_of("0123456789") == std::string::npos;
+  const bool whole_entry = parts.size() >= 2 && is_index(parts.back());
   for (size_t i = 0; i + (whole_entry ? 2 : 1) < parts.size(); ++i) {
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
     walked += (walked.empty() ? "" : ".") + parts[i];
@@ -99,16 +127,11 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
     }
     const pb::Reflection* refl = msg->GetReflection();
     if (f->is_repeated()) {
-      if (i + 2 >= parts.size() || parts[i + 1].empty() ||
-          parts[i + 1].find_first_not_of("0123456789") != std::string::npos) {
+      if (i + 2 >= parts.size() || !is_index(parts[i + 1])) {
         return absl::InvalidArgumentError(absl::StrCat("--set: repeated field '", walked, "' needs an index (", walked,
                                                        ".0.…)"));
       }
-      int idx = 0;
-      if (!absl::SimpleAtoi(parts[++i], &idx) || idx >= refl->FieldSize(*msg, f)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--set: ", walked, " has ", refl->FieldSize(*msg, f), " entries, no index ", parts[i]));
-      }
+      PEFT_ASSIGN_OR_RETURN(const int idx, list_index(*msg, f, parts[++i], walked));
       walked += "." + parts[i];
       msg = refl->MutableRepeatedMessage(msg, f, idx);
     } else {
@@ -122,25 +145,13 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
     if (list == nullptr || !list->is_repeated() || list->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
       return absl::InvalidArgumentError(absl::StrCat("--set: '", list_path, "' is not a list of messages of the recipe"));
     }
-    const pb::Reflection* refl = msg->GetReflection();
-    int idx = 0;
-    if (!absl::SimpleAtoi(parts.back(), &idx) || idx >= refl->FieldSize(*msg, list)) {
-      return absl::InvalidArgumentError(absl::StrCat("--set: ", list_path, " has ", refl->FieldSize(*msg, list),
-                                                     " entries, no index ", parts.back()));
-    }
+    PEFT_ASSIGN_OR_RETURN(const int idx, list_index(*msg, list, parts.back(), list_path));
     const size_t close = value.rfind('}');
-    if (value.empty() || value.front() != '{' || close == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--set: '", path, "' is a message; give it in text format, e.g. ", path, "={ ... }"));
-    }
-    pb::TextFormat::Parser parser;
-    Collector errors;
-    parser.RecordErrorsTo(&errors);
-    std::unique_ptr<pb::Message> entry(refl->GetRepeatedMessage(*msg, list, idx).New());
-    if (!parser.ParseFromString(value.substr(1, close - 1), entry.get())) {
-      return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": ", errors.first));
-    }
-    refl->MutableRepeatedMessage(msg, list, idx)->CopyFrom(*entry);
+    if (value.empty() || value.front() != '{' || close == std::string::npos) return not_message_text(path);
+    pb::Message* entry = msg->GetReflection()->MutableRepeatedMessage(msg, list, idx);
+    std::unique_ptr<pb::Message> parsed(entry->New());
+    PEFT_RETURN_IF_ERROR(parse_text(value.substr(1, close - 1), parsed.get(), "--set " + path));
+    entry->CopyFrom(*parsed);
     return absl::OkStatus();
   }
   const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts.back());
@@ -158,10 +169,7 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   const bool is_string = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING;
   if (is_message) {
     // A whole message in text format replaces the field: reweighting={ strategy: QUADRATIC }.
-    if (value.empty() || value.front() != '{') {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--set: '", path, "' is a message; give it in text format, e.g. ", path, "={ ... }"));
-    }
+    if (value.empty() || value.front() != '{') return not_message_text(path);
   } else if (f->is_repeated()) {
     // A list replaces the field: modules=q_proj,v_proj or modules=["q_proj", "v_proj"].
     if (value.empty() || value.front() != '[') {
@@ -174,13 +182,8 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   } else if (is_string && (value.empty() || value.front() != '"')) {
     value = quote(value);
   }
-  pb::TextFormat::Parser parser;
-  Collector errors;
-  parser.RecordErrorsTo(&errors);
   std::unique_ptr<pb::Message> tmp(msg->New());
-  if (!parser.ParseFromString(absl::StrCat(f->name(), is_message ? " " : ": ", value), tmp.get())) {
-    return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": ", errors.first));
-  }
+  PEFT_RETURN_IF_ERROR(parse_text(absl::StrCat(f->name(), is_message ? " " : ": ", value), tmp.get(), "--set " + path));
   if (f->is_repeated() || is_message) msg->GetReflection()->ClearField(msg, f);
   msg->MergeFrom(*tmp);
   return absl::OkStatus();
@@ -268,12 +271,16 @@ proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& r) {
                                                             : proto::DistributedConfig::GLOO;
 }
 
-absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+absl::StatusOr<proto::Recipe> read_recipe(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open recipe ", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  PEFT_ASSIGN_OR_RETURN(proto::Recipe r, parse_recipe(ss.str(), path));
+  return parse_recipe(ss.str(), path);
+}
+
+absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  PEFT_ASSIGN_OR_RETURN(proto::Recipe r, read_recipe(path));
   for (const std::string& o : overrides) PEFT_RETURN_IF_ERROR(apply_override(&r, o));
   PEFT_RETURN_IF_ERROR(validate_recipe(r));
   return r;

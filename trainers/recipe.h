@@ -40,7 +40,11 @@ proto::TrainingConfig::Device resolved_device(const proto::Recipe& recipe);
 /// (after resolved_device). Never AUTO.
 proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& recipe);
 
-/// parse_recipe(file) + overrides + validate_recipe.
+/// The recipe in file `path`, parsed but not validated (NotFoundError when
+/// it cannot be opened).
+absl::StatusOr<proto::Recipe> read_recipe(const std::string& path);
+
+/// read_recipe(path) + overrides + validate_recipe.
 absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
 
 /// The data loader's options from the recipe's `data` (and training.seed).
