@@ -11,7 +11,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -263,15 +262,18 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   // model, adapters and data have loaded, so a recipe that fails to start
   // leaves nothing behind.
   const std::string run = recipe.output_dir();
+  TrainSummary summary;
+  summary.run_dir = run;
+  summary.rank = env.rank;
   PEFT_ASSIGN_OR_RETURN(std::optional<std::string> latest, latest_checkpoint(run));
+  const int64_t latest_step = latest ? checkpoint_step(*latest) : -1;
   std::error_code exists_ec;
   const bool finished = fs::exists(run + "/summary.json", exists_ec);
   const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
   // Every rank must see the same run directory (one filesystem shared by the
   // job): else some would resume and others start afresh.
   if (env.world_size > 1) {
-    const int64_t step = latest ? checkpoint_step(*latest) : -1;
-    at::Tensor mine = at::tensor({step, int64_t{finished}, int64_t{started}}, at::kLong);
+    at::Tensor mine = at::tensor({latest_step, int64_t{finished}, int64_t{started}}, at::kLong);
     if (backend == Backend::kNccl) mine = mine.to(device);
     PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg->all_gather(mine));
     all = all.to(at::kCPU).view({env.world_size, 3});
@@ -301,23 +303,32 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
                                                       finished ? "summary.json" : "metrics.jsonl",
                                                       "): pass another output_dir, or --resume to continue it"));
   }
-  if (!latest && finished && options.resume) {
-    std::ifstream in(run + "/summary.json");
-    const json saved = json::parse(in, nullptr, false);
+  if (options.resume) {
+    if (latest && latest_step > tc.steps()) {
+      return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc.steps(), " is fewer than the ", latest_step,
+                                                     " steps the run's newest checkpoint ", *latest, " has done"));
+    }
+    json saved;
+    if (finished) {
+      std::ifstream in(run + "/summary.json");
+      saved = json::parse(in, nullptr, false);
+    }
     const int64_t done = saved.is_object() ? saved.value("steps", int64_t{-1}) : -1;
-    if (done != tc.steps()) {
+    if (finished && !latest && done != tc.steps()) {
       return absl::FailedPreconditionError(absl::StrCat(
           run, " holds a run that finished at step ", done, " without checkpoints (checkpoint.every_steps = 0), ",
           "so it cannot be continued to training.steps = ", tc.steps(), ": pass another output_dir"));
     }
-    log(absl::StrCat("the run in ", run, " is already complete at step ", done, "; nothing to do"));
-    TrainSummary summary;
-    summary.run_dir = run;
-    summary.rank = env.rank;
-    summary_from_json(saved, &summary);
-    return summary;
+    // A finished run (outputs written, and its newest checkpoint, if any, is
+    // the last step) is left as it is.
+    if (finished && done == tc.steps() && (!latest || latest_step == done)) {
+      log(absl::StrCat("the run in ", run, " is already complete at step ", done, "; nothing to do",
+                       latest ? " (raise training.steps to train further)" : ""));
+      summary_from_json(saved, &summary);
+      return summary;
+    }
+    if (!latest) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
   }
-  if (!latest && options.resume) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
   const ScheduleOptions sched = schedule_options(recipe);
   PEFT_RETURN_IF_ERROR(sched.validate());
   const ReweightOptions rw = reweight_options(recipe);
@@ -369,27 +380,21 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   int64_t n_trainable = 0;
   for (const auto& p : trainable) n_trainable += p.second.numel();
   if (!active.empty()) log(pm.summary());
+  summary.trainable_parameters = n_trainable;
   if (options.dry_run) {
     log(absl::StrCat("dry run: the recipe, model, tokenizer, data and adapters are valid (", n_trainable,
                      " trainable parameters, ", splits.stats.train_examples, " training examples); nothing written"));
-    TrainSummary summary;
-    summary.run_dir = run;
-    summary.rank = env.rank;
-    summary.trainable_parameters = n_trainable;
     return summary;
   }
 
   // Resuming under another recipe is allowed (more steps, say), but it is
   // said: only the same recipe continues exactly.
   if (latest && options.resume) {
-    std::ifstream saved(run + "/recipe.textproto", std::ios::binary);
-    if (saved) {
-      std::stringstream text;
-      text << saved.rdbuf();
-      absl::StatusOr<proto::Recipe> before = parse_recipe(text.str(), run + "/recipe.textproto");
-      if (!before.ok()) {
-        log(absl::StrCat("note: cannot compare with the run's saved recipe: ", before.status().message()));
-      } else if (std::string d = recipe_differences(*before, recipe); !d.empty()) {
+    absl::StatusOr<proto::Recipe> before = read_recipe(run + "/recipe.textproto");
+    if (!before.ok() && !absl::IsNotFound(before.status())) {
+      log(absl::StrCat("note: cannot compare with the run's saved recipe: ", before.status().message()));
+    } else if (before.ok()) {
+      if (std::string d = recipe_differences(*before, recipe); !d.empty()) {
         log(absl::StrCat("note: resuming under a recipe that differs from the run's (the new values apply; the run ",
                          "is no longer the same as one uninterrupted run):\n", d));
       }
@@ -440,28 +445,10 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   TrainingState state;
   state.trainable = trainable;
   state.world_size = env.world_size;
-  TrainSummary summary;
-  summary.run_dir = run;
-  summary.rank = env.rank;
-  summary.trainable_parameters = n_trainable;
   if (latest && options.resume) {
     PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt, env.rank, device));
     PEFT_RETURN_IF_ERROR(it.restore({state.data_epoch, state.data_index}));
     summary.resumed_from_step = state.step;
-    if (state.step > tc.steps()) {
-      return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc.steps(), " is fewer than the ", state.step,
-                                                     " steps the run's newest checkpoint ", *latest, " has done"));
-    }
-    // A finished run (its last checkpoint is the last step, and the outputs
-    // are written) is left as it is.
-    std::ifstream done(run + "/summary.json");
-    const json saved = done ? json::parse(done, nullptr, false) : json();
-    if (state.step == tc.steps() && saved.is_object() && saved.value("steps", int64_t{-1}) == state.step) {
-      log(absl::StrCat("the run in ", run, " is already complete at step ", state.step,
-                       "; nothing to do (raise training.steps to train further)"));
-      summary_from_json(saved, &summary);
-      return summary;
-    }
     log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
     if (state.world_size > 0 && state.world_size != env.world_size) {
       log(absl::StrCat("note: the checkpoint was written by ", state.world_size, " ranks and this run has ",
