@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_split.h"
 #include "tests/testing/assets.h"
+#include "tests/testing/tiny_task.h"
 
 namespace peft {
 namespace {
@@ -37,15 +38,11 @@ Outcome bench(const std::vector<std::string>& args) {
   return testing::run_program(testing::runfile("examples/peft"), all);
 }
 
-// The quickstart test's tiny base, 3 steps, 8 test words, one thread.
-std::vector<std::string> tiny(const std::string& out_dir) {
-  return {"--out_dir=" + out_dir, "--hidden_size=32",       "--num_layers=1",        "--num_heads=2",
-          "--num_kv_heads=1",     "--pretrain_steps=4",     "--pretrain_examples=200", "--train_examples=100",
-          "--test_examples=8",    "--steps=3",              "--threads=1"};
-}
+// The tiny task (tests/testing/tiny_task.h) into `out_dir`.
+std::vector<std::string> tiny(const std::string& out_dir) { return testing::tiny_task_flags("--out_dir=" + out_dir); }
 
-constexpr int64_t kTinyBaseParameters = 2 * 257 * 32 + (2 * 32 * 32 + 2 * 16 * 32 + 3 * 96 * 32 + 2 * 32) + 32;
-constexpr int64_t kTinyLoraParameters = 8 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 96) * 3);
+using testing::kTinyBaseParameters;
+using testing::kTinyLoraParameters;
 
 class BenchTest : public ::testing::Test {
  protected:

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/assets.h"
+#include "tests/testing/tiny_task.h"
 
 namespace peft {
 namespace {
@@ -32,19 +33,11 @@ Outcome run(const std::vector<std::string>& args) {
   return testing::run_program(testing::runfile("examples/quickstart"), args);
 }
 
-// A 1-layer hidden-32 base (2 heads, 1 kv head, FFN 96) and a handful of
-// steps: seconds, not minutes.
-std::vector<std::string> tiny(const std::string& work_dir) {
-  return {"--work_dir=" + work_dir, "--hidden_size=32",       "--num_layers=1",        "--num_heads=2",
-          "--num_kv_heads=1",       "--pretrain_steps=4",     "--pretrain_examples=200", "--train_examples=100",
-          "--test_examples=8",      "--steps=3",              "--threads=1"};
-}
+// The tiny task (tests/testing/tiny_task.h) into `work_dir`.
+std::vector<std::string> tiny(const std::string& work_dir) { return testing::tiny_task_flags("--work_dir=" + work_dir); }
 
-// Parameters of that base: embedding and untied head 257 x 32 each; q, o
-// 32x32; k, v 16x32; gate, up 96x32, down 32x96; two norms of 32; final norm.
-constexpr int64_t kTinyBaseParameters = 2 * 257 * 32 + (2 * 32 * 32 + 2 * 16 * 32 + 3 * 96 * 32 + 2 * 32) + 32;
-// LoRA r=8 on the 7 projections: r * (in + out) each.
-constexpr int64_t kTinyLoraParameters = 8 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 96) * 3);
+using testing::kTinyBaseParameters;
+using testing::kTinyLoraParameters;
 
 json read_json(const std::string& path) {
   std::ifstream in(path);

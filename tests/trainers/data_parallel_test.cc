@@ -40,15 +40,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string binary() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft";
-}
+std::string binary() { return testing::runfile("examples/peft"); }
 
-std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using testing::slurp;
 
 int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -29,20 +29,14 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string binary() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft";
-}
+std::string binary() { return testing::runfile("examples/peft"); }
 
 struct Result {
   int code;
   std::string out, err;
 };
 
-std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using testing::slurp;
 
 Result run(const std::string& args) {
   const std::string tmp = testing::make_temp_dir("tr");
