@@ -419,7 +419,7 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     pieces[i].docs = read_chunk(content.substr(starts[i], end - starts[i]), lines_before[i], name, format, tok, opts,
                                 &meter, &pieces[i].stats);
   };
-  if (threads == 1 || n == 1) {
+  if (n == 1) {  // always so for one thread
     for (size_t i = 0; i < n; ++i) work(i);
   } else {
     std::atomic<size_t> next{0};
