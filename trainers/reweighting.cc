@@ -31,6 +31,7 @@ struct GlobalView {
   at::Tensor weights;        // [N] float64
   at::Tensor local_weights;  // [B] float64, 0 for rows with no tokens
   int64_t num_valid = 0;     // N
+  double tokens = 0;         // Σ n_i over all ranks
 };
 
 GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, const at::Tensor& counts,
@@ -62,6 +63,7 @@ GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, 
   const at::Tensor valid_losses = gathered.select(1, 0).masked_select(valid);  // [N]
   GlobalView v;
   v.num_valid = valid_losses.size(0);
+  v.tokens = gathered.select(1, 1).sum().item<double>();
   v.weights = sample_weights(o, valid_losses, step);
   at::Tensor all = at::zeros({gathered.size(0)}, v.weights.options());  // [world·max_B]
   if (v.num_valid > 0) all.masked_scatter_(valid, v.weights);
@@ -76,7 +78,8 @@ absl::Status ReweightOptions::validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("ReweightOptions.strategy has unknown value ", static_cast<int>(strategy)));
   }
-  if (token_weighting != TokenWeighting::kTokens && token_weighting != TokenWeighting::kSamples) {
+  if (token_weighting != TokenWeighting::kTokens && token_weighting != TokenWeighting::kSamples &&
+      token_weighting != TokenWeighting::kTokensMicroBatch) {
     return absl::InvalidArgumentError(
         absl::StrCat("ReweightOptions.token_weighting has unknown value ", static_cast<int>(token_weighting)));
   }
@@ -128,7 +131,8 @@ at::Tensor sample_weights(const ReweightOptions& o, const at::Tensor& losses, in
 }
 
 ReweightedLoss reweighted_loss(const ReweightOptions& o, const at::Tensor& losses, const at::Tensor& token_counts,
-                               int64_t step, const DataParallelGroup& g) {
+                               int64_t step, const DataParallelGroup& g, int64_t step_tokens, int64_t grad_accum) {
+  TORCH_CHECK(grad_accum >= 1, "reweighted_loss: grad_accum must be >= 1, got ", grad_accum);
   TORCH_CHECK(losses.dim() == 1, "reweighted_loss: losses must be [B], got shape ", losses.sizes());
   TORCH_CHECK(token_counts.dim() == 1 && token_counts.size(0) == losses.size(0),
               "reweighted_loss: token_counts must be [B] = [", losses.size(0), "], got shape ", token_counts.sizes());
@@ -142,12 +146,22 @@ ReweightedLoss reweighted_loss(const ReweightOptions& o, const at::Tensor& losse
     const at::Tensor n = token_counts.to(losses.device(), at::kDouble);  // [B]
     TORCH_CHECK(losses.size(0) == 0 || n.min().item<double>() >= 0, "reweighted_loss: negative token count");
     GlobalView v = gather_and_weigh(o, losses, n, step, g);
-    const double num = static_cast<double>(v.num_valid);
-    if (o.token_weighting == TokenWeighting::kTokens) {
-      // Σ_local n_j = 0 only when every local n_i is 0, so the floor of 1 just avoids 0/0.
-      out.coefficients = num * v.local_weights * n / n.sum().clamp_min(1.0);
-    } else {
-      out.coefficients = static_cast<double>(g.world_size) * v.local_weights;
+    const double num = static_cast<double>(v.num_valid), world = static_cast<double>(g.world_size);
+    const double accum = static_cast<double>(grad_accum);
+    switch (o.token_weighting) {
+      case TokenWeighting::kTokens: {
+        // T = 0 only when no rank has a loss token, so the floor of 1 just avoids 0/0.
+        const double t = step_tokens > 0 ? static_cast<double>(step_tokens) : v.tokens;
+        out.coefficients = num * world * v.local_weights * n / std::max(t, 1.0);
+        break;
+      }
+      case TokenWeighting::kTokensMicroBatch:
+        // Σ_local n_j = 0 only when every local n_i is 0 (weights 0 too).
+        out.coefficients = num * v.local_weights * n / n.sum().clamp_min(1.0) / accum;
+        break;
+      case TokenWeighting::kSamples:
+        out.coefficients = world * v.local_weights / accum;
+        break;
     }
     out.local_weights = v.local_weights;
     out.global_weights = v.weights;

@@ -17,29 +17,45 @@
 //   4. w = softmax(f / r) over the N samples (r = temperature; r → ∞ is
 //      uniform, small r is sharp). During warm-up r = warmup_temperature
 //      (∞ by default: exactly uniform weights).
-//   5. This rank's rows of w; the scalar to back-propagate is
-//        kTokens  (GPT-2 repo, default)  L = N·Σ_local w_i·(n_i / Σ_local n_j)·ℓ_i
-//        kSamples (FMS 1.4B/7B code)     L = world·Σ_local w_i·ℓ_i
+//   5. This rank's rows of w; the scalar to back-propagate for this
+//      micro-batch (T = loss tokens of the whole optimizer step, all ranks
+//      and micro-batches; n_i = sample i's loss tokens; a = micro-batches
+//      per step):
+//        kTokens (default)    L = N·world·Σ_local w_i n_i ℓ_i / T
+//        kTokensMicroBatch    L = N·Σ_local w_i (n_i / Σ_local n_j)·ℓ_i / a
+//                             (the GPT-2 repository's formula exactly)
+//        kSamples (FMS code)  L = world·Σ_local w_i ℓ_i / a
 //      With uniform w = 1/N, kTokens is the token-mean cross-entropy of the
-//      local micro-batch (the usual LM loss) and kSamples the mean of the
+//      whole optimizer step (the usual LM loss) and kSamples the mean of the
 //      per-sample losses (over all ranks, once gradients are averaged).
+//
+// Decision (docs/methods.md, "Loss reweighting"): kTokens is the default
+// and differs from the official formula only in its denominator. The
+// official code normalises each rank's micro-batch by its own tokens and
+// divides by a, so the tokens of a micro-batch (or rank) with few loss
+// tokens weigh more than those of a long one: the gradient-accumulation
+// bug that transformers fixed by normalising over the whole step. kTokens
+// equals the official scalar exactly with one rank and one micro-batch
+// (T = Σ_local n_j), and with uniform weights it is the step's token-mean
+// CE for any accumulation and world size, like the trainer's loss without
+// reweighting. kTokensMicroBatch keeps the official formula for exact
+// comparisons.
 // The weights never carry gradient: ∂L/∂θ = Σ_i c_i ∂ℓ_i/∂θ with the
 // constant coefficients c_i returned in ReweightedLoss::coefficients.
 //
 // Data-parallel equivalence. DDP/FSDP average gradients over the world
-// ranks, so the objective actually optimised is (1/world)·Σ_r L_r. Compared
-// with one process holding the concatenated global micro-batch:
-//  - kSamples: (1/world)·Σ_r world·Σ_{i∈r} w_i ℓ_i = Σ_i w_i ℓ_i, exactly the
-//    one-process loss, for any split of samples and tokens over the ranks.
-//  - kTokens: (1/world)·Σ_r N·Σ_{i∈r} w_i n_i ℓ_i / T_r with T_r the local
-//    token total, versus N·Σ_i w_i n_i ℓ_i / T on one process. Equal iff
-//    every rank holds the same number of loss tokens (T_r = T/world, e.g.
-//    packed fixed-length sequences); otherwise the tokens of rank r are
-//    scaled by T/(world·T_r). This is the GPT-2 repo's behaviour (and the
-//    plain DDP token-mean baseline's), kept for fidelity; use kSamples when
-//    exact equivalence across world sizes matters.
+// ranks, so the objective actually optimised is (1/world)·Σ_r L_r, summed
+// over the micro-batches of the step. Compared with one process holding the
+// concatenated global batch:
+//  - kTokens: (1/world)·Σ_r N·world·Σ_{i∈r} w_i n_i ℓ_i / T = N·Σ_i w_i n_i
+//    ℓ_i / T, exactly the one-process loss, for any split of samples and
+//    tokens over ranks and micro-batches.
+//  - kSamples: (1/world)·Σ_r world·Σ_{i∈r} w_i ℓ_i = Σ_i w_i ℓ_i, also exact.
+//  - kTokensMicroBatch: (1/world)·Σ_r N·Σ_{i∈r} w_i n_i ℓ_i / T_r with T_r
+//    the local token total: equal iff every rank (and micro-batch) holds the
+//    same number of loss tokens (e.g. packed fixed-length sequences).
 // (Gradient accumulation: weights are computed per micro-step, as in both
-// reference codes; the trainer divides by the accumulation count as usual.)
+// reference codes.)
 //
 // Design: the four strategies differ in one scalar function, so they are an
 // `enum class` in an options struct (style rule 3, and recipe.proto's
@@ -49,8 +65,8 @@
 //
 //   PerSampleLoss ps = per_sample_token_loss(logits, labels);   // [B], [B]
 //   ReweightedLoss rw = reweighted_loss(options, ps.loss, ps.token_counts,
-//                                       step, group);
-//   (rw.loss / grad_accum).backward();
+//                                       step, group, step_tokens, grad_accum);
+//   rw.loss.backward();
 //   if (log_now) WeightStats s = weight_stats(rw.global_weights);
 //
 // Shapes: B = local micro-batch, N = global micro-batch (valid samples of
@@ -78,10 +94,12 @@ enum class ReweightStrategy {
   kExtremes,   ///< f = |x|
 };
 
-/// How per-sample losses are combined into the scalar (methods.md §7).
+/// How per-sample losses are combined into the scalar (the file comment;
+/// docs/methods.md, "Loss reweighting").
 enum class TokenWeighting {
-  kTokens,   ///< L = N·Σ_local w_i (n_i/Σ_local n_j) ℓ_i; uniform w ⇒ token-mean CE
-  kSamples,  ///< L = world·Σ_local w_i ℓ_i; uniform w ⇒ sample-mean loss
+  kTokens,             ///< L = N·world·Σ_local w_i n_i ℓ_i / T; uniform w ⇒ the step's token-mean CE
+  kSamples,            ///< L = world·Σ_local w_i ℓ_i / a; uniform w ⇒ sample-mean loss
+  kTokensMicroBatch,   ///< L = N·Σ_local w_i (n_i/Σ_local n_j) ℓ_i / a (the GPT-2 repository's)
 };
 
 /// Options, mirroring recipe.proto `ReweightingConfig`. The defaults are the
@@ -90,11 +108,14 @@ enum class TokenWeighting {
 ///   ReweightOptions o;
 ///   o.strategy = ReweightStrategy::kLinUpper;
 ///   o.temperature = 0.5;
-///   o.warmup_steps = 1000;  // the GPT-2 repo's `burnout_steps`
+///   o.warmup_steps = 0;  // reweight from the first step
 struct ReweightOptions {
   ReweightStrategy strategy = ReweightStrategy::kUniform;
   double temperature = 1.0;  ///< r > 0 (code: `kl_reg` / `kl_regularizer`); +∞ allowed (= uniform)
-  int64_t warmup_steps = 0;  ///< steps [0, warmup_steps) use warmup_temperature
+  /// Steps [0, warmup_steps) use warmup_temperature. 1000 is the GPT-2
+  /// repository's `burnout_steps` (its code default and every published
+  /// config).
+  int64_t warmup_steps = 1000;
   /// r during warm-up. +∞ (default, GPT-2 repo) gives exactly uniform
   /// weights; the FMS code uses 100 (nearly uniform). > 0.
   double warmup_temperature = std::numeric_limits<double>::infinity();
@@ -172,10 +193,16 @@ at::Tensor sample_weights(const ReweightOptions& options, const at::Tensor& loss
 ///  - `group`: rank, world size and all-gather. Local batches may differ in
 ///    size across ranks: the sizes are gathered first and the values padded
 ///    to the largest, so the gather only ever sees equal shapes.
+///  - `step_tokens`: T, the loss tokens of the whole optimizer step over all
+///    ranks and micro-batches (kTokens); ≤ 0 means this global micro-batch's
+///    (the gathered Σ n_i: one micro-batch per step).
+///  - `grad_accum`: a, micro-batches per optimizer step (kSamples,
+///    kTokensMicroBatch); ≥ 1.
 /// Options must validate; tensor and group mismatches are TORCH_CHECK errors.
 ReweightedLoss reweighted_loss(const ReweightOptions& options, const at::Tensor& losses,
                                const at::Tensor& token_counts, int64_t step,
-                               const DataParallelGroup& group = DataParallelGroup());
+                               const DataParallelGroup& group = DataParallelGroup(), int64_t step_tokens = 0,
+                               int64_t grad_accum = 1);
 
 /// Metrics of a weight vector [N] (e.g. ReweightedLoss::global_weights).
 /// Synchronises with the device (reads scalars); call only when logging.

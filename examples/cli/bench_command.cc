@@ -97,7 +97,7 @@ const std::vector<BenchMethod>& bench_methods() {
 
 // LinUpper (Sow et al. 2025; methods.md section 7), the paper's recommended
 // strategy, at a temperature inside its range for small models.
-constexpr const char* kReweighting = "reweighting { strategy: LIN_UPPER temperature: 0.5 }";
+constexpr const char* kReweighting = "reweighting { strategy: LIN_UPPER temperature: 0.5 warmup_steps: 0 }";
 constexpr const char* kReweightSuffix = "+rw";
 
 struct Variant {

@@ -55,8 +55,21 @@ ReweightOptions options(ReweightStrategy s, double r, TokenWeighting tw = TokenW
   o.strategy = s;
   o.temperature = r;
   o.token_weighting = tw;
+  o.warmup_steps = 0;  // reweight from the first step
   EXPECT_TRUE(o.validate().ok());
   return o;
+}
+
+// The warm-up defaults to the official `burnout_steps` = 1000 (the GPT-2
+// repository's code and every published config): uniform weights before it.
+TEST(ReweightingTest, DefaultWarmupIsTheOfficialBurnout) {
+  ReweightOptions o;
+  o.strategy = ReweightStrategy::kLinUpper;
+  o.temperature = 0.5;
+  EXPECT_EQ(o.warmup_steps, 1000);
+  const at::Tensor l = at::tensor({1.0, 2.0, 3.0, 5.0}, at::kDouble);
+  EXPECT_TRUE(at::equal(sample_weights(o, l, 999), at::full({4}, 0.25, at::kDouble)));
+  EXPECT_FALSE(at::allclose(sample_weights(o, l, 1000), at::full({4}, 0.25, at::kDouble)));
 }
 
 // ℓ = {1, 2, 3, 5}: ℓmin + ℓmax = 6, range 4, so x = (2ℓ − 6)/4.
@@ -394,10 +407,12 @@ TEST(ReweightingTest, TwoRanksSamplesMatchOneProcess) {
   }
 }
 
-// kTokens: exact when the ranks hold equal token totals (here 8 + 8)...
-TEST(ReweightingTest, TwoRanksTokensMatchOneProcessWithEqualTokenTotals) {
-  const Batch all = make_batch({6, 2, 4, 4}, kT, kH, kV, 7);
-  const at::Tensor theta = make_theta(kH, kV, 8);
+// kTokens normalises by the global token total T, so averaging the rank
+// losses gives the one-process loss for any split, here 12 + 4 tokens.
+TEST(ReweightingTest, TwoRanksTokensMatchOneProcessWithUnequalTokenTotals) {
+  const Batch all = make_batch({6, 6, 1, 3}, kT, kH, kV, 9);
+  all.x.narrow(0, 2, 2).mul_(4);
+  const at::Tensor theta = make_theta(kH, kV, 10);
   for (ReweightStrategy s : {ReweightStrategy::kUniform, ReweightStrategy::kLinUpper, ReweightStrategy::kExtremes}) {
     const ReweightOptions o = options(s, 0.4, TokenWeighting::kTokens);
     const RankOutput one = run_single(o, all, theta, 0);
@@ -407,15 +422,16 @@ TEST(ReweightingTest, TwoRanksTokensMatchOneProcessWithEqualTokenTotals) {
   }
 }
 
-// ...and otherwise each rank's tokens are normalised by its own total, as in
-// the GPT-2 repo: mean_r N·Σ_{i∈r} w_i n_i ℓ_i / T_r (here T_0 = 12, T_1 = 4).
-// Rank 1's inputs are scaled up so that its losses are clearly larger; with
-// similar losses on both ranks the two normalisations nearly agree.
-TEST(ReweightingTest, TwoRanksTokensWithUnequalTokenTotalsUseLocalNormalisers) {
+// kTokensMicroBatch is the GPT-2 repository's formula: each rank's tokens
+// are normalised by its own total, mean_r N·Σ_{i∈r} w_i n_i ℓ_i / T_r (here
+// T_0 = 12, T_1 = 4). Rank 1's inputs are scaled up so that its losses are
+// clearly larger; with similar losses on both ranks the two normalisations
+// nearly agree.
+TEST(ReweightingTest, TwoRanksTokensMicroBatchUseLocalNormalisers) {
   const Batch all = make_batch({6, 6, 1, 3}, kT, kH, kV, 9);
   all.x.narrow(0, 2, 2).mul_(4);
   const at::Tensor theta = make_theta(kH, kV, 10);
-  const ReweightOptions o = options(ReweightStrategy::kLinUpper, 0.4, TokenWeighting::kTokens);
+  const ReweightOptions o = options(ReweightStrategy::kLinUpper, 0.4, TokenWeighting::kTokensMicroBatch);
   const RankOutput one = run_single(o, all, theta, 0);
   const std::vector<RankOutput> two = run_ranks(o, {slice(all, 0, 2), slice(all, 2, 2)}, theta, 0);
   const std::vector<double> w = to_vec(one.rw.global_weights);
@@ -425,6 +441,39 @@ TEST(ReweightingTest, TwoRanksTokensWithUnequalTokenTotalsUseLocalNormalisers) {
                              4 * (w[2] * n[2] * l[2] + w[3] * n[3] * l[3]) / 4);
   EXPECT_NEAR((two[0].loss + two[1].loss) / 2, want, 1e-5);
   EXPECT_GT(std::abs(want - one.loss), 1e-2);  // not the one-process loss
+}
+
+// Gradient accumulation, two micro-batches of one process with unequal token
+// totals (12 and 4 of T = 16): the scalars by hand from the formulas of
+// reweighting.h. kTokens: N·Σ w_i n_i ℓ_i / T per micro-batch (their sum is
+// the step's token-weighted loss); kTokensMicroBatch: the official
+// N·Σ w_i (n_i/Σ n_j) ℓ_i / a; kSamples: Σ w_i ℓ_i / a.
+TEST(ReweightingTest, AccumulationNormalisationByHand) {
+  const Batch all = make_batch({6, 6, 1, 3}, kT, kH, kV, 9);
+  all.x.narrow(0, 2, 2).mul_(4);
+  const at::Tensor theta = make_theta(kH, kV, 10);
+  const std::vector<Batch> micro = {slice(all, 0, 2), slice(all, 2, 2)};
+  for (TokenWeighting tw : {TokenWeighting::kTokens, TokenWeighting::kTokensMicroBatch, TokenWeighting::kSamples}) {
+    const ReweightOptions o = options(ReweightStrategy::kLinUpper, 0.4, tw);
+    for (const Batch& b : micro) {
+      const PerSampleLoss ps = per_sample_token_loss(at::matmul(b.x, theta), b.labels);
+      const std::vector<double> l = to_vec(ps.loss), n = to_vec(ps.token_counts);
+      // The weights by hand: LinUpper, r = 0.4, over this micro-batch's two samples.
+      const double lo = std::min(l[0], l[1]), hi = std::max(l[0], l[1]);
+      std::vector<double> f;
+      for (double li : l) f.push_back(std::min((2 * li - (hi + lo)) / std::max(hi - lo, 1e-6) + 1, 1.0));
+      const std::vector<double> w = softmax_by_hand(f, 0.4);
+      const double local_tokens = n[0] + n[1];
+      double want = 0;
+      for (int i = 0; i < 2; ++i) {
+        if (tw == TokenWeighting::kTokens) want += 2 * w[i] * n[i] * l[i] / 16;
+        if (tw == TokenWeighting::kTokensMicroBatch) want += 2 * w[i] * (n[i] / local_tokens) * l[i] / 2;
+        if (tw == TokenWeighting::kSamples) want += w[i] * l[i] / 2;
+      }
+      const ReweightedLoss r = reweighted_loss(o, ps.loss, ps.token_counts, 0, DataParallelGroup(), 16, 2);
+      EXPECT_NEAR(r.loss.item<double>(), want, 1e-6) << static_cast<int>(tw);
+    }
+  }
 }
 
 // A rank with an empty micro-batch still takes part in the gathers.
