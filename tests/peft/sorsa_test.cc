@@ -210,9 +210,11 @@ TEST(Sorsa, ModelRegulariserIsGammaTimesCalcOrtho) {
 }
 
 TEST(Sorsa, RegulariserStepModes) {
-  auto make = [](double gamma) {
+  auto make = [](double gamma, proto::SorsaOptions::RegMode mode = proto::SorsaOptions::OFFICIAL) {
     auto pm = std::make_unique<PeftModel>(testing::tiny_model(testing::tiny_llama_config(), 1));
-    EXPECT_TRUE(pm->add_adapter(sorsa_config(4, gamma, "attention")).ok());
+    proto::AdapterConfig c = sorsa_config(4, gamma, "attention");
+    c.mutable_sorsa()->set_reg_mode(mode);
+    EXPECT_TRUE(pm->add_adapter(c).ok());
     pm->freeze_base_();
     perturb_all_(*pm, 3);
     return pm;
@@ -238,15 +240,26 @@ TEST(Sorsa, RegulariserStepModes) {
       EXPECT_LE(max_abs(params[i].grad() - (1 + g / peak_lr)), 1e-4);
       EXPECT_TRUE(at::equal(params[i], before[i]));
     }
+    // With gradient accumulation a the official backward is divided by a
+    // (accelerate's backward), and the DECOUPLED update leaves it alone.
+    EXPECT_EQ(sorsa_regularizer_step_(*pm, proto::SorsaOptions::DECOUPLED, peak_lr), 0.0);
+    sorsa_regularizer_step_(*pm, proto::SorsaOptions::OFFICIAL, peak_lr, /*grad_accum=*/4);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor g = want[i].defined() ? want[i] : at::zeros_like(params[i]);
+      EXPECT_LE(max_abs(params[i].grad() - (1 + g / peak_lr + g / (4 * peak_lr))), 1e-4);
+      EXPECT_TRUE(at::equal(params[i], before[i]));
+    }
   }
   {
-    // DECOUPLED: p ← p − ∇R, .grad untouched (here: never defined).
-    std::unique_ptr<PeftModel> pm = make(0.3);
+    // DECOUPLED: p ← p − ∇R, .grad untouched (here: never defined); the
+    // OFFICIAL update leaves a DECOUPLED adapter alone, and vice versa.
+    std::unique_ptr<PeftModel> pm = make(0.3, proto::SorsaOptions::DECOUPLED);
     std::vector<at::Tensor> ps, before;
     for (auto& [name, p] : pm->trainable_parameters()) {
       ps.push_back(p);
       before.push_back(p.detach().clone());
     }
+    EXPECT_EQ(sorsa_regularizer_step_(*pm, proto::SorsaOptions::OFFICIAL, peak_lr), 0.0);
     sorsa_regularizer_step_(*pm, proto::SorsaOptions::DECOUPLED, peak_lr);
     for (size_t i = 0; i < ps.size(); ++i) {
       const at::Tensor g = want[i].defined() ? want[i] : at::zeros_like(ps[i]);
