@@ -3,11 +3,12 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/grad_mode.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
 #include "absl/strings/str_cat.h"
+#include "data/dataset.h"
 #include "peft/core/status.h"
+#include "trainers/train_step.h"
 
 namespace peft::examples {
 namespace {
@@ -57,24 +58,24 @@ absl::StatusOr<LoopResult> train_adapter(PeftModel& pm, const std::vector<int64_
   LoopResult r;
   r.eval_loss_before = mean_nll(pm, eval_ids);
   pm.model().module().train();
-  absl::Status st = status_from_torch_error("training step", [&] {
-    for (int64_t step = 0; step < o.steps; ++step) {
-      at::Tensor starts = at::randint(split - o.seq_len - 1, {o.batch}, gen, at::kLong);
-      std::vector<int64_t> s(starts.data_ptr<int64_t>(), starts.data_ptr<int64_t>() + o.batch);
-      opt.zero_grad();
-      at::Tensor loss = next_token_loss(pm.model(), windows(tokens, s, o.seq_len));
-      (loss + pm.aux_loss()).backward();
-      torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm);
-      // Post-clip regularisers (SORSA): their gradient is scaled by 1/peak lr.
-      at::Tensor reg = pm.regularizer();
-      if (reg.requires_grad()) (reg / o.lr).backward();
-      opt.step();
-      pm.on_step(step + 1);
-      r.train_losses.push_back(loss.item<double>());
-      if (o.on_step) o.on_step(step, loss.item<double>());
-    }
-  });
-  PEFT_RETURN_IF_ERROR(st);
+  // The trainer's own step (trainers/train_step.h): task loss plus the
+  // adapters' extra losses, clipping, SORSA's regulariser, schedules.
+  trainers::StepOptions so;
+  so.max_grad_norm = o.max_grad_norm;
+  so.peak_lr = o.lr;
+  trainers::StepContext ctx{pm, opt, params, /*pg=*/nullptr, trainers::DataParallelGroup()};
+  for (int64_t step = 0; step < o.steps; ++step) {
+    at::Tensor starts = at::randint(split - o.seq_len - 1, {o.batch}, gen, at::kLong);
+    std::vector<int64_t> s(starts.data_ptr<int64_t>(), starts.data_ptr<int64_t>() + o.batch);
+    const at::Tensor w = windows(tokens, s, o.seq_len);
+    data::Batch b;
+    b.input_ids = w.narrow(1, 0, o.seq_len).contiguous();
+    b.labels = w.narrow(1, 1, o.seq_len).contiguous();
+    b.tokens = b.global_tokens = o.batch * o.seq_len;
+    PEFT_ASSIGN_OR_RETURN(const trainers::StepResult res, trainers::train_step(ctx, so, {b}, step, o.lr));
+    r.train_losses.push_back(res.loss);
+    if (o.on_step) o.on_step(step, res.loss);
+  }
   r.eval_loss_after = mean_nll(pm, eval_ids);
   return r;
 }

@@ -1,10 +1,11 @@
 // File: examples/adapter_loop.h
 //
 // A minimal custom training loop over the library's pieces, for users who
-// drive fine-tuning from their own C++ code rather than the trainer:
-// PeftModel (inject + freeze), torch::optim::AdamW over the trainable tensors,
-// next-token cross-entropy plus the adapters' extra losses, gradient clipping,
-// post-clip regularisers (SORSA) and per-step schedules (HSM).
+// drive fine-tuning from their own C++ code rather than the recipe trainer:
+// PeftModel (inject + freeze), torch::optim::AdamW over the trainable
+// tensors, and the trainer's own optimizer step (trainers/train_step.h:
+// next-token cross-entropy plus the adapters' extra losses, gradient
+// clipping, SORSA's regulariser, per-step schedules such as HSM's).
 //
 //   PeftModel pm(lm);
 //   PEFT_RETURN_IF_ERROR(pm.add_adapter(config));
@@ -29,7 +30,7 @@ struct LoopOptions {
   int64_t seq_len = 64;
   double max_grad_norm = 1.0;
   uint64_t seed = 0;
-  /// Called after every step with (step, training loss).
+  /// Called after every step with (step, training loss incl. extra losses).
   std::function<void(int64_t, double)> on_step;
 };
 

@@ -12,7 +12,6 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/cuda.h>
 #include <torch/types.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +20,7 @@
 #include "peft/core/status.h"
 #include "peft/peft_model.h"
 #include "trainers/loss.h"
+#include "trainers/train_step.h"
 
 namespace peft::trainers {
 namespace {
@@ -127,6 +127,17 @@ absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
   at::manual_seed(0);
   const at::Tensor ids = at::randint(o.vocab, {o.batch, o.seq + 1}, at::kLong).to(device);
   const at::Tensor input = ids.narrow(1, 0, o.seq).contiguous(), labels = ids.narrow(1, 1, o.seq).contiguous();
+  data::Batch batch;
+  batch.input_ids = input;
+  batch.labels = labels;
+  batch.tokens = batch.global_tokens = rows;
+  // The trainer's own step: uniform weights, clipping at 1, no accumulation.
+  StepOptions so;
+  so.bf16 = o.bf16;
+  so.fused_loss = o.fused_loss;
+  so.max_grad_norm = 1.0;
+  so.peak_lr = 1e-4;
+  StepContext ctx{pm, opt, params, /*pg=*/nullptr, DataParallelGroup()};
   std::vector<double> times;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("perf benchmark step", [&] {
     for (int step = 0; step < o.warmup_steps + o.steps; ++step) {
@@ -137,18 +148,10 @@ absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
       if (step == o.warmup_steps) reset_peak_cuda_mb(device);
       sync(device);
       const double t0 = now_seconds();
-      opt.zero_grad();
-      at::Tensor loss;
-      {
-        AutocastScope autocast(o.bf16, device.type());
-        PerSampleLoss ps = causal_lm_loss(pm.model(), input, labels, o.fused_loss);
-        loss = (ps.loss * ps.token_counts.to(at::kFloat)).sum() / static_cast<double>(rows);
-      }
-      loss.backward();
-      torch::nn::utils::clip_grad_norm_(params, 1.0);
-      opt.step();
+      absl::StatusOr<StepResult> res = train_step(ctx, so, {batch}, step, 1e-4);
+      TORCH_CHECK(res.ok(), std::string(res.status().message()));
       sync(device);
-      const double lv = loss.item<double>();
+      const double lv = res->loss;
       if (step == 0) r.first_loss = lv;
       r.last_loss = lv;
       if (step >= o.warmup_steps) times.push_back(now_seconds() - t0);

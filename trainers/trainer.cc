@@ -42,6 +42,7 @@
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
 #include "trainers/stop_signal.h"
+#include "trainers/train_step.h"
 
 namespace peft::trainers {
 namespace {
@@ -77,22 +78,6 @@ absl::StatusOr<std::vector<RngState>> gather_rng_states(ProcessGroup& pg, const 
     if (n_cuda > 0) out[r].cuda = all.narrow(0, offset + n_cpu, n_cuda).clone();
   }
   return out;
-}
-
-ReweightOptions reweight_options(const proto::Recipe& r) {
-  ReweightOptions o;
-  switch (r.reweighting().strategy()) {
-    case proto::ReweightingConfig::LIN_UPPER: o.strategy = ReweightStrategy::kLinUpper; break;
-    case proto::ReweightingConfig::QUADRATIC: o.strategy = ReweightStrategy::kQuadratic; break;
-    case proto::ReweightingConfig::EXTREMES: o.strategy = ReweightStrategy::kExtremes; break;
-    default: o.strategy = ReweightStrategy::kUniform;
-  }
-  o.temperature = r.reweighting().temperature();
-  o.warmup_steps = r.reweighting().warmup_steps();
-  o.token_weighting = r.reweighting().token_weighting() == proto::ReweightingConfig::SAMPLES
-                          ? TokenWeighting::kSamples
-                          : TokenWeighting::kTokens;
-  return o;
 }
 
 ScheduleOptions schedule_options(const proto::Recipe& r) {
@@ -331,8 +316,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   }
   const ScheduleOptions sched = schedule_options(recipe);
   PEFT_RETURN_IF_ERROR(sched.validate());
-  const ReweightOptions rw = reweight_options(recipe);
+  const StepOptions step_opts = step_options(recipe);
+  const ReweightOptions& rw = step_opts.reweight;
   PEFT_RETURN_IF_ERROR(rw.validate());
+  if (rw.strategy != ReweightStrategy::kUniform && rw.warmup_steps >= tc.steps()) {
+    log(absl::StrCat("note: reweighting never starts: warm-up ", rw.warmup_steps, " >= ", tc.steps(),
+                     " steps (reweighting.warmup_steps; the official default is 1000, set 0 to reweight from the "
+                     "first step)"));
+  }
 
   // Model, tokenizer, adapters.
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
@@ -458,6 +449,9 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
     }
     state.world_size = env.world_size;
   }
+  // Stream adapters' schedules (HSM) continue where the run stopped.
+  pm.on_step(schedule_step(state.step));
+  StepContext step_ctx{pm, opt, all_params, pg.get(), group};
 
   // Metrics: appended (a resumed run continues the same file, cut back to
   // the checkpoint's step, and its loss curve covers the whole run).
@@ -499,89 +493,24 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   for (int64_t step = state.step; step < total; ++step) {
     const double t0 = now_seconds();
     const double lr = learning_rate(sched, step);
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    opt.zero_grad();
-    double step_loss = 0;
-    int64_t step_tokens = 0;
-    WeightStats ws;
-    bool finite = true;
-    bool stop_requested = false;
-    // The step's micro-batches first: the loss is normalised by the tokens
-    // of the whole optimizer step (all micro-batches, all ranks), so that
-    // accumulation and data parallelism give the gradient of one big batch.
     std::vector<data::Batch> micro_batches;
-    int64_t step_global_tokens = 0;
     for (int a = 0; a < tc.grad_accum(); ++a) {
       PEFT_ASSIGN_OR_RETURN(data::Batch b, it.next());
-      step_global_tokens += b.global_tokens;
       micro_batches.push_back(to_device(std::move(b), device));
     }
-    for (int a = 0; a < tc.grad_accum(); ++a) {
-      const data::Batch& b = micro_batches[a];
-      at::Tensor loss;
-      PEFT_RETURN_IF_ERROR(status_from_torch_error("training step", [&] {
-        AutocastScope ac(bf16, device.type());
-        PerSampleLoss ps = causal_lm_loss(pm.model(), b.input_ids, b.labels);
-        ReweightedLoss r = reweighted_loss(rw, ps.loss, ps.token_counts, step, group);
-        if (rw.strategy != ReweightStrategy::kUniform && a == tc.grad_accum() - 1) ws = weight_stats(r.global_weights);
-        if (rw.token_weighting == TokenWeighting::kTokens) {
-          // The GPT-2 repository's normalisation, sum_i (N w_i) n_i l_i / T,
-          // with T the token count of the whole step over all ranks (times
-          // world for the rank average): identical to it for one rank and
-          // one micro-batch, and exact for any split over ranks and
-          // micro-batches. Uniform weights give the step's token-mean CE.
-          const double n = static_cast<double>(r.global_weights.numel());
-          at::Tensor c = r.local_weights.to(ps.loss.scalar_type()) * ps.token_counts.to(ps.loss.scalar_type());
-          loss = (c * ps.loss).sum() * (n * env.world_size / static_cast<double>(std::max<int64_t>(step_global_tokens, 1)));
-        } else {
-          loss = r.loss / static_cast<double>(tc.grad_accum());
-        }
-        at::Tensor aux = pm.aux_loss();
-        if (aux.numel() > 0) loss = loss + aux.to(loss.scalar_type()) / static_cast<double>(tc.grad_accum());
-        // A non-finite loss still back-propagates: its NaN gradients reach
-        // every rank through the all-reduce, so all ranks skip together.
-        loss.backward();
-      }));
-      const double lv = loss.item<double>();
-      if (!std::isfinite(lv)) finite = false;
-      step_loss += lv;
-      step_tokens += b.global_tokens;
-    }
-    {
-      std::vector<at::Tensor> grads;
-      for (const at::Tensor& p : all_params) {
-        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-        grads.push_back(p.grad());
-      }
-      // The logged loss is the global batch's (each rank holds its share),
-      // and a stop signal seen by any rank stops every rank after this step.
-      grads.push_back(at::tensor({step_loss, StopSignals::pending() != 0 ? 1.0 : 0.0}, at::kDouble).to(device));
-      PEFT_RETURN_IF_ERROR(pg->all_reduce_mean_(grads));
-      at::Tensor shared = grads.back().cpu();
-      step_loss = shared[0].item<double>();
-      stop_requested = shared[1].item<double>() > 0;
-    }
-    // The decision to skip rests on the all-reduced gradients alone, so
-    // that every rank makes the same one.
-    double grad_norm = recipe.optimizer().max_grad_norm() > 0
-                           ? torch::nn::utils::clip_grad_norm_(all_params, recipe.optimizer().max_grad_norm())
-                           : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
-    finite = std::isfinite(grad_norm) && (env.world_size > 1 || finite);
-    if (!finite) {
+    PEFT_ASSIGN_OR_RETURN(const StepResult r, train_step(step_ctx, step_opts, micro_batches, step, lr));
+    const double step_loss = r.loss, grad_norm = r.grad_norm;
+    const int64_t step_tokens = r.tokens;
+    const bool stop_requested = r.stop_requested;
+    const WeightStats& ws = r.weights;
+    if (!r.applied) {
       if (tc.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
         return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
                                                 " (training.on_nonfinite = STOP_RUN)"));
       }
       log(absl::StrCat("warning: non-finite loss or gradient at step ", step + 1, "; step skipped"));
       ++summary.skipped_steps;
-      opt.zero_grad();
-    } else {
-      // Post-clip regularisers (SORSA's official update): scaled by 1/peak lr.
-      at::Tensor reg = pm.regularizer();
-      if (reg.requires_grad()) (reg / recipe.optimizer().lr()).backward();
-      opt.step();
     }
-    pm.on_step(step + 1);
     state.step = step + 1;
     tokens_seen += step_tokens;
     const double dt = now_seconds() - t0;

@@ -330,6 +330,39 @@ TEST_F(TrainCliTest, ARunWithoutCheckpointsIsNeverOverwritten) {
   EXPECT_EQ(slurp(out + "/adapter/adapter_model.safetensors"), adapter);
 }
 
+// PAT's gate schedule depends on the optimizer step: a run with HSM stopped
+// after step 5 of 10 and resumed ends bitwise equal to the uninterrupted run
+// (the schedule continues at the checkpoint's step instead of restarting at
+// t = 0). A constant learning rate makes the 5-step first half the same run.
+TEST_F(TrainCliTest, HsmRunResumedHalfWayIsBitwiseEqual) {
+  const std::string hsm =
+      " --set='adapters.0={ name: \"default\" hsm { target_hidden: 48 bottleneck: 8 global_step: 10 } }'"
+      " --set=schedule.kind=CONSTANT --set=schedule.warmup_steps=0 --set=checkpoint.every_steps=5";
+  const std::string straight = work_ + "/hsm_straight", halves = work_ + "/hsm_halves";
+  const std::string train = "train --recipe=" + work_ + "/recipe.textproto" + hsm;
+  Result a = run(train + " --set=training.steps=10 --output_dir=" + straight);
+  ASSERT_EQ(a.code, 0) << a.err;
+  Result b = run(train + " --set=training.steps=5 --output_dir=" + halves);
+  ASSERT_EQ(b.code, 0) << b.err;
+  b = run(train + " --set=training.steps=10 --output_dir=" + halves + " --resume");
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(json::parse(b.out)["resumed_from_step"], 5);
+  EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"), slurp(halves + "/adapter/adapter_model.safetensors"))
+      << "the resumed HSM adapter differs from the uninterrupted run";
+}
+
+// Reweighting keeps uniform weights for the official 1000 warm-up steps by
+// default, and says so when that covers the whole run.
+TEST_F(TrainCliTest, ReweightingWarmupCoveringTheRunIsSaid) {
+  Result r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --set='reweighting={ strategy: LIN_UPPER }'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("reweighting never starts: warm-up 1000 >= 16 steps"), std::string::npos) << r.err;
+  r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run "
+          "--set='reweighting={ strategy: LIN_UPPER warmup_steps: 0 }'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("reweighting never starts"), std::string::npos) << r.err;
+}
+
 TEST_F(TrainCliTest, BadRecipesNameTheField) {
   Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.stepz=3");
   EXPECT_EQ(r.code, 1);
