@@ -34,6 +34,7 @@
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"
+#include "peft/sorsa/regularizer_step.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
 #include "trainers/loss.h"
@@ -452,6 +453,8 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   // Stream adapters' schedules (HSM) continue where the run stopped.
   pm.on_step(schedule_step(state.step));
   StepContext step_ctx{pm, opt, all_params, pg.get(), group};
+  bool has_sorsa = false;
+  for (const proto::AdapterConfig& a : recipe.adapters()) has_sorsa = has_sorsa || a.has_sorsa();
 
   // Metrics: appended (a resumed run continues the same file, cut back to
   // the checkpoint's step, and its loss curve covers the whole run).
@@ -521,6 +524,7 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
               {"grad_norm", grad_norm}, {"tokens", step_tokens}, {"tokens_per_s", step_tokens / std::max(dt, 1e-9)},
               {"peak_rss_mb", peak_rss_mb()}};
     if (device.is_cuda()) m["peak_cuda_mb"] = peak_cuda_mb(device);
+    if (has_sorsa) m["orthonormality"] = sorsa_orthonormality(pm);  // calc_ortho, without gamma
     if (rw.strategy != ReweightStrategy::kUniform) {
       m["weights"] = {{"min", ws.min}, {"max", ws.max}, {"entropy", ws.entropy}, {"ess", ws.effective_sample_size}};
     }

@@ -351,6 +351,34 @@ TEST_F(TrainCliTest, HsmRunResumedHalfWayIsBitwiseEqual) {
       << "the resumed HSM adapter differs from the uninterrupted run";
 }
 
+// SORSA through the recipe: each step logs calc_ortho (without gamma) as
+// "orthonormality", and the DECOUPLED regulariser keeps it lower than a run
+// without it.
+TEST_F(TrainCliTest, SorsaLogsOrthonormalityAndDecoupledActs) {
+  auto last_ortho = [&](const std::string& name, double gamma) {
+    const std::string out = work_ + "/" + name;
+    Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.steps=6 --output_dir=" + out +
+                   " --set='adapters.0={ name: \"default\" sorsa { r: 4 gamma: " + std::to_string(gamma) +
+                   " reg_mode: DECOUPLED squared_norm: true } target { preset: \"attention\" } }'");
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::istringstream lines(slurp(out + "/metrics.jsonl"));
+    int logged = 0;
+    double ortho = -1;
+    for (std::string l; std::getline(lines, l);) {
+      const json m = json::parse(l);
+      if (!m.contains("loss")) continue;
+      EXPECT_TRUE(m.contains("orthonormality")) << l;
+      ortho = m.value("orthonormality", -1.0);
+      ++logged;
+    }
+    EXPECT_EQ(logged, 6);
+    return ortho;
+  };
+  const double free = last_ortho("sorsa_free", 0.0), held = last_ortho("sorsa_held", 0.5);
+  EXPECT_GT(free, 0.01);
+  EXPECT_LT(held, 0.5 * free) << "DECOUPLED gamma = 0.5 (squared norms) must pull the factors back toward orthonormality";
+}
+
 // Reweighting keeps uniform weights for the official 1000 warm-up steps by
 // default, and says so when that covers the whole run.
 TEST_F(TrainCliTest, ReweightingWarmupCoveringTheRunIsSaid) {
