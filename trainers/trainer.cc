@@ -207,413 +207,509 @@ std::function<void(int64_t, int64_t)> data_progress(const std::function<void(con
   };
 }
 
+// One run of `peft train`, in the order of its lifecycle (the shape of
+// torchtune's recipe classes): processes, resume decision, setup, the
+// optimizer and its state, the steps, the outputs. train() calls the
+// stages in turn; each returns the first error.
+class TrainingRun {
+ public:
+  TrainingRun(const proto::Recipe& recipe, const TrainOptions& options)
+      : recipe_(recipe),
+        options_(options),
+        tc_(recipe.training()),
+        bf16_(tc_.precision() == proto::TrainingConfig::BF16),
+        tty_(isatty(2) && recipe.logging().progress_bar() && !options.log),
+        run_(recipe.output_dir()),
+        log_(options.log ? options.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); }) {
+    summary_.run_dir = run_;
+  }
+
+  const TrainSummary& summary() const { return summary_; }
+
+  // Threads, seed, the torchrun environment, the device (cuda:LOCAL_RANK or
+  // the CPU) and the process group (one process when the environment has
+  // no ranks; only trainable gradients are all-reduced).
+  absl::Status start_processes() {
+    at::set_num_threads(tc_.threads() > 0 ? tc_.threads()
+                                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    at::manual_seed(tc_.seed());
+    PEFT_ASSIGN_OR_RETURN(env_, distributed_env_from_environ());
+    if (resolved_device(recipe_) == proto::TrainingConfig::CUDA) {
+      const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
+      // Without LOCAL_RANK (one process per Kubernetes pod, or RANK set by
+      // hand) ranks take the visible GPUs in turn.
+      if (!env_.local_rank_given && gpus > 0) env_.local_rank = static_cast<int>(env_.rank % gpus);
+      if (env_.local_rank >= gpus) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("training.device: CUDA needs one GPU per rank, but LOCAL_RANK=", env_.local_rank, " and this ",
+                         "machine has ", gpus, " CUDA device(s); start at most ", gpus, " ranks per node"));
+      }
+      device_ = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env_.local_rank));
+      device_guard_.emplace(device_);
+    }
+    backend_ = resolved_backend(recipe_) == proto::DistributedConfig::NCCL ? Backend::kNccl : Backend::kGloo;
+    PEFT_ASSIGN_OR_RETURN(pg_, ProcessGroup::create(env_, backend_, std::chrono::seconds(recipe_.distributed().timeout_s())));
+    summary_.rank = env_.rank;
+    if (!main_rank()) log_ = [](const std::string&) {};
+    return absl::OkStatus();
+  }
+
+  // The run directory decides: refuse to mix two runs, resume from the
+  // newest checkpoint, or report a finished run as it is (returns true: the
+  // summary is the finished run's and there is nothing to do).
+  absl::StatusOr<bool> plan_resume() {
+    PEFT_ASSIGN_OR_RETURN(latest_, latest_checkpoint(run_));
+    const int64_t latest_step = latest_ ? checkpoint_step(*latest_) : -1;
+    std::error_code exists_ec;
+    const bool finished = fs::exists(run_ + "/summary.json", exists_ec);
+    const bool started = finished || fs::exists(run_ + "/metrics.jsonl", exists_ec);
+    // Every rank must see the same run directory (one filesystem shared by
+    // the job): else some would resume and others start afresh.
+    if (env_.world_size > 1) {
+      at::Tensor mine = at::tensor({latest_step, int64_t{finished}, int64_t{started}}, at::kLong);
+      if (backend_ == Backend::kNccl) mine = mine.to(device_);
+      PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg_->all_gather(mine));
+      all = all.to(at::kCPU).view({env_.world_size, 3});
+      if (!all.eq(all[0]).all().item<bool>()) {
+        std::vector<std::string> seen;
+        for (int r = 0; r < env_.world_size; ++r) {
+          const int64_t s = all[r][0].item<int64_t>();
+          seen.push_back(absl::StrCat("rank ", r, ": ", s < 0 ? std::string("no checkpoint") : absl::StrCat("step ", s),
+                                      all[r][1].item<int64_t>() ? ", finished" : ""));
+        }
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the ranks see different run directories at ", run_, " (", absl::StrJoin(seen, "; "),
+            "): every rank must see the same output_dir, on a filesystem the job shares"));
+      }
+    }
+    if (latest_ && !options_.resume) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          run_, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
+    }
+    // A run directory with another run's outputs but no checkpoint: never
+    // overwrite it silently (checkpoint.every_steps = 0 keeps none). Every
+    // rank sees the same files here (checked above; rank 0 writes
+    // metrics.jsonl only after the initial broadcast in setup_optimizer,
+    // which no rank passes before all got here).
+    if (!latest_ && started && !options_.resume) {
+      return absl::FailedPreconditionError(absl::StrCat(run_, " already holds the output of a run (",
+                                                        finished ? "summary.json" : "metrics.jsonl",
+                                                        "): pass another output_dir, or --resume to continue it"));
+    }
+    if (!options_.resume) return false;
+    if (latest_ && latest_step > tc_.steps()) {
+      return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc_.steps(), " is fewer than the ",
+                                                     latest_step, " steps the run's newest checkpoint ", *latest_,
+                                                     " has done"));
+    }
+    json saved;
+    if (finished) {
+      std::ifstream in(run_ + "/summary.json");
+      saved = json::parse(in, nullptr, false);
+    }
+    const int64_t done = saved.is_object() ? saved.value("steps", int64_t{-1}) : -1;
+    if (finished && !latest_ && done != tc_.steps()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          run_, " holds a run that finished at step ", done, " without checkpoints (checkpoint.every_steps = 0), ",
+          "so it cannot be continued to training.steps = ", tc_.steps(), ": pass another output_dir"));
+    }
+    // A finished run (outputs written, and its newest checkpoint, if any, is
+    // the last step) is left as it is.
+    if (finished && done == tc_.steps() && (!latest_ || latest_step == done)) {
+      log_(absl::StrCat("the run in ", run_, " is already complete at step ", done, "; nothing to do",
+                        latest_ ? " (raise training.steps to train further)" : ""));
+      summary_from_json(saved, &summary_);
+      return true;
+    }
+    if (!latest_) log_(absl::StrCat("no checkpoint in ", run_, "; starting from step 0"));
+    return false;
+  }
+
+  // Schedule and step options; model, tokenizer, data (before the adapters:
+  // bad data is reported before any work), adapters, device. Nothing is
+  // written yet.
+  absl::Status setup() {
+    sched_ = schedule_options(recipe_);
+    PEFT_RETURN_IF_ERROR(sched_.validate());
+    step_opts_ = step_options(recipe_);
+    const ReweightOptions& rw = step_opts_.reweight;
+    PEFT_RETURN_IF_ERROR(rw.validate());
+    if (rw.strategy != ReweightStrategy::kUniform && rw.warmup_steps >= tc_.steps()) {
+      log_(absl::StrCat("note: reweighting never starts: warm-up ", rw.warmup_steps, " >= ", tc_.steps(),
+                        " steps (reweighting.warmup_steps; the official default is 1000, set 0 to reweight from the "
+                        "first step)"));
+    }
+    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
+                          with_context(models::load_model(recipe_.model()), "model"));
+    PEFT_ASSIGN_OR_RETURN(
+        std::unique_ptr<data::Tokenizer> tok,
+        with_context(data::load_tokenizer(recipe_.has_tokenizer() ? recipe_.tokenizer() : recipe_.model()),
+                     recipe_.has_tokenizer() ? "tokenizer" : "tokenizer (from model)"));
+    if (tok->vocab_size() > lm->config().vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
+                                                     lm->config().vocab_size()));
+    }
+    data::DataOptions dopts = data_options(recipe_);
+    dopts.threads = tc_.threads();  // 0: every core, as for training
+    dopts.progress = data_progress(log_, recipe_.data().train_file());
+    PEFT_ASSIGN_OR_RETURN(splits_, data::load_dataset(recipe_.data().train_file(), *tok, dopts));
+    log_(splits_.stats.summary());
+    validation_ = splits_.validation;
+    if (recipe_.data().has_validation_file()) {
+      dopts.progress = data_progress(log_, recipe_.data().validation_file());
+      PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe_.data().validation_file(), *tok, dopts));
+      validation_ = v.train;
+    }
+    // Per-block activation checkpointing (models/checkpoint.h): recompute
+    // each block in backward instead of keeping its activations.
+    lm->set_activation_checkpointing(tc_.activation_checkpointing());
+    pm_ = std::make_unique<PeftModel>(lm);
+    std::vector<std::pair<std::string, double>> active;
+    for (int i = 0; i < recipe_.adapters_size(); ++i) {
+      const proto::AdapterConfig& a = recipe_.adapters(i);
+      PEFT_RETURN_IF_ERROR(
+          with_context(pm_->add_adapter(a, tc_.seed()), absl::StrCat("adapters.", i, " '", a.name(), "'")));
+      active.emplace_back(a.name(), 1.0);
+      has_sorsa_ = has_sorsa_ || a.has_sorsa();
+    }
+    if (!active.empty()) {
+      PEFT_RETURN_IF_ERROR(pm_->set_active(active));
+      pm_->freeze_base_();
+    }
+    // Adapters are built on the CPU (the same initial values on every
+    // device) and move with the model.
+    if (!device_.is_cpu()) {
+      PEFT_RETURN_IF_ERROR(status_from_torch_error("moving the model to the training device",
+                                                   [&] { lm->module().to(device_); }));
+    }
+    trainable_ = pm_->trainable_parameters();
+    int64_t n_trainable = 0;
+    for (const auto& p : trainable_) n_trainable += p.second.numel();
+    if (!active.empty()) log_(pm_->summary());
+    summary_.trainable_parameters = n_trainable;
+    return absl::OkStatus();
+  }
+
+  void log_dry_run() {
+    log_(absl::StrCat("dry run: the recipe, model, tokenizer, data and adapters are valid (",
+                      summary_.trainable_parameters, " trainable parameters, ", splits_.stats.train_examples,
+                      " training examples); nothing written"));
+  }
+
+  // Creates the run directory (only now, so that a recipe that fails to
+  // start leaves nothing behind) with the effective recipe. Resuming under
+  // another recipe is allowed (more steps, say), but it is said: only the
+  // same recipe continues exactly.
+  absl::Status open_run_directory() {
+    if (latest_ && options_.resume) {
+      absl::StatusOr<proto::Recipe> before = read_recipe(run_ + "/recipe.textproto");
+      if (!before.ok() && !absl::IsNotFound(before.status())) {
+        log_(absl::StrCat("note: cannot compare with the run's saved recipe: ", before.status().message()));
+      } else if (before.ok()) {
+        if (std::string d = recipe_differences(*before, recipe_); !d.empty()) {
+          log_(absl::StrCat("note: resuming under a recipe that differs from the run's (the new values apply; the ",
+                            "run is no longer the same as one uninterrupted run):\n", d));
+        }
+      }
+    }
+    std::error_code ec;
+    fs::create_directories(run_, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run_, ": ", ec.message()));
+    if (main_rank()) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/recipe.textproto", recipe_to_text(recipe_)));
+    return absl::OkStatus();
+  }
+
+  // AdamW (no weight decay on norms and biases: 1-D tensors), every rank
+  // starting from rank 0's values; the data iterator; the checkpoint's
+  // state when resuming; the metrics file and the step-0 evaluation.
+  absl::Status setup_optimizer() {
+    it_.emplace(splits_.train, micro() * env_.world_size, env_.rank, env_.world_size);  // each rank reads its slice
+    group_.rank = env_.rank;
+    group_.world_size = env_.world_size;
+    group_.all_gather = [pg = pg_.get()](const at::Tensor& t) {
+      absl::StatusOr<at::Tensor> g = pg->all_gather(t);
+      if (!g.ok()) throw std::runtime_error(std::string(g.status().message()));
+      return *g;
+    };
+    {
+      // Adapters are seeded alike on every rank; this guards against any
+      // difference.
+      std::vector<at::Tensor> values;
+      for (const auto& p : trainable_) values.push_back(p.second.detach());
+      torch::NoGradGuard no_grad;
+      PEFT_RETURN_IF_ERROR(pg_->broadcast_(values, 0));
+    }
+    std::vector<at::Tensor> decay, no_decay;
+    for (const auto& [name, p] : trainable_) {
+      (p.dim() >= 2 ? decay : no_decay).push_back(p);
+      params_.push_back(p);
+    }
+    const proto::OptimizerConfig& oc = recipe_.optimizer();
+    auto make_opts = [&](double wd) {
+      return std::make_unique<torch::optim::AdamWOptions>(
+          torch::optim::AdamWOptions(oc.lr()).betas({oc.beta1(), oc.beta2()}).eps(oc.eps()).weight_decay(wd));
+    };
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, make_opts(oc.weight_decay()));
+    groups.emplace_back(no_decay, make_opts(0.0));
+    opt_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(oc.lr()));
+
+    state_.trainable = trainable_;
+    state_.world_size = env_.world_size;
+    if (latest_ && options_.resume) {
+      PEFT_RETURN_IF_ERROR(load_training_state(*latest_, &state_, *opt_, env_.rank, device_));
+      PEFT_RETURN_IF_ERROR(it_->restore({state_.data_epoch, state_.data_index}));
+      summary_.resumed_from_step = state_.step;
+      log_(absl::StrCat("resumed from ", *latest_, " at step ", state_.step));
+      if (state_.world_size > 0 && state_.world_size != env_.world_size) {
+        log_(absl::StrCat("note: the checkpoint was written by ", state_.world_size, " ranks and this run has ",
+                          env_.world_size, ": the global batch changes from ",
+                          micro() * state_.world_size * tc_.grad_accum(), " to ",
+                          micro() * env_.world_size * tc_.grad_accum(),
+                          " examples (the run is no longer the same as one uninterrupted run)"));
+      }
+      state_.world_size = env_.world_size;
+    }
+    // Stream adapters' schedules (HSM) continue where the run stopped.
+    pm_->on_step(schedule_step(state_.step));
+
+    // Metrics: appended (a resumed run continues the same file, cut back to
+    // the checkpoint's step, and its loss curve covers the whole run).
+    if (main_rank() && state_.step > 0) {
+      PEFT_RETURN_IF_ERROR(trim_metrics(run_ + "/metrics.jsonl", state_.step, &train_curve_, &eval_curve_));
+    }
+    if (main_rank()) metrics_.open(run_ + "/metrics.jsonl", state_.step > 0 ? std::ios::app : std::ios::trunc);
+    // A resumed run reports the whole run's first loss and step-0 eval loss.
+    if (!train_curve_.empty()) summary_.first_train_loss = train_curve_.front().second;
+    if (state_.step > 0 && !eval_curve_.empty() && eval_curve_.front().first == 0) {
+      summary_.initial_eval_loss = eval_curve_.front().second;
+    } else {
+      PEFT_ASSIGN_OR_RETURN(summary_.initial_eval_loss, evaluate_now());
+    }
+    if (state_.step == 0 && std::isfinite(summary_.initial_eval_loss)) {
+      eval_curve_.emplace_back(0, summary_.initial_eval_loss);
+      metrics_ << json{{"step", 0}, {"eval_loss", summary_.initial_eval_loss},
+                       {"eval_perplexity", std::exp(summary_.initial_eval_loss)}}.dump() << "\n";
+    }
+    return absl::OkStatus();
+  }
+
+  // The steps from the current one to training.steps: train_step, then
+  // metrics, progress, periodic evaluation and checkpoints. SIGINT/SIGTERM
+  // end the run after the current step, with a checkpoint.
+  absl::Status train_steps() {
+    pm_->model().module().train();
+    StopSignals stop_signals(/*announce=*/main_rank(), /*repeat_kills=*/true);
+    StepContext ctx{*pm_, *opt_, params_, pg_.get(), group_};
+    t_start_ = now_seconds();
+    const int64_t total = tc_.steps();
+    for (int64_t step = state_.step; step < total; ++step) {
+      const double t0 = now_seconds();
+      const double lr = learning_rate(sched_, step);
+      std::vector<data::Batch> micro_batches;
+      for (int a = 0; a < tc_.grad_accum(); ++a) {
+        PEFT_ASSIGN_OR_RETURN(data::Batch b, it_->next());
+        micro_batches.push_back(to_device(std::move(b), device_));
+      }
+      PEFT_ASSIGN_OR_RETURN(const StepResult r, train_step(ctx, step_opts_, micro_batches, step, lr));
+      if (!r.applied) {
+        if (tc_.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
+          return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
+                                                  " (training.on_nonfinite = STOP_RUN)"));
+        }
+        log_(absl::StrCat("warning: non-finite loss or gradient at step ", step + 1, "; step skipped"));
+        ++summary_.skipped_steps;
+      }
+      state_.step = step + 1;
+      tokens_seen_ += r.tokens;
+      PEFT_RETURN_IF_ERROR(record_step(step, lr, r, now_seconds() - t0));
+      // Every every_steps steps and after the last one, so that --resume
+      // with more training.steps continues a finished run instead of redoing
+      // its tail.
+      const bool stop_now = r.stop_requested && step + 1 < total;
+      if (stop_now || (recipe_.checkpoint().every_steps() > 0 &&
+                       ((step + 1) % recipe_.checkpoint().every_steps() == 0 || step + 1 == total))) {
+        PEFT_RETURN_IF_ERROR(save_checkpoint());
+      }
+      if (stop_now) {
+        if (tty_) std::fprintf(stderr, "\n");
+        const int sig = StopSignals::pending();
+        return absl::AbortedError(absl::StrCat(
+            "stopped by ", sig != 0 ? StopSignals::name(sig) : std::string("a stop signal on another rank"),
+            " after step ", step + 1, " of ", total, "; checkpoint ", checkpoint_dir(run_, step + 1),
+            " saved: continue with --resume"));
+      }
+    }
+    if (tty_) std::fprintf(stderr, "\n");
+    summary_.steps = state_.step;
+    summary_.tokens_per_second = tokens_seen_ / std::max(now_seconds() - t_start_, 1e-9);
+    return absl::OkStatus();
+  }
+
+  // The final evaluation, then (rank 0) the adapters in the PEFT layout or
+  // the full model, the merged model, loss.svg, summary.json and one
+  // readable line.
+  absl::Status write_outputs() {
+    PEFT_ASSIGN_OR_RETURN(summary_.final_eval_loss, evaluate_now());
+    PEFT_RETURN_IF_ERROR(pg_->barrier());
+    if (!main_rank()) return absl::OkStatus();  // rank 0 writes the outputs
+    if (std::isfinite(summary_.final_eval_loss)) {
+      eval_curve_.emplace_back(state_.step, summary_.final_eval_loss);
+      metrics_ << json{{"step", state_.step}, {"eval_loss", summary_.final_eval_loss},
+                       {"eval_perplexity", std::exp(summary_.final_eval_loss)}}.dump() << "\n";
+    }
+    metrics_.close();
+    PeftModel& pm = *pm_;
+    for (const proto::AdapterConfig& a : recipe_.adapters()) {
+      const std::string dir = recipe_.adapters_size() == 1 ? run_ + "/adapter" : run_ + "/adapter_" + a.name();
+      PEFT_RETURN_IF_ERROR(pm.save_adapter(dir, a.name(), /*overwrite=*/true, recipe_.model()));
+    }
+    // Model directories carry the tokenizer, so `peft generate --model=DIR` works.
+    models::SaveOptions so;
+    so.overwrite = true;
+    so.extra_files = models::export_files(recipe_.model(), recipe_.tokenizer());
+    if (recipe_.adapters_size() == 0) {
+      PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run_ + "/model", so));
+    } else if (recipe_.checkpoint().merge_on_finish()) {
+      PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
+      PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run_ + "/merged", so));
+    }
+    PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/loss.svg", loss_svg(train_curve_, eval_curve_)));
+    const TrainSummary& s = summary_;
+    json j = {{"steps", s.steps},
+              {"resumed_from_step", s.resumed_from_step},
+              {"trainable_parameters", s.trainable_parameters},
+              {"first_train_loss", s.first_train_loss},
+              {"final_train_loss", s.final_train_loss},
+              {"initial_eval_loss", s.initial_eval_loss},
+              {"final_eval_loss", s.final_eval_loss},
+              {"tokens_per_second", s.tokens_per_second},
+              {"skipped_steps", s.skipped_steps},
+              {"peak_rss_mb", peak_rss_mb()}};
+    if (device_.is_cuda()) j["peak_cuda_mb"] = peak_cuda_mb(device_);
+    PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/summary.json", j.dump(2) + "\n"));
+    // One readable line for people (the CLI's stdout JSON is for programs).
+    std::string done = absl::StrFormat("done: step %d in %s (%.0f tok/s)", s.steps, clock_text(now_seconds() - t_start_),
+                                       s.tokens_per_second);
+    if (std::isfinite(s.initial_eval_loss) && std::isfinite(s.final_eval_loss)) {
+      absl::StrAppendFormat(&done, "; eval loss %.4f -> %.4f (perplexity %.2f -> %.2f)", s.initial_eval_loss,
+                            s.final_eval_loss, std::exp(s.initial_eval_loss), std::exp(s.final_eval_loss));
+    }
+    std::string outputs =
+        recipe_.adapters_size() == 0 ? "model/" : (recipe_.adapters_size() == 1 ? "adapter/" : "adapter_*/");
+    if (recipe_.adapters_size() > 0 && recipe_.checkpoint().merge_on_finish()) outputs += ", merged/";
+    log_(absl::StrCat(done, "; wrote ", outputs, ", metrics.jsonl, loss.svg, summary.json in ", run_));
+    return absl::OkStatus();
+  }
+
+ private:
+  bool main_rank() const { return env_.rank == 0; }
+  int64_t micro() const { return tc_.micro_batch(); }
+
+  absl::StatusOr<double> evaluate_now() {
+    return evaluate(*pm_, validation_, micro() * env_.world_size, recipe_.eval().max_batches(), bf16_, device_);
+  }
+
+  // Every rank's generators go into rank 0's checkpoint (a collective: all
+  // ranks reach it at the same step).
+  absl::Status save_checkpoint() {
+    const data::DataPosition pos = it_->position();
+    state_.data_epoch = pos.epoch;
+    state_.data_index = pos.index;
+    PEFT_ASSIGN_OR_RETURN(state_.rng, gather_rng_states(*pg_, device_));
+    if (main_rank()) PEFT_RETURN_IF_ERROR(save_training_state(run_, state_, *opt_, recipe_.checkpoint().keep_last()));
+    return absl::OkStatus();
+  }
+
+  // Step `step`'s metrics line, curves, periodic evaluation and progress.
+  absl::Status record_step(int64_t step, double lr, const StepResult& r, double seconds) {
+    const int64_t total = tc_.steps();
+    if (std::isnan(summary_.first_train_loss)) summary_.first_train_loss = r.loss;
+    summary_.final_train_loss = r.loss;
+    train_curve_.emplace_back(step + 1, r.loss);
+    json m = {{"step", step + 1},         {"loss", r.loss},     {"lr", lr},
+              {"grad_norm", r.grad_norm}, {"tokens", r.tokens}, {"tokens_per_s", r.tokens / std::max(seconds, 1e-9)},
+              {"peak_rss_mb", peak_rss_mb()}};
+    if (device_.is_cuda()) m["peak_cuda_mb"] = peak_cuda_mb(device_);
+    if (has_sorsa_) m["orthonormality"] = sorsa_orthonormality(*pm_);  // calc_ortho, without gamma
+    if (step_opts_.reweight.strategy != ReweightStrategy::kUniform) {
+      const WeightStats& ws = r.weights;
+      m["weights"] = {{"min", ws.min}, {"max", ws.max}, {"entropy", ws.entropy}, {"ess", ws.effective_sample_size}};
+    }
+    const bool eval_now = recipe_.eval().every_steps() > 0 && (step + 1) % recipe_.eval().every_steps() == 0;
+    if (eval_now && step + 1 < total) {
+      PEFT_ASSIGN_OR_RETURN(double ev, evaluate_now());
+      m["eval_loss"] = ev;
+      m["eval_perplexity"] = std::exp(ev);
+      eval_curve_.emplace_back(step + 1, ev);
+    }
+    if (main_rank()) metrics_ << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    const double elapsed = now_seconds() - t_start_;
+    const double eta = elapsed / (step + 1 - summary_.resumed_from_step) * (total - step - 1);
+    const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", step + 1, total,
+                                             r.loss, lr, tokens_seen_ / std::max(elapsed, 1e-9), clock_text(eta));
+    if (tty_) {
+      std::fprintf(stderr, "\r%s %s\033[K", progress_bar(step + 1, total).c_str(), line.c_str());
+    } else if ((step + 1) % recipe_.logging().every_steps() == 0 || step + 1 == total) {
+      log_(line);
+    }
+    return absl::OkStatus();
+  }
+
+  const proto::Recipe& recipe_;
+  const TrainOptions& options_;
+  const proto::TrainingConfig& tc_;
+  const bool bf16_, tty_;
+  const std::string run_;
+  std::function<void(const std::string&)> log_;
+  TrainSummary summary_;
+  // start_processes
+  DistributedEnv env_;
+  at::Device device_{at::kCPU};
+  std::optional<c10::DeviceGuard> device_guard_;  // CUDA: the current device for the run
+  Backend backend_ = Backend::kGloo;
+  std::unique_ptr<ProcessGroup> pg_;
+  // plan_resume
+  std::optional<std::string> latest_;  // the newest checkpoint
+  // setup
+  ScheduleOptions sched_;
+  StepOptions step_opts_;
+  data::DataSplits splits_;
+  data::Dataset validation_;
+  std::unique_ptr<PeftModel> pm_;
+  std::vector<std::pair<std::string, at::Tensor>> trainable_;
+  bool has_sorsa_ = false;
+  // setup_optimizer
+  std::optional<data::BatchIterator> it_;
+  DataParallelGroup group_;
+  std::vector<at::Tensor> params_;
+  std::unique_ptr<torch::optim::AdamW> opt_;
+  TrainingState state_;
+  std::ofstream metrics_;
+  std::vector<std::pair<int64_t, double>> train_curve_, eval_curve_;
+  // train_steps
+  double t_start_ = 0;
+  int64_t tokens_seen_ = 0;
+};
+
 }  // namespace
 
 absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptions& options) {
   PEFT_RETURN_IF_ERROR(validate_recipe(recipe));
-  auto log = options.log ? options.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  const bool tty = isatty(2) && recipe.logging().progress_bar() && !options.log;
-  const proto::TrainingConfig& tc = recipe.training();
-  at::set_num_threads(tc.threads() > 0 ? tc.threads() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  at::manual_seed(tc.seed());
-  const bool bf16 = tc.precision() == proto::TrainingConfig::BF16;
-
-  // Data parallel: the torchrun environment (RANK, WORLD_SIZE, ...); one
-  // process when absent. Only trainable gradients are all-reduced.
-  PEFT_ASSIGN_OR_RETURN(DistributedEnv env, distributed_env_from_environ());
-  // The device: cuda:LOCAL_RANK (one GPU per rank) or the CPU.
-  at::Device device(at::kCPU);
-  std::optional<c10::DeviceGuard> device_guard;  // CUDA: the current device for the run
-  if (resolved_device(recipe) == proto::TrainingConfig::CUDA) {
-    const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
-    // Without LOCAL_RANK (one process per Kubernetes pod, or RANK set by
-    // hand) ranks take the visible GPUs in turn.
-    if (!env.local_rank_given && gpus > 0) env.local_rank = static_cast<int>(env.rank % gpus);
-    if (env.local_rank >= gpus) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("training.device: CUDA needs one GPU per rank, but LOCAL_RANK=", env.local_rank, " and this ",
-                       "machine has ", gpus, " CUDA device(s); start at most ", gpus, " ranks per node"));
-    }
-    device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-    device_guard.emplace(device);
-  }
-  const Backend backend =
-      resolved_backend(recipe) == proto::DistributedConfig::NCCL ? Backend::kNccl : Backend::kGloo;
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<ProcessGroup> pg,
-                        ProcessGroup::create(env, backend, std::chrono::seconds(recipe.distributed().timeout_s())));
-  const bool main_rank = env.rank == 0;
-  if (!main_rank) log = [](const std::string&) {};
-
-  // The run directory: refuse to mix two runs. It is created only once the
-  // model, adapters and data have loaded, so a recipe that fails to start
-  // leaves nothing behind.
-  const std::string run = recipe.output_dir();
-  TrainSummary summary;
-  summary.run_dir = run;
-  summary.rank = env.rank;
-  PEFT_ASSIGN_OR_RETURN(std::optional<std::string> latest, latest_checkpoint(run));
-  const int64_t latest_step = latest ? checkpoint_step(*latest) : -1;
-  std::error_code exists_ec;
-  const bool finished = fs::exists(run + "/summary.json", exists_ec);
-  const bool started = finished || fs::exists(run + "/metrics.jsonl", exists_ec);
-  // Every rank must see the same run directory (one filesystem shared by the
-  // job): else some would resume and others start afresh.
-  if (env.world_size > 1) {
-    at::Tensor mine = at::tensor({latest_step, int64_t{finished}, int64_t{started}}, at::kLong);
-    if (backend == Backend::kNccl) mine = mine.to(device);
-    PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg->all_gather(mine));
-    all = all.to(at::kCPU).view({env.world_size, 3});
-    if (!all.eq(all[0]).all().item<bool>()) {
-      std::vector<std::string> seen;
-      for (int r = 0; r < env.world_size; ++r) {
-        const int64_t s = all[r][0].item<int64_t>();
-        seen.push_back(absl::StrCat("rank ", r, ": ", s < 0 ? std::string("no checkpoint") : absl::StrCat("step ", s),
-                                    all[r][1].item<int64_t>() ? ", finished" : ""));
-      }
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the ranks see different run directories at ", run, " (", absl::StrJoin(seen, "; "),
-          "): every rank must see the same output_dir, on a filesystem the job shares"));
-    }
-  }
-  if (latest && !options.resume) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(run, " already holds checkpoints of a run: pass --resume to continue it, or another output_dir"));
-  }
-  // A run directory with another run's outputs but no checkpoint: never
-  // overwrite it silently (checkpoint.every_steps = 0 keeps none). Every rank
-  // sees the same files here (checked above; rank 0 writes metrics.jsonl only
-  // after the initial broadcast below, which no rank passes before all got
-  // here).
-  if (!latest && started && !options.resume) {
-    return absl::FailedPreconditionError(absl::StrCat(run, " already holds the output of a run (",
-                                                      finished ? "summary.json" : "metrics.jsonl",
-                                                      "): pass another output_dir, or --resume to continue it"));
-  }
-  if (options.resume) {
-    if (latest && latest_step > tc.steps()) {
-      return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc.steps(), " is fewer than the ", latest_step,
-                                                     " steps the run's newest checkpoint ", *latest, " has done"));
-    }
-    json saved;
-    if (finished) {
-      std::ifstream in(run + "/summary.json");
-      saved = json::parse(in, nullptr, false);
-    }
-    const int64_t done = saved.is_object() ? saved.value("steps", int64_t{-1}) : -1;
-    if (finished && !latest && done != tc.steps()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          run, " holds a run that finished at step ", done, " without checkpoints (checkpoint.every_steps = 0), ",
-          "so it cannot be continued to training.steps = ", tc.steps(), ": pass another output_dir"));
-    }
-    // A finished run (outputs written, and its newest checkpoint, if any, is
-    // the last step) is left as it is.
-    if (finished && done == tc.steps() && (!latest || latest_step == done)) {
-      log(absl::StrCat("the run in ", run, " is already complete at step ", done, "; nothing to do",
-                       latest ? " (raise training.steps to train further)" : ""));
-      summary_from_json(saved, &summary);
-      return summary;
-    }
-    if (!latest) log(absl::StrCat("no checkpoint in ", run, "; starting from step 0"));
-  }
-  const ScheduleOptions sched = schedule_options(recipe);
-  PEFT_RETURN_IF_ERROR(sched.validate());
-  const StepOptions step_opts = step_options(recipe);
-  const ReweightOptions& rw = step_opts.reweight;
-  PEFT_RETURN_IF_ERROR(rw.validate());
-  if (rw.strategy != ReweightStrategy::kUniform && rw.warmup_steps >= tc.steps()) {
-    log(absl::StrCat("note: reweighting never starts: warm-up ", rw.warmup_steps, " >= ", tc.steps(),
-                     " steps (reweighting.warmup_steps; the official default is 1000, set 0 to reweight from the "
-                     "first step)"));
-  }
-
-  // Model, tokenizer, adapters.
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
-                        with_context(models::load_model(recipe.model()), "model"));
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok,
-                        with_context(data::load_tokenizer(recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model()),
-                                     recipe.has_tokenizer() ? "tokenizer" : "tokenizer (from model)"));
-  if (tok->vocab_size() > lm->config().vocab_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
-                                                   lm->config().vocab_size()));
-  }
-  // Data (before the adapters: bad data is reported before any work).
-  data::DataOptions dopts = data_options(recipe);
-  dopts.threads = tc.threads();  // 0: every core, as for training
-  dopts.progress = data_progress(log, recipe.data().train_file());
-  PEFT_ASSIGN_OR_RETURN(data::DataSplits splits, data::load_dataset(recipe.data().train_file(), *tok, dopts));
-  log(splits.stats.summary());
-  data::Dataset validation = splits.validation;
-  if (recipe.data().has_validation_file()) {
-    dopts.progress = data_progress(log, recipe.data().validation_file());
-    PEFT_ASSIGN_OR_RETURN(data::DataSplits v, data::load_dataset(recipe.data().validation_file(), *tok, dopts));
-    validation = v.train;
-  }
-  // Per-block activation checkpointing (models/checkpoint.h): recompute each
-  // block in backward instead of keeping its activations.
-  lm->set_activation_checkpointing(tc.activation_checkpointing());
-  PeftModel pm(lm);
-  std::vector<std::pair<std::string, double>> active;
-  for (int i = 0; i < recipe.adapters_size(); ++i) {
-    const proto::AdapterConfig& a = recipe.adapters(i);
-    PEFT_RETURN_IF_ERROR(with_context(pm.add_adapter(a, tc.seed()), absl::StrCat("adapters.", i, " '", a.name(), "'")));
-    active.emplace_back(a.name(), 1.0);
-  }
-  if (!active.empty()) {
-    PEFT_RETURN_IF_ERROR(pm.set_active(active));
-    pm.freeze_base_();
-  }
-  // Adapters are built on the CPU (the same initial values on every device)
-  // and move with the model.
-  if (!device.is_cpu()) {
-    PEFT_RETURN_IF_ERROR(status_from_torch_error("moving the model to the training device",
-                                                 [&] { lm->module().to(device); }));
-  }
-  std::vector<std::pair<std::string, at::Tensor>> trainable = pm.trainable_parameters();
-  int64_t n_trainable = 0;
-  for (const auto& p : trainable) n_trainable += p.second.numel();
-  if (!active.empty()) log(pm.summary());
-  summary.trainable_parameters = n_trainable;
+  TrainingRun run(recipe, options);
+  PEFT_RETURN_IF_ERROR(run.start_processes());
+  PEFT_ASSIGN_OR_RETURN(const bool complete, run.plan_resume());
+  if (complete) return run.summary();
+  PEFT_RETURN_IF_ERROR(run.setup());
   if (options.dry_run) {
-    log(absl::StrCat("dry run: the recipe, model, tokenizer, data and adapters are valid (", n_trainable,
-                     " trainable parameters, ", splits.stats.train_examples, " training examples); nothing written"));
-    return summary;
+    run.log_dry_run();
+    return run.summary();
   }
-
-  // Resuming under another recipe is allowed (more steps, say), but it is
-  // said: only the same recipe continues exactly.
-  if (latest && options.resume) {
-    absl::StatusOr<proto::Recipe> before = read_recipe(run + "/recipe.textproto");
-    if (!before.ok() && !absl::IsNotFound(before.status())) {
-      log(absl::StrCat("note: cannot compare with the run's saved recipe: ", before.status().message()));
-    } else if (before.ok()) {
-      if (std::string d = recipe_differences(*before, recipe); !d.empty()) {
-        log(absl::StrCat("note: resuming under a recipe that differs from the run's (the new values apply; the run ",
-                         "is no longer the same as one uninterrupted run):\n", d));
-      }
-    }
-  }
-  std::error_code ec;
-  fs::create_directories(run, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run, ": ", ec.message()));
-  if (main_rank) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/recipe.textproto", recipe_to_text(recipe)));
-  const int64_t micro = tc.micro_batch();
-  // The global batch is micro_batch x world; each rank reads its slice.
-  data::BatchIterator it(splits.train, micro * env.world_size, env.rank, env.world_size);
-  DataParallelGroup group;
-  group.rank = env.rank;
-  group.world_size = env.world_size;
-  group.all_gather = [&pg](const at::Tensor& t) {
-    absl::StatusOr<at::Tensor> g = pg->all_gather(t);
-    if (!g.ok()) throw std::runtime_error(std::string(g.status().message()));
-    return *g;
-  };
-
-  // Optimizer: no weight decay on norms and biases (1-D tensors).
-  std::vector<at::Tensor> decay, no_decay, all_params;
-  {
-    // Every rank starts from rank 0's values (adapters are seeded alike;
-    // this guards against any difference).
-    std::vector<at::Tensor> values;
-    for (const auto& p : trainable) values.push_back(p.second.detach());
-    torch::NoGradGuard no_grad;
-    PEFT_RETURN_IF_ERROR(pg->broadcast_(values, 0));
-  }
-  for (const auto& [name, p] : trainable) {
-    (p.dim() >= 2 ? decay : no_decay).push_back(p);
-    all_params.push_back(p);
-  }
-  auto make_opts = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(recipe.optimizer().lr())
-            .betas({recipe.optimizer().beta1(), recipe.optimizer().beta2()})
-            .eps(recipe.optimizer().eps())
-            .weight_decay(wd));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, make_opts(recipe.optimizer().weight_decay()));
-  groups.emplace_back(no_decay, make_opts(0.0));
-  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(recipe.optimizer().lr()));
-
-  TrainingState state;
-  state.trainable = trainable;
-  state.world_size = env.world_size;
-  if (latest && options.resume) {
-    PEFT_RETURN_IF_ERROR(load_training_state(*latest, &state, opt, env.rank, device));
-    PEFT_RETURN_IF_ERROR(it.restore({state.data_epoch, state.data_index}));
-    summary.resumed_from_step = state.step;
-    log(absl::StrCat("resumed from ", *latest, " at step ", state.step));
-    if (state.world_size > 0 && state.world_size != env.world_size) {
-      log(absl::StrCat("note: the checkpoint was written by ", state.world_size, " ranks and this run has ",
-                       env.world_size, ": the global batch changes from ", micro * state.world_size * tc.grad_accum(),
-                       " to ", micro * env.world_size * tc.grad_accum(),
-                       " examples (the run is no longer the same as one uninterrupted run)"));
-    }
-    state.world_size = env.world_size;
-  }
-  // Stream adapters' schedules (HSM) continue where the run stopped.
-  pm.on_step(schedule_step(state.step));
-  StepContext step_ctx{pm, opt, all_params, pg.get(), group};
-  bool has_sorsa = false;
-  for (const proto::AdapterConfig& a : recipe.adapters()) has_sorsa = has_sorsa || a.has_sorsa();
-
-  // Metrics: appended (a resumed run continues the same file, cut back to
-  // the checkpoint's step, and its loss curve covers the whole run).
-  std::vector<std::pair<int64_t, double>> train_curve, eval_curve;
-  if (main_rank && state.step > 0) {
-    PEFT_RETURN_IF_ERROR(trim_metrics(run + "/metrics.jsonl", state.step, &train_curve, &eval_curve));
-  }
-  std::ofstream metrics;
-  if (main_rank) metrics.open(run + "/metrics.jsonl", state.step > 0 ? std::ios::app : std::ios::trunc);
-  // A resumed run reports the whole run's first loss and step-0 eval loss.
-  if (!train_curve.empty()) summary.first_train_loss = train_curve.front().second;
-  if (state.step > 0 && !eval_curve.empty() && eval_curve.front().first == 0) {
-    summary.initial_eval_loss = eval_curve.front().second;
-  } else {
-    PEFT_ASSIGN_OR_RETURN(summary.initial_eval_loss,
-                          evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
-  }
-  if (state.step == 0 && std::isfinite(summary.initial_eval_loss)) {
-    eval_curve.emplace_back(0, summary.initial_eval_loss);
-    metrics << json{{"step", 0}, {"eval_loss", summary.initial_eval_loss},
-                    {"eval_perplexity", std::exp(summary.initial_eval_loss)}}.dump() << "\n";
-  }
-  pm.model().module().train();
-  // SIGINT/SIGTERM end the run after the current step, with a checkpoint.
-  StopSignals stop_signals(/*announce=*/main_rank, /*repeat_kills=*/true);
-  auto save_checkpoint = [&]() -> absl::Status {
-    const data::DataPosition pos = it.position();
-    state.data_epoch = pos.epoch;
-    state.data_index = pos.index;
-    // Every rank's generators go into rank 0's checkpoint (a collective:
-    // all ranks reach it at the same step).
-    PEFT_ASSIGN_OR_RETURN(state.rng, gather_rng_states(*pg, device));
-    if (main_rank) PEFT_RETURN_IF_ERROR(save_training_state(run, state, opt, recipe.checkpoint().keep_last()));
-    return absl::OkStatus();
-  };
-  const double t_start = now_seconds();
-  int64_t tokens_seen = 0;
-  const int64_t total = tc.steps();
-  for (int64_t step = state.step; step < total; ++step) {
-    const double t0 = now_seconds();
-    const double lr = learning_rate(sched, step);
-    std::vector<data::Batch> micro_batches;
-    for (int a = 0; a < tc.grad_accum(); ++a) {
-      PEFT_ASSIGN_OR_RETURN(data::Batch b, it.next());
-      micro_batches.push_back(to_device(std::move(b), device));
-    }
-    PEFT_ASSIGN_OR_RETURN(const StepResult r, train_step(step_ctx, step_opts, micro_batches, step, lr));
-    const double step_loss = r.loss, grad_norm = r.grad_norm;
-    const int64_t step_tokens = r.tokens;
-    const bool stop_requested = r.stop_requested;
-    const WeightStats& ws = r.weights;
-    if (!r.applied) {
-      if (tc.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
-        return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
-                                                " (training.on_nonfinite = STOP_RUN)"));
-      }
-      log(absl::StrCat("warning: non-finite loss or gradient at step ", step + 1, "; step skipped"));
-      ++summary.skipped_steps;
-    }
-    state.step = step + 1;
-    tokens_seen += step_tokens;
-    const double dt = now_seconds() - t0;
-    if (std::isnan(summary.first_train_loss)) summary.first_train_loss = step_loss;
-    summary.final_train_loss = step_loss;
-    train_curve.emplace_back(step + 1, step_loss);
-    json m = {{"step", step + 1},       {"loss", step_loss},     {"lr", lr},
-              {"grad_norm", grad_norm}, {"tokens", step_tokens}, {"tokens_per_s", step_tokens / std::max(dt, 1e-9)},
-              {"peak_rss_mb", peak_rss_mb()}};
-    if (device.is_cuda()) m["peak_cuda_mb"] = peak_cuda_mb(device);
-    if (has_sorsa) m["orthonormality"] = sorsa_orthonormality(pm);  // calc_ortho, without gamma
-    if (rw.strategy != ReweightStrategy::kUniform) {
-      m["weights"] = {{"min", ws.min}, {"max", ws.max}, {"entropy", ws.entropy}, {"ess", ws.effective_sample_size}};
-    }
-    const bool eval_now = recipe.eval().every_steps() > 0 && (step + 1) % recipe.eval().every_steps() == 0;
-    if (eval_now && step + 1 < total) {
-      PEFT_ASSIGN_OR_RETURN(double ev, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
-      m["eval_loss"] = ev;
-      m["eval_perplexity"] = std::exp(ev);
-      eval_curve.emplace_back(step + 1, ev);
-    }
-    if (main_rank) metrics << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
-    const double elapsed = now_seconds() - t_start;
-    const double eta = elapsed / (step + 1 - summary.resumed_from_step) * (total - step - 1);
-    const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", step + 1, total,
-                                             step_loss, lr, tokens_seen / std::max(elapsed, 1e-9), clock_text(eta));
-    if (tty) {
-      std::fprintf(stderr, "\r%s %s\033[K", progress_bar(step + 1, total).c_str(), line.c_str());
-    } else if ((step + 1) % recipe.logging().every_steps() == 0 || step + 1 == total) {
-      log(line);
-    }
-    // Every every_steps steps and after the last one, so that --resume with
-    // more training.steps continues a finished run instead of redoing its tail.
-    const bool stop_now = stop_requested && step + 1 < total;
-    if (stop_now || (recipe.checkpoint().every_steps() > 0 &&
-                     ((step + 1) % recipe.checkpoint().every_steps() == 0 || step + 1 == total))) {
-      PEFT_RETURN_IF_ERROR(save_checkpoint());
-    }
-    if (stop_now) {
-      if (tty) std::fprintf(stderr, "\n");
-      const int sig = StopSignals::pending();
-      return absl::AbortedError(absl::StrCat(
-          "stopped by ", sig != 0 ? StopSignals::name(sig) : std::string("a stop signal on another rank"),
-          " after step ", step + 1, " of ", total, "; checkpoint ", checkpoint_dir(run, step + 1),
-          " saved: continue with --resume"));
-    }
-  }
-  if (tty) std::fprintf(stderr, "\n");
-  summary.steps = state.step;
-  summary.tokens_per_second = tokens_seen / std::max(now_seconds() - t_start, 1e-9);
-  PEFT_ASSIGN_OR_RETURN(summary.final_eval_loss, evaluate(pm, validation, micro * env.world_size, recipe.eval().max_batches(), bf16, device));
-  PEFT_RETURN_IF_ERROR(pg->barrier());
-  if (!main_rank) return summary;  // rank 0 writes the outputs
-  if (std::isfinite(summary.final_eval_loss)) {
-    eval_curve.emplace_back(state.step, summary.final_eval_loss);
-    metrics << json{{"step", state.step}, {"eval_loss", summary.final_eval_loss},
-                    {"eval_perplexity", std::exp(summary.final_eval_loss)}}.dump() << "\n";
-  }
-  metrics.close();
-
-  // Outputs: the adapters in the PEFT layout (or the full model), merged model.
-  for (const proto::AdapterConfig& a : recipe.adapters()) {
-    const std::string dir = recipe.adapters_size() == 1 ? run + "/adapter" : run + "/adapter_" + a.name();
-    PEFT_RETURN_IF_ERROR(pm.save_adapter(dir, a.name(), /*overwrite=*/true, recipe.model()));
-  }
-  // Model directories carry the tokenizer, so `peft generate --model=DIR` works.
-  models::SaveOptions so;
-  so.overwrite = true;
-  so.extra_files = models::export_files(recipe.model(), recipe.tokenizer());
-  if (recipe.adapters_size() == 0) {
-    PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/model", so));
-  } else if (recipe.checkpoint().merge_on_finish()) {
-    PEFT_RETURN_IF_ERROR(pm.merge_and_unload_());
-    PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), run + "/merged", so));
-  }
-  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/loss.svg", loss_svg(train_curve, eval_curve)));
-  json s = {{"steps", summary.steps},
-            {"resumed_from_step", summary.resumed_from_step},
-            {"trainable_parameters", summary.trainable_parameters},
-            {"first_train_loss", summary.first_train_loss},
-            {"final_train_loss", summary.final_train_loss},
-            {"initial_eval_loss", summary.initial_eval_loss},
-            {"final_eval_loss", summary.final_eval_loss},
-            {"tokens_per_second", summary.tokens_per_second},
-            {"skipped_steps", summary.skipped_steps},
-            {"peak_rss_mb", peak_rss_mb()}};
-  if (device.is_cuda()) s["peak_cuda_mb"] = peak_cuda_mb(device);
-  PEFT_RETURN_IF_ERROR(io::write_file_atomically(run + "/summary.json", s.dump(2) + "\n"));
-  // One readable line for people (the CLI's stdout JSON is for programs).
-  std::string done = absl::StrFormat("done: step %d in %s (%.0f tok/s)", summary.steps,
-                                     clock_text(now_seconds() - t_start), summary.tokens_per_second);
-  if (std::isfinite(summary.initial_eval_loss) && std::isfinite(summary.final_eval_loss)) {
-    absl::StrAppendFormat(&done, "; eval loss %.4f -> %.4f (perplexity %.2f -> %.2f)", summary.initial_eval_loss,
-                          summary.final_eval_loss, std::exp(summary.initial_eval_loss),
-                          std::exp(summary.final_eval_loss));
-  }
-  std::string outputs = recipe.adapters_size() == 0 ? "model/" : (recipe.adapters_size() == 1 ? "adapter/" : "adapter_*/");
-  if (recipe.adapters_size() > 0 && recipe.checkpoint().merge_on_finish()) outputs += ", merged/";
-  log(absl::StrCat(done, "; wrote ", outputs, ", metrics.jsonl, loss.svg, summary.json in ", run));
-  return summary;
+  PEFT_RETURN_IF_ERROR(run.open_run_directory());
+  PEFT_RETURN_IF_ERROR(run.setup_optimizer());
+  PEFT_RETURN_IF_ERROR(run.train_steps());
+  PEFT_RETURN_IF_ERROR(run.write_outputs());
+  return run.summary();
 }
 
 }  // namespace peft::trainers
