@@ -51,6 +51,40 @@ double matmul_gflops(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, cons
 
 }  // namespace
 
+models::ModelConfig perf_model_config(const PerfOptions& o) {
+  models::ModelConfig c;
+  c.arch = models::Architecture::kLlama;
+  c.llama.vocab_size = o.vocab;
+  c.llama.hidden_size = o.hidden;
+  c.llama.intermediate_size = o.ffn;
+  c.llama.num_hidden_layers = o.layers;
+  c.llama.num_attention_heads = o.heads;
+  c.llama.num_key_value_heads = o.heads;
+  c.llama.head_dim = o.hidden / o.heads;
+  c.llama.max_position_embeddings = std::max<int64_t>(o.seq, 512);
+  return c;
+}
+
+proto::AdapterConfig perf_adapter(const PerfOptions& o) {
+  proto::AdapterConfig ac;
+  ac.set_name("default");
+  ac.mutable_lora()->set_r(static_cast<int32_t>(o.lora_r));
+  ac.mutable_lora()->set_alpha(static_cast<float>(2 * o.lora_r));
+  ac.mutable_target()->set_preset("all_linear");
+  return ac;
+}
+
+data::Batch perf_batch(const PerfOptions& o, const at::Device& device) {
+  // Random tokens, a fixed batch: the data pipeline is not what is measured.
+  at::manual_seed(0);
+  const at::Tensor ids = at::randint(o.vocab, {o.batch, o.seq + 1}, at::kLong).to(device);
+  data::Batch b;
+  b.input_ids = ids.narrow(1, 0, o.seq).contiguous();
+  b.labels = ids.narrow(1, 1, o.seq).contiguous();
+  b.tokens = b.global_tokens = o.batch * o.seq;
+  return b;
+}
+
 absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
   const bool cuda = o.device == "cuda";
   if (o.warmup_steps == -1) o.warmup_steps = cuda ? 5 : 2;
@@ -87,26 +121,13 @@ absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
   }
 
   // 2. The model: random weights, LoRA r on every linear projection.
-  models::ModelConfig c;
-  c.arch = models::Architecture::kLlama;
-  c.llama.vocab_size = o.vocab;
-  c.llama.hidden_size = o.hidden;
-  c.llama.intermediate_size = o.ffn;
-  c.llama.num_hidden_layers = o.layers;
-  c.llama.num_attention_heads = o.heads;
-  c.llama.num_key_value_heads = o.heads;
-  c.llama.head_dim = o.hidden / o.heads;
-  c.llama.max_position_embeddings = std::max<int64_t>(o.seq, 512);
+  const models::ModelConfig c = perf_model_config(o);
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::create_model(c));
   models::init_weights_(*lm, 1);
   lm->module().to(device);  // adapters follow their base weight's device
   PeftModel pm(lm);
   r.base_parameters = pm.num_parameters();
-  proto::AdapterConfig ac;
-  ac.set_name("default");
-  ac.mutable_lora()->set_r(static_cast<int32_t>(o.lora_r));
-  ac.mutable_lora()->set_alpha(static_cast<float>(2 * o.lora_r));
-  ac.mutable_target()->set_preset("all_linear");
+  const proto::AdapterConfig ac = perf_adapter(o);
   PEFT_RETURN_IF_ERROR(pm.add_adapter(ac, 0));
   PEFT_RETURN_IF_ERROR(pm.set_active("default"));
   pm.freeze_base_();
@@ -124,13 +145,7 @@ absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
 
   // 3. Training steps on random tokens (a fixed batch: the data pipeline is
   // not what is measured).
-  at::manual_seed(0);
-  const at::Tensor ids = at::randint(o.vocab, {o.batch, o.seq + 1}, at::kLong).to(device);
-  const at::Tensor input = ids.narrow(1, 0, o.seq).contiguous(), labels = ids.narrow(1, 1, o.seq).contiguous();
-  data::Batch batch;
-  batch.input_ids = input;
-  batch.labels = labels;
-  batch.tokens = batch.global_tokens = rows;
+  const data::Batch batch = perf_batch(o, device);
   // The trainer's own step: uniform weights, clipping at 1, no accumulation.
   StepOptions so;
   so.bf16 = o.bf16;

@@ -4,8 +4,9 @@
 // bazel-bin/tests/trainers/train_perf_bench: issue 4's target configuration
 // (a LLaMA with hidden 512, 8 layers, 8 heads, FFN 1376, vocabulary 32000;
 // sequence 256, batch 8; LoRA r=8 on every linear projection of the blocks,
-// base frozen), trained with the trainer's own step: causal_lm_loss under
-// bf16 autocast (or fp32), backward, global-norm clipping, AdamW.
+// base frozen), trained with the trainer's own step (trainers/train_step.h:
+// the loss under bf16 autocast or fp32, extra losses, backward, global-norm
+// clipping at 1, AdamW at lr 1e-4).
 //
 // In the same process it measures the bf16 (or fp32) matrix-multiply rate of
 // this machine on the model's own GEMM shapes and a 2048³ square, and reports
@@ -29,7 +30,12 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "absl/status/statusor.h"
+#include "data/dataset.h"
+#include "models/config.h"
+#include "peft/proto/adapter_config.pb.h"
 
 namespace peft::trainers {
 
@@ -76,7 +82,15 @@ struct PerfResult {
   double first_loss = 0, last_loss = 0;
 };
 
-/// Builds the model, measures the matmul rate, trains, and reports.
+/// The benchmark's LLaMA (weights from models::init_weights_(lm, 1)), its
+/// LoRA adapter and its fixed batch of random tokens (seed 0), so a test can
+/// rebuild exactly what it trains.
+models::ModelConfig perf_model_config(const PerfOptions& options);
+proto::AdapterConfig perf_adapter(const PerfOptions& options);
+data::Batch perf_batch(const PerfOptions& options, const at::Device& device);
+
+/// Builds the model, measures the matmul rate, trains with the trainer's
+/// step (trainers/train_step.h), and reports.
 absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions options);
 
 /// One JSON object (keys as in PerfResult).
