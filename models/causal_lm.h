@@ -18,6 +18,7 @@
 
 #include "models/blocks.h"
 #include "models/config.h"
+#include "peft/hook_point.h"
 
 namespace peft::models {
 
@@ -28,12 +29,10 @@ struct HfParameter {
   bool transposed;      // stored [in, out] in the checkpoint (GPT-2 Conv1D)
 };
 
-/// Where a model lets other code wrap the residual-stream writes (used by
-/// adapters that insert modules, e.g. bottleneck adapters or masks). The
-/// function receives the sublayer output [B, T, C] and returns a tensor of the
-/// same shape.
-enum class HookPoint { kEmbedding, kAttentionOutput, kMlpOutput };
-using StreamHook = std::function<at::Tensor(HookPoint point, int64_t layer, const at::Tensor& h)>;
+/// Where a model lets adapters wrap the residual-stream writes: defined by
+/// the adapter interface (peft/hook_point.h).
+using peft::HookPoint;
+using peft::StreamHook;
 
 class CausalLm {
  public:

@@ -21,7 +21,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "models/causal_lm.h"
+#include "peft/hook_point.h"
 
 namespace peft {
 
@@ -82,7 +82,7 @@ class StreamAdapter {
 
   /// Transforms the sublayer output h [B, T, C] at `point` of block `layer`
   /// (-1 for the embedding) before it is added to the residual stream.
-  virtual at::Tensor forward(models::HookPoint point, int64_t layer, const at::Tensor& h) = 0;
+  virtual at::Tensor forward(HookPoint point, int64_t layer, const at::Tensor& h) = 0;
 
   /// Extra loss term (summed over the adapter's modules), or undefined.
   virtual at::Tensor aux_loss() = 0;

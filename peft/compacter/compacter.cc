@@ -50,15 +50,15 @@ CompacterAdapterImpl::CompacterAdapterImpl(const proto::CompacterOptions& o, int
   }
 }
 
-at::Tensor CompacterAdapterImpl::forward(models::HookPoint point, int64_t layer, const at::Tensor& h) {
+at::Tensor CompacterAdapterImpl::forward(HookPoint point, int64_t layer, const at::Tensor& h) {
   switch (point) {
-    case models::HookPoint::kEmbedding:
+    case HookPoint::kEmbedding:
       return h;
-    case models::HookPoint::kAttentionOutput:
+    case HookPoint::kAttentionOutput:
       if (attn.empty()) return h;
       TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(attn.size()), "Compacter: no adapter for block ", layer);
       return attn[layer]->forward(h);
-    case models::HookPoint::kMlpOutput:
+    case HookPoint::kMlpOutput:
       TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(mlp.size()), "Compacter: no adapter for block ", layer);
       return mlp[layer]->forward(h);
   }

@@ -71,7 +71,7 @@ class CompacterAdapterImpl final : public torch::nn::Module, public StreamAdapte
   std::shared_ptr<torch::nn::Module> module() override { return shared_from_this(); }
   /// Identity for the embedding; the bottleneck of `layer` for the adapted
   /// sublayer outputs; identity for attention outputs under Compacter++.
-  at::Tensor forward(models::HookPoint point, int64_t layer, const at::Tensor& h) override;
+  at::Tensor forward(HookPoint point, int64_t layer, const at::Tensor& h) override;
   at::Tensor aux_loss() override { return {}; }
   /// Keys "compacter.<parameter path>", e.g. "compacter.phm_rule",
   /// "compacter.layers.0.mlp.down.W_left".

@@ -113,12 +113,12 @@ at::Tensor HsmAdapterImpl::gate() const {
   return hard_ ? hsm_hard_gate(mask) : hsm_soft_gate(mask, hsm_schedule(step_, options.global_step()));
 }
 
-at::Tensor HsmAdapterImpl::forward(models::HookPoint point, int64_t layer, const at::Tensor& h) {
+at::Tensor HsmAdapterImpl::forward(HookPoint point, int64_t layer, const at::Tensor& h) {
   HsmModuleImpl* m = nullptr;
-  if (point == models::HookPoint::kEmbedding) {
+  if (point == HookPoint::kEmbedding) {
     m = embed.get();
   } else {
-    std::vector<HsmModule>& v = point == models::HookPoint::kAttentionOutput ? attn : mlp;
+    std::vector<HsmModule>& v = point == HookPoint::kAttentionOutput ? attn : mlp;
     TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(v.size()), "HSM: no module for block ", layer);
     m = v[layer].get();
   }

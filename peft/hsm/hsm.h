@@ -117,7 +117,7 @@ class HsmAdapterImpl final : public torch::nn::Module, public StreamAdapter {
   HsmAdapterImpl(const proto::HsmOptions& options, int64_t hidden, int64_t num_layers, uint64_t seed);
 
   std::shared_ptr<torch::nn::Module> module() override { return shared_from_this(); }
-  at::Tensor forward(models::HookPoint point, int64_t layer, const at::Tensor& h) override;
+  at::Tensor forward(HookPoint point, int64_t layer, const at::Tensor& h) override;
   /// L_mask + Σ IL (IL when identity_loss; over every HSM, or the official
   /// subset with official_last_layer_only).
   at::Tensor aux_loss() override;

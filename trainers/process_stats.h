@@ -1,0 +1,36 @@
+// File: trainers/process_stats.h
+//
+// Wall-clock seconds and memory figures of this process, shared by the
+// trainer, the benchmarks and their programs.
+//
+//   const double t0 = now_seconds();
+//   ... work ...
+//   printf("%.3f s, peak RSS %.0f MB\n", now_seconds() - t0, peak_rss_mb());
+#ifndef PEFT_TRAINERS_PROCESS_STATS_H_
+#define PEFT_TRAINERS_PROCESS_STATS_H_
+
+#include <c10/core/Device.h>
+
+namespace peft::trainers {
+
+/// A monotonic clock in seconds (steady_clock).
+double now_seconds();
+
+/// A "kB" field of /proc/self/status ("VmHWM", "VmRSS", ...) in MB; -1 when
+/// the field is missing.
+double proc_status_mb(const char* key);
+
+/// The peak resident set size of this process (VmHWM) in MB.
+double peak_rss_mb();
+
+/// The most memory the CUDA caching allocator has handed out on `device`
+/// since the process started or the last reset_peak_cuda_mb, in MB; 0 for a
+/// CPU device or a LibTorch without CUDA.
+double peak_cuda_mb(const c10::Device& device);
+
+/// Starts a new peak for peak_cuda_mb (CUDA only; nothing otherwise).
+void reset_peak_cuda_mb(const c10::Device& device);
+
+}  // namespace peft::trainers
+
+#endif  // PEFT_TRAINERS_PROCESS_STATS_H_
