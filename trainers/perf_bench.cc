@@ -16,7 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "models/model_io.h"
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/peft_model.h"
 #include "trainers/loss.h"

@@ -30,7 +30,7 @@
 #include "data/tokenizer.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"

@@ -37,7 +37,7 @@
 #include "examples/cli/command.h"
 #include "models/generate.h"
 #include "models/model_io.h"
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/hsm/prune.h"
 #include "peft/peft_model.h"
@@ -51,6 +51,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 namespace task = bench_task;
+using trainers::now_seconds;
 
 void say(const std::string& s) {
   std::fprintf(stdout, "%s\n", s.c_str());

@@ -27,7 +27,7 @@
 #include <torch/csrc/autograd/function.h>
 
 #include "tests/testing/tiny_models.h"
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
 #include "peft/peft_model.h"
@@ -75,12 +75,12 @@ int run_child(bool checkpointing, bool bf16, int steps) {
   // The peak over all steps above the RSS with the model built. (Measuring
   // each step against the RSS after the previous one undercounts: the
   // allocator keeps the previous step's freed memory resident.)
-  const double before = peft::proc_status_mb("VmRSS");
+  const double before = peft::trainers::proc_status_mb("VmRSS");
   const bool reset = reset_peak();
   int64_t nodes = 0;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
     for (auto& [name, p] : pm.trainable_parameters()) p.mutable_grad() = at::Tensor();
-    const double t0 = peft::now_seconds();
+    const double t0 = peft::trainers::now_seconds();
     {
       peft::AutocastScope ac(bf16, at::kCPU);
       const at::Tensor logits = lm->forward(ids, nullptr).to(at::kFloat);  // [B, T, V]
@@ -89,10 +89,10 @@ int run_child(bool checkpointing, bool bf16, int steps) {
       nodes = peft::testing::autograd_node_count(loss);
       loss.backward();
     }
-    const double dt = peft::now_seconds() - t0;
+    const double dt = peft::trainers::now_seconds() - t0;
     if (s > 0) times.push_back(dt);
   }
-  const double peak = reset ? peft::proc_status_mb("VmHWM") - before : -1.0;
+  const double peak = reset ? peft::trainers::proc_status_mb("VmHWM") - before : -1.0;
   std::sort(times.begin(), times.end());
   std::printf("%-5s checkpointing=%-3s  peak RSS above the built model %8.1f MB   median step %6.2f s   autograd nodes %5ld\n",
               bf16 ? "bf16" : "fp32", checkpointing ? "on" : "off", peak, times[times.size() / 2],

@@ -19,7 +19,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "models/generate.h"
 #include "models/llama2c.h"
 #include "models/model_io.h"
@@ -39,16 +39,16 @@ uint64_t dir_bytes(const std::string& dir) {
 }
 
 int phase_load(const std::string& dir) {
-  const double base_rss = peft::proc_status_mb("VmRSS");
-  const double t0 = peft::now_seconds();
+  const double base_rss = peft::trainers::proc_status_mb("VmRSS");
+  const double t0 = peft::trainers::now_seconds();
   auto lm = peft::models::load_model(dir);
   if (!lm.ok()) {
     std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
     return 1;
   }
-  const double secs = peft::now_seconds() - t0;
+  const double secs = peft::trainers::now_seconds() - t0;
   const double file_mb = dir_bytes(dir) / 1048576.0;
-  const double hwm = peft::proc_status_mb("VmHWM");
+  const double hwm = peft::trainers::proc_status_mb("VmHWM");
   std::printf("{\"phase\":\"load\",\"file_mb\":%.1f,\"seconds\":%.3f,\"mb_per_s\":%.0f,\"peak_rss_mb\":%.1f,"
               "\"peak_rss_over_file\":%.3f,\"rss_before_load_mb\":%.1f}\n",
               file_mb, secs, file_mb / secs, hwm, hwm / file_mb, base_rss);

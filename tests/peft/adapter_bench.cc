@@ -20,7 +20,7 @@
 #include <google/protobuf/text_format.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
-#include "peft/core/process_stats.h"
+#include "trainers/process_stats.h"
 #include "models/model_io.h"
 #include "peft/peft_model.h"
 
@@ -85,13 +85,13 @@ int run_one(const std::string& name, int threads, int steps) {
     }
   };
   step();  // warm-up
-  const double t0 = peft::now_seconds();
+  const double t0 = peft::trainers::now_seconds();
   for (int i = 0; i < steps; ++i) step();
-  const double per_step = (peft::now_seconds() - t0) / steps;
+  const double per_step = (peft::trainers::now_seconds() - t0) / steps;
   std::printf("{\"method\":\"%s\",\"trainable\":%lld,\"trainable_pct\":%.4f,\"seconds_per_step\":%.3f,"
               "\"tokens_per_s\":%.0f,\"peak_rss_mb\":%.0f,\"threads\":%d}\n",
               name.c_str(), static_cast<long long>(trainable), 100.0 * trainable / pm.num_parameters(), per_step,
-              256.0 / per_step, peft::peak_rss_mb(), threads);
+              256.0 / per_step, peft::trainers::peak_rss_mb(), threads);
   return 0;
 }
 
