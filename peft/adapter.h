@@ -30,6 +30,9 @@ namespace peft {
 struct AdapterTensor {
   std::string key;
   at::Tensor tensor;
+  /// A name older files used for the same tensor, read when `key` is absent
+  /// (empty: none). Files are always written under `key`.
+  std::string legacy_key = {};
 };
 
 class LinearAdapter {

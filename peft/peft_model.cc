@@ -350,22 +350,35 @@ std::string PeftModel::summary() {
   return out;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> PeftModel::adapter_tensors(const std::string& name) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
+std::vector<AdapterTensor> PeftModel::adapter_tensors(const std::string& name) {
+  std::vector<AdapterTensor> out;
   Entry* e = find(name);
+  auto rooted = [](const std::string& key) { return key.empty() ? key : absl::StrCat(kPrefix, key); };
   for (const LinearTarget& t : e->targets) {
     for (const AdapterTensor& a : t.linear->adapter(name)->state()) {
-      out.emplace_back(absl::StrCat(kPrefix, t.path, ".", a.key), a.tensor);
+      out.push_back({absl::StrCat(kPrefix, t.path, ".", a.key), a.tensor,
+                     a.legacy_key.empty() ? "" : absl::StrCat(kPrefix, t.path, ".", a.legacy_key)});
     }
   }
   if (e->stream) {
-    for (const AdapterTensor& a : e->stream->state()) out.emplace_back(absl::StrCat(kPrefix, a.key), a.tensor);
+    for (const AdapterTensor& a : e->stream->state()) out.push_back({rooted(a.key), a.tensor, rooted(a.legacy_key)});
   }
-  // Base parameters the method trains (biases, norms) travel with it.
+  // Base parameters the method trains (biases, norms) travel with it. PEFT
+  // wraps every adapted module, so a parameter of one (LoRA's bias "all" or
+  // "lora_only") is "<module>.base_layer.<name>" in its state dict; under
+  // the plain name PEFT would drop it silently (it loads with strict=False).
+  // peft-cpp wrote the plain name before, so it is still read.
   for (const models::HfParameter& p : model_->hf_parameters()) {
-    if (e->method->trains_base_param && e->method->trains_base_param(e->config, p.hf_name, e->targets)) {
-      out.emplace_back(absl::StrCat(kPrefix, p.hf_name), p.tensor);
+    if (!e->method->trains_base_param || !e->method->trains_base_param(e->config, p.hf_name, e->targets)) continue;
+    std::string key = p.hf_name, legacy;
+    for (const LinearTarget& t : e->targets) {
+      if (p.hf_name.size() > t.path.size() && p.hf_name.compare(0, t.path.size() + 1, t.path + ".") == 0) {
+        key = absl::StrCat(t.path, ".base_layer.", p.hf_name.substr(t.path.size() + 1));
+        legacy = p.hf_name;
+        break;
+      }
     }
+    out.push_back({rooted(key), p.tensor, rooted(legacy)});
   }
   return out;
 }
@@ -419,7 +432,9 @@ absl::Status PeftModel::save_adapter(const std::string& dir, const std::string& 
 
   std::vector<io::NamedTensor> tensors;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("collect adapter tensors", [&] {
-    for (auto& [key, t] : adapter_tensors(name)) tensors.push_back({key, t.detach().to(at::kCPU).contiguous()});
+    for (const AdapterTensor& a : adapter_tensors(name)) {
+      tensors.push_back({a.key, a.tensor.detach().to(at::kCPU).contiguous()});
+    }
   }));
   return models::write_directory_atomically(dir, overwrite, [&](const std::string& tmp) -> absl::Status {
     PEFT_RETURN_IF_ERROR(io::write_file_atomically(tmp + "/adapter_config.json", cfg.dump(2) + "\n"));
@@ -489,10 +504,13 @@ absl::Status PeftModel::load_adapter(const std::string& dir, const std::string& 
   std::set<std::string> expected;
   st = status_from_torch_error("load adapter tensors", [&] {
     torch::NoGradGuard no_grad;
-    for (auto& [key, t] : adapter_tensors(name)) {
-      expected.insert(key);
+    for (AdapterTensor& a : adapter_tensors(name)) {
+      std::string key = a.key;
+      at::Tensor& t = a.tensor;
       const io::TensorInfo* info = file->find(key);
-      TORCH_CHECK(info != nullptr, "the adapter file lacks tensor '", key, "'");
+      if (info == nullptr && !a.legacy_key.empty() && (info = file->find(a.legacy_key)) != nullptr) key = a.legacy_key;
+      expected.insert(key);
+      TORCH_CHECK(info != nullptr, "the adapter file lacks tensor '", a.key, "'");
       TORCH_CHECK(info->shape == t.sizes().vec(), "tensor '", key, "' has shape ", shape_str(info->shape),
                   " in the adapter but this base model needs ", shape_str(t.sizes()),
                   ": was the adapter made for a different base model?");

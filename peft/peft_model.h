@@ -117,8 +117,9 @@ class PeftModel final {
   };
   Entry* find(const std::string& name);
   void install_hook();
-  /// (file key, tensor) of every tensor adapter `name` saves.
-  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(const std::string& name);
+  /// Every tensor adapter `name` saves, keys relative to the file root
+  /// (legacy_key: the older name also accepted on load).
+  std::vector<AdapterTensor> adapter_tensors(const std::string& name);
 
   std::shared_ptr<models::CausalLm> model_;
   std::vector<std::pair<std::string, Entry>> adapters_;

@@ -4,9 +4,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -115,6 +118,94 @@ TEST(LoraFormat, LayerSubsetWritesExactRegexAndReadsPeftFiles) {
   EXPECT_EQ(other.targets("default")[0].path, "model.layers.1.self_attn.q_proj");
   EXPECT_EQ(other.config("default")->lora().r(), 2);
   EXPECT_FLOAT_EQ(other.config("default")->lora().alpha(), 4);
+}
+
+// PEFT wraps every adapted module, so the bias of an adapted projection is
+// `<module>.base_layer.bias` in its state dict; a `<module>.bias` key would
+// be dropped silently (PEFT loads with strict=False). Biases of modules
+// without an adapter keep their own names (bias="all").
+TEST(LoraFormat, AdaptedModuleBiasesUsePeftBaseLayerKeys) {
+  for (proto::LoraOptions::Bias bias : {proto::LoraOptions::ALL, proto::LoraOptions::LORA_ONLY}) {
+    PeftModel pm(testing::tiny_model(testing::tiny_gpt2_config(), 3));
+    proto::AdapterConfig c = lora(2, 4, "");
+    c.mutable_target()->add_modules("c_attn");
+    c.mutable_lora()->set_bias(bias);
+    ASSERT_TRUE(pm.add_adapter(c).ok());
+    const std::string dir = testing::make_temp_dir("lora_bias") + "/a";
+    ASSERT_TRUE(pm.save_adapter(dir).ok());
+    auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+    ASSERT_TRUE(file.ok());
+    std::set<std::string> got;
+    for (const io::TensorInfo& t : (*file)->tensors()) got.insert(t.name);
+    std::set<std::string> want;
+    for (int l = 0; l < 2; ++l) {
+      const std::string p = "base_model.model.transformer.h." + std::to_string(l) + ".";
+      want.insert(p + "attn.c_attn.lora_A.weight");
+      want.insert(p + "attn.c_attn.lora_B.weight");
+      want.insert(p + "attn.c_attn.base_layer.bias");
+      if (bias == proto::LoraOptions::ALL) {
+        for (const char* m : {"ln_1.bias", "attn.c_proj.bias", "ln_2.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"}) {
+          want.insert(p + m);
+        }
+      }
+    }
+    if (bias == proto::LoraOptions::ALL) want.insert("base_model.model.transformer.ln_f.bias");
+    EXPECT_EQ(got, want) << "bias " << static_cast<int>(bias);
+    const io::TensorInfo* b = (*file)->find("base_model.model.transformer.h.0.attn.c_attn.base_layer.bias");
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(b->shape, (std::vector<int64_t>{96}));
+  }
+}
+
+// Files written before the key change (`<module>.bias` for an adapted
+// module) still load, with the same values.
+TEST(LoraFormat, OldAdaptedBiasKeyStillLoads) {
+  PeftModel pm(testing::tiny_model(testing::tiny_gpt2_config(), 3));
+  proto::AdapterConfig c = lora(2, 4, "");
+  c.mutable_target()->add_modules("c_attn");
+  c.mutable_lora()->set_bias(proto::LoraOptions::LORA_ONLY);
+  ASSERT_TRUE(pm.add_adapter(c).ok());
+  pm.freeze_base_();
+  {
+    torch::NoGradGuard ng;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    for (auto& [n, p] : pm.trainable_parameters()) p.normal_(0, 0.3, gen);
+  }
+  const std::string dir = testing::make_temp_dir("lora_bias") + "/old";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  // Rewrite the tensors under the old names.
+  std::vector<io::NamedTensor> renamed;
+  {
+    auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+    ASSERT_TRUE(file.ok());
+    for (const io::TensorInfo& t : (*file)->tensors()) {
+      std::string key = t.name;
+      const std::string wrapped = ".base_layer.bias";
+      if (key.size() > wrapped.size() && key.compare(key.size() - wrapped.size(), wrapped.size(), wrapped) == 0) {
+        key = key.substr(0, key.size() - wrapped.size()) + ".bias";
+      }
+      renamed.push_back({key, *(*file)->load(t.name)});
+    }
+  }
+  ASSERT_TRUE(io::save_safetensors(dir + "/adapter_model.safetensors", renamed).ok());
+  PeftModel other(testing::tiny_model(testing::tiny_gpt2_config(), 3));
+  const absl::Status st = other.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  for (int l = 0; l < 2; ++l) {
+    const std::string name = "transformer.h." + std::to_string(l) + ".attn.c_attn.bias";
+    at::Tensor want, got;
+    for (const models::HfParameter& p : pm.model().hf_parameters()) {
+      if (p.hf_name == name) want = p.tensor;
+    }
+    for (const models::HfParameter& p : other.model().hf_parameters()) {
+      if (p.hf_name == name) got = p.tensor;
+    }
+    ASSERT_TRUE(want.defined() && got.defined()) << name;
+    EXPECT_TRUE(at::equal(got, want)) << name;
+  }
+  const at::Tensor ids = testing::sample_ids(80, 1, 7, 2);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(at::equal(other.model().forward(ids, nullptr), pm.model().forward(ids, nullptr)));
 }
 
 TEST(LoraMath, ScalingAndInit) {
