@@ -62,8 +62,12 @@ struct AdapterMethod {
   /// files are read.
   std::function<absl::Status(const std::string& json_text, proto::AdapterConfig*)> parse_config_json;
   /// Trainable parameters per adapted projection [out, in] (methods.md
-  /// formulas), for the contract test and the summary. Null for stream methods.
+  /// formulas), for the contract test and the summary, given the config that
+  /// applies to that projection (config_for_module). Null for stream methods.
   std::function<int64_t(const proto::AdapterConfig&, int64_t out, int64_t in)> trainable_count;
+  /// The options that apply to the module at `path` when they differ per
+  /// module (LoRA's rank_pattern / alpha_pattern). Null: the same everywhere.
+  std::function<proto::AdapterConfig(const proto::AdapterConfig&, const std::string& path)> config_for_module;
 };
 
 /// Every method, in a fixed order.

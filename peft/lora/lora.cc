@@ -1,6 +1,7 @@
 #include "peft/lora/lora.h"
 
 #include <cmath>
+#include <regex>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -9,11 +10,38 @@
 
 #include "absl/strings/str_cat.h"
 #include "peft/core/autocast.h"
+#include "peft/core/status.h"
 
 namespace peft {
 
 double lora_scaling(double alpha, int64_t r, bool use_rslora) {
   return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+namespace {
+
+// PEFT's get_pattern_key (utils/other.py): the first key k, in the order the
+// config lists them, for which re.match(rf"(.*\.)?({k})$", name) holds.
+// regex_match must cover the whole name, as re.match plus "$" does.
+template <typename Entry>
+const Entry* first_match(const google::protobuf::RepeatedPtrField<Entry>& entries, const std::string& path) {
+  for (const Entry& e : entries) {
+    try {
+      if (std::regex_match(path, std::regex("(.*\\.)?(" + e.key() + ")"))) return &e;
+    } catch (const std::regex_error&) {
+      // validate() rejects such keys before any module is built.
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+proto::LoraOptions lora_options_for(const proto::LoraOptions& options, const std::string& path) {
+  proto::LoraOptions o = options;
+  if (const auto* e = first_match(options.rank_pattern(), path)) o.set_r(e->value());
+  if (const auto* e = first_match(options.alpha_pattern(), path)) o.set_alpha(e->value());
+  return o;
 }
 
 LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, uint64_t seed)
@@ -83,6 +111,28 @@ std::vector<AdapterTensor> LoraLinearImpl::state() { return {{"lora_A.weight", l
 
 namespace {
 
+using ordered_json = nlohmann::ordered_json;
+
+// Keys non-empty and valid regular expressions, values positive.
+template <typename Entry>
+absl::Status check_patterns(const google::protobuf::RepeatedPtrField<Entry>& entries, const char* field,
+                            const char* what) {
+  for (const Entry& e : entries) {
+    if (e.key().empty()) return absl::InvalidArgumentError(absl::StrCat("lora.", field, ": an entry has an empty key"));
+    if (!(e.value() > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora.", field, "['", e.key(), "'] must be a positive ", what, ", got ", e.value()));
+    }
+    try {
+      std::regex re(e.key());
+    } catch (const std::regex_error& err) {
+      return absl::InvalidArgumentError(absl::StrCat("lora.", field, " key '", e.key(),
+                                                     "' is not a valid regular expression: ", err.what()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 const char* init_name(proto::LoraOptions::Init i) {
   switch (i) {
     case proto::LoraOptions::GAUSSIAN: return "gaussian";
@@ -115,19 +165,23 @@ AdapterMethod lora_method() {
     if (!(o.dropout() >= 0 && o.dropout() < 1)) {
       return absl::InvalidArgumentError(absl::StrCat("lora.dropout must be in [0, 1), got ", o.dropout()));
     }
-    return absl::OkStatus();
+    PEFT_RETURN_IF_ERROR(check_patterns(o.rank_pattern(), "rank_pattern", "rank"));
+    return check_patterns(o.alpha_pattern(), "alpha_pattern", "alpha");
   };
   m.check_target = [](const proto::AdapterConfig& c, const LinearTarget& t) -> absl::Status {
     const int64_t out = t.linear->options.out_features, in = t.linear->options.in_features;
-    if (c.lora().r() > std::min(out, in)) {
-      return absl::InvalidArgumentError(absl::StrCat("lora.r = ", c.lora().r(), " is larger than the dimension of ",
-                                                     t.path, " [", out, ", ", in, "]"));
+    const int64_t r = lora_options_for(c.lora(), t.path).r();
+    if (r > std::min(out, in)) {
+      const bool patterned = r != c.lora().r();
+      return absl::InvalidArgumentError(absl::StrCat("lora.r = ", r, patterned ? " (from rank_pattern)" : "",
+                                                     " is larger than the dimension of ", t.path, " [", out, ", ", in,
+                                                     "]"));
     }
     return absl::OkStatus();
   };
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
-    return std::make_shared<LoraLinearImpl>(c.lora(), t.linear->weight, seed);
+    return std::make_shared<LoraLinearImpl>(lora_options_for(c.lora(), t.path), t.linear->weight, seed);
   };
   m.trains_base_param = [](const proto::AdapterConfig& c, const std::string& param,
                            const std::vector<LinearTarget>& targets) {
@@ -141,7 +195,8 @@ AdapterMethod lora_method() {
   };
   m.config_json = [](const proto::AdapterConfig& c, bool fan_in_fan_out) {
     const proto::LoraOptions& o = c.lora();
-    nlohmann::json j;
+    // Ordered: PEFT takes the first pattern that matches.
+    ordered_json j;
     j["r"] = o.r();
     j["lora_alpha"] = o.alpha();
     j["lora_dropout"] = o.dropout();
@@ -150,10 +205,19 @@ AdapterMethod lora_method() {
     j["init_lora_weights"] = init ? nlohmann::json(init) : nlohmann::json(true);
     j["bias"] = bias_name(o.bias());
     j["fan_in_fan_out"] = fan_in_fan_out;
+    if (o.rank_pattern_size() > 0) {
+      j["rank_pattern"] = ordered_json::object();
+      for (const auto& e : o.rank_pattern()) j["rank_pattern"][e.key()] = e.value();
+    }
+    if (o.alpha_pattern_size() > 0) {
+      j["alpha_pattern"] = ordered_json::object();
+      for (const auto& e : o.alpha_pattern()) j["alpha_pattern"][e.key()] = e.value();
+    }
     return j.dump();
   };
   m.parse_config_json = [](const std::string& text, proto::AdapterConfig* c) -> absl::Status {
-    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    // Ordered, so that the patterns keep the file's order (first match wins).
+    ordered_json j = ordered_json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("adapter_config.json: not a JSON object");
     proto::LoraOptions* o = c->mutable_lora();
     if (j.contains("r")) {
@@ -164,7 +228,7 @@ AdapterMethod lora_method() {
     if (j.contains("lora_dropout") && j["lora_dropout"].is_number()) o->set_dropout(j["lora_dropout"].get<float>());
     if (j.contains("use_rslora") && j["use_rslora"].is_boolean()) o->set_use_rslora(j["use_rslora"].get<bool>());
     if (j.contains("init_lora_weights")) {
-      const nlohmann::json& i = j["init_lora_weights"];
+      const ordered_json& i = j["init_lora_weights"];
       if (i.is_string()) {
         const std::string s = i.get<std::string>();
         if (s == "gaussian") o->set_init(proto::LoraOptions::GAUSSIAN);
@@ -179,10 +243,45 @@ AdapterMethod lora_method() {
       else if (b == "lora_only") o->set_bias(proto::LoraOptions::LORA_ONLY);
       else if (b != "none") return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: bias '", b, "'"));
     }
+    if (j.contains("rank_pattern") && !j["rank_pattern"].is_null()) {
+      const ordered_json& rp = j["rank_pattern"];
+      if (!rp.is_object()) {
+        return absl::InvalidArgumentError("adapter_config.json: 'rank_pattern' must be an object {pattern: rank}");
+      }
+      for (const auto& item : rp.items()) {
+        if (!item.value().is_number_integer()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("adapter_config.json: rank_pattern['", item.key(), "'] must be an integer rank"));
+        }
+        auto* e = o->add_rank_pattern();
+        e->set_key(item.key());
+        e->set_value(item.value().get<int>());
+      }
+    }
+    if (j.contains("alpha_pattern") && !j["alpha_pattern"].is_null()) {
+      const ordered_json& ap = j["alpha_pattern"];
+      if (!ap.is_object()) {
+        return absl::InvalidArgumentError("adapter_config.json: 'alpha_pattern' must be an object {pattern: alpha}");
+      }
+      for (const auto& item : ap.items()) {
+        if (!item.value().is_number()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("adapter_config.json: alpha_pattern['", item.key(), "'] must be a number"));
+        }
+        auto* e = o->add_alpha_pattern();
+        e->set_key(item.key());
+        e->set_value(item.value().get<float>());
+      }
+    }
     if (j.value("use_dora", false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
     return absl::OkStatus();
   };
   m.trainable_count = [](const proto::AdapterConfig& c, int64_t out, int64_t in) { return c.lora().r() * (in + out); };
+  m.config_for_module = [](const proto::AdapterConfig& c, const std::string& path) {
+    proto::AdapterConfig out = c;
+    *out.mutable_lora() = lora_options_for(c.lora(), path);
+    return out;
+  };
   return m;
 }
 

@@ -14,6 +14,9 @@
 //   c.mutable_lora()->set_r(8);
 //   c.mutable_lora()->set_alpha(16);
 //   c.mutable_target()->set_preset("attention");
+//
+// rank_pattern / alpha_pattern give single modules their own r and alpha
+// (PEFT's keys of the same names in adapter_config.json).
 #ifndef PEFT_LORA_LORA_H_
 #define PEFT_LORA_LORA_H_
 
@@ -57,6 +60,12 @@ AdapterMethod lora_method();
 
 /// LoRA's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.
 double lora_scaling(double alpha, int64_t r, bool use_rslora);
+
+/// The options LoRA uses on the module at `path` (dotted, as in the base
+/// checkpoint): r and alpha from the first matching rank_pattern /
+/// alpha_pattern entry, as PEFT's get_pattern_key picks it, else the
+/// adapter's own r and alpha. Patterns are checked by validate().
+proto::LoraOptions lora_options_for(const proto::LoraOptions& options, const std::string& path);
 
 }  // namespace peft
 

@@ -50,6 +50,17 @@ std::map<std::string, std::vector<ContractCase>> contract_cases(models::Architec
     m["lora"].push_back({"lora_pissa", c, true, 2e-5});
     c.mutable_lora()->set_init(proto::LoraOptions::OLORA);
     m["lora"].push_back({"lora_olora", c, true, 2e-5});
+    // Per-module ranks: the counts and shapes follow rank_pattern.
+    proto::AdapterConfig p;
+    p.mutable_lora()->set_r(4);
+    auto* rp = p.mutable_lora()->add_rank_pattern();
+    rp->set_key("layers\\.1\\..*");
+    rp->set_value(2);
+    auto* ap = p.mutable_lora()->add_alpha_pattern();
+    ap->set_key("0\\..*");
+    ap->set_value(3);
+    target_all(&p);
+    m["lora"].push_back({"lora_rank_alpha_pattern", p});
   }
   {
     // NoRA: outer r = 8 <= 16 (LLaMA k/v), inner 4. Zero-B is exactly the
@@ -185,7 +196,9 @@ TEST_P(ContractTest, EveryMethodHonoursTheContract) {
       if (method.trainable_count) {
         int64_t expected = 0;
         for (const LinearTarget& t : targets) {
-          expected += method.trainable_count(cc.config, t.linear->options.out_features, t.linear->options.in_features);
+          const proto::AdapterConfig here =
+              method.config_for_module ? method.config_for_module(cc.config, t.path) : cc.config;
+          expected += method.trainable_count(here, t.linear->options.out_features, t.linear->options.in_features);
         }
         EXPECT_EQ(adapter_count, expected) << "trainable count differs from the formula";
       }

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -206,6 +207,157 @@ TEST(LoraFormat, OldAdaptedBiasKeyStillLoads) {
   const at::Tensor ids = testing::sample_ids(80, 1, 7, 2);
   torch::NoGradGuard ng;
   EXPECT_TRUE(at::equal(other.model().forward(ids, nullptr), pm.model().forward(ids, nullptr)));
+}
+
+// A PEFT directory written by hand with rank_pattern / alpha_pattern: PEFT
+// gives module m the value of the first pattern key k (a regex) for which
+// re.match(r"(.*\.)?(k)$", m) holds, separately for ranks and alphas.
+//  - "proj" matches no module: the character before "proj" is not a dot.
+//  - layer 1's v_proj matches "layers\.1\..*v_proj" first: r 4.
+//  - layer 0's v_proj matches only "v_proj": r 5.
+//  - every v_proj gets alpha 10, q_proj keeps r 2, alpha 4.
+TEST(LoraFormat, ReadsPeftRankAndAlphaPatterns) {
+  const std::string cfg = R"({
+  "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
+  "init_lora_weights": true, "bias": "none", "fan_in_fan_out": false, "use_rslora": false,
+  "target_modules": ["q_proj", "v_proj"],
+  "rank_pattern": {"proj": 3, "layers\\.1\\..*v_proj": 4, "v_proj": 5},
+  "alpha_pattern": {"v_proj": 10}
+})";
+  struct Expect {
+    std::string path;
+    int64_t r;
+    double scaling;
+  };
+  const std::vector<Expect> expect = {{"model.layers.0.self_attn.q_proj", 2, 4.0 / 2},
+                                      {"model.layers.0.self_attn.v_proj", 5, 10.0 / 5},
+                                      {"model.layers.1.self_attn.q_proj", 2, 4.0 / 2},
+                                      {"model.layers.1.self_attn.v_proj", 4, 10.0 / 4}};
+  const std::string dir = testing::make_temp_dir("lora_pattern");
+  {
+    std::ofstream(dir + "/adapter_config.json") << cfg;
+  }
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(17);
+  std::vector<io::NamedTensor> tensors;
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> ab;
+  for (const Expect& e : expect) {
+    const int64_t out = e.path.find("q_proj") != std::string::npos ? 32 : 16;
+    const at::Tensor a = at::randn({e.r, 32}, gen) * 0.3, b = at::randn({out, e.r}, gen) * 0.3;
+    tensors.push_back({"base_model.model." + e.path + ".lora_A.weight", a});
+    tensors.push_back({"base_model.model." + e.path + ".lora_B.weight", b});
+    ab[e.path] = {a, b};
+  }
+  ASSERT_TRUE(io::save_safetensors(dir + "/adapter_model.safetensors", tensors).ok());
+
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 4));
+  const absl::Status st = pm.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(pm.targets("default").size(), 4u);
+  // Each projection: x Wᵀ + (alpha_m / r_m) x Aᵀ Bᵀ, written out here.
+  const at::Tensor x = at::randn({3, 32}, gen);
+  torch::NoGradGuard ng;
+  for (const LinearTarget& t : pm.targets("default")) {
+    const auto& [a, b] = ab.at(t.path);
+    double scaling = 0;
+    for (const Expect& e : expect) {
+      if (e.path == t.path) scaling = e.scaling;
+    }
+    const at::Tensor want = at::matmul(x, t.linear->weight.t()) + scaling * at::matmul(at::matmul(x, a.t()), b.t());
+    EXPECT_LE((t.linear->forward(x) - want).abs().max().item<double>(), 1e-5) << t.path;
+  }
+  // The whole model: the base with W += s B A folded in by hand.
+  std::shared_ptr<models::CausalLm> ref = testing::tiny_model(testing::tiny_llama_config(), 4);
+  for (const models::HfParameter& p : ref->hf_parameters()) {
+    for (const Expect& e : expect) {
+      if (p.hf_name != e.path + ".weight") continue;
+      const auto& [a, b] = ab.at(e.path);
+      p.tensor.add_(at::matmul(b, a) * e.scaling);
+    }
+  }
+  const at::Tensor ids = testing::sample_ids(96, 2, 9, 6);
+  const at::Tensor got = pm.model().forward(ids, nullptr), want = ref->forward(ids, nullptr);
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+}
+
+// The same options from a recipe (text format, map syntax): applied per
+// module, written to adapter_config.json in their order, and read back.
+TEST(LoraFormat, RecipePatternsApplyAndRoundTrip) {
+  proto::AdapterConfig c;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(R"pb(
+    lora {
+      r: 2
+      alpha: 4
+      rank_pattern { key: "v_proj" value: 4 }
+      rank_pattern { key: "layers\\.0\\..*" value: 3 }
+      alpha_pattern { key: "q_proj" value: 6 }
+    }
+    target { modules: "q_proj" modules: "v_proj" }
+  )pb", &c));
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 2));
+  ASSERT_TRUE(pm.add_adapter(c).ok());
+  // v_proj: "v_proj" is listed first, so layer 0's v_proj takes 4, not 3.
+  const std::map<std::string, std::pair<int64_t, double>> want = {
+      {"model.layers.0.self_attn.q_proj", {3, 6.0 / 3}},
+      {"model.layers.0.self_attn.v_proj", {4, 4.0 / 4}},
+      {"model.layers.1.self_attn.q_proj", {2, 6.0 / 2}},
+      {"model.layers.1.self_attn.v_proj", {4, 4.0 / 4}}};
+  for (const LinearTarget& t : pm.targets("default")) {
+    const auto* l = dynamic_cast<LoraLinearImpl*>(t.linear->adapter("default"));
+    ASSERT_NE(l, nullptr);
+    EXPECT_EQ(l->lora_A.size(0), want.at(t.path).first) << t.path;
+    EXPECT_DOUBLE_EQ(l->scaling, want.at(t.path).second) << t.path;
+  }
+  pm.freeze_base_();
+  EXPECT_EQ(pm.num_trainable(), 3 * (32 + 32) + 4 * (32 + 16) + 2 * (32 + 32) + 4 * (32 + 16));
+  const std::string dir = testing::make_temp_dir("lora_pat") + "/a";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  std::ifstream in(dir + "/adapter_config.json");
+  const nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(in);
+  std::vector<std::string> order;
+  for (const auto& item : cfg["rank_pattern"].items()) order.push_back(item.key());
+  EXPECT_EQ(order, (std::vector<std::string>{"v_proj", "layers\\.0\\..*"}));
+  EXPECT_EQ(cfg["rank_pattern"]["v_proj"], 4);
+  EXPECT_EQ(cfg["alpha_pattern"]["q_proj"], 6.0);
+  std::filesystem::remove(dir + "/peft_cpp.json");
+  PeftModel other(testing::tiny_model(testing::tiny_llama_config(), 2));
+  const absl::Status st = other.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(other.config("default")->lora().rank_pattern_size(), 2);
+  EXPECT_EQ(other.config("default")->lora().rank_pattern(0).key(), "v_proj");
+  const at::Tensor ids = testing::sample_ids(96, 1, 7, 1);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(at::equal(other.model().forward(ids, nullptr), pm.model().forward(ids, nullptr)));
+}
+
+TEST(LoraFormat, BadPatternsNameTheProblem) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 2));
+  auto with_rank = [](const std::string& key, int value) {
+    proto::AdapterConfig c = lora(2, 4, "attention");
+    auto* e = c.mutable_lora()->add_rank_pattern();
+    e->set_key(key);
+    e->set_value(value);
+    return c;
+  };
+  auto msg = [](const absl::Status& s) { return std::string(s.message()); };
+  EXPECT_NE(msg(pm.add_adapter(with_rank("v_proj", 0))).find("lora.rank_pattern['v_proj'] must be a positive rank"),
+            std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(with_rank("(v_proj", 2))).find("'(v_proj' is not a valid regular expression"),
+            std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(with_rank("v_proj", 20))).find("lora.r = 20 (from rank_pattern) is larger than"),
+            std::string::npos);
+  proto::AdapterConfig bad_alpha = lora(2, 4, "attention");
+  auto* e = bad_alpha.mutable_lora()->add_alpha_pattern();
+  e->set_key("q_proj");
+  e->set_value(-1);
+  EXPECT_NE(msg(pm.add_adapter(bad_alpha)).find("lora.alpha_pattern['q_proj'] must be a positive alpha"),
+            std::string::npos);
+  EXPECT_TRUE(pm.adapter_names().empty());
+  // In adapter_config.json.
+  const std::string dir = testing::make_temp_dir("lora_badpat");
+  std::ofstream(dir + "/adapter_config.json")
+      << R"({"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 2.5}})";
+  const std::string m = msg(pm.load_adapter(dir));
+  EXPECT_NE(m.find("rank_pattern['q_proj'] must be an integer rank"), std::string::npos) << m;
 }
 
 TEST(LoraMath, ScalingAndInit) {
