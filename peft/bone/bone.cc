@@ -11,13 +11,11 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-// The tensor name on disk; it also decides the peft_type written.
+// The tensor name on disk; it also decides the peft_type written. Both
+// variants default to PEFT's current MiSS names (PEFT removed BONE; Bat is
+// MiSS with init_weights "bat"); BONE_BLOCK only when a file read said so.
 const char* block_key_name(const proto::BoneOptions& o) {
-  switch (o.block_key()) {
-    case proto::BoneOptions::BONE_BLOCK: return "bone_block";
-    case proto::BoneOptions::MISS_BLOCK: return "miss_block";
-    default: return o.variant() == proto::BoneOptions::BAT ? "bone_block" : "miss_block";
-  }
+  return o.block_key() == proto::BoneOptions::BONE_BLOCK ? "bone_block" : "miss_block";
 }
 
 std::string peft_type_of(const proto::BoneOptions& o) {
@@ -65,7 +63,12 @@ at::Tensor BatLinearImpl::unmerged_weight(const at::Tensor& merged) const {
   return w.to(at::kFloat);
 }
 
-std::vector<AdapterTensor> BatLinearImpl::state() { return {{block_key_name(options), bone_block}}; }
+std::vector<AdapterTensor> BatLinearImpl::state() {
+  // peft-cpp wrote Bat as `bone_block` before it followed PEFT's MiSS layout
+  // (same tensor, same [out/r, r, r] shape), so that name is still read.
+  const bool by_default = options.block_key() == proto::BoneOptions::BLOCK_KEY_DEFAULT;
+  return {{block_key_name(options), bone_block, by_default ? "bone_block" : ""}};
+}
 
 // ----------------------------------------------------------------------------- MISS
 

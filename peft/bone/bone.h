@@ -25,13 +25,13 @@
 //    zeros when in % r ≠ 0 (the trailing in % r columns of ΔW then get the
 //    first in % r columns of Dᵀ). Additive; trainable r·out.
 //
-// On disk (adapter_model.safetensors, key relative to the module): BAT's T as
-// `bone_block` [out/r, r, r] with peft_type "BONE", init_weights "bat"
-// (PEFT 0.14–0.18; PEFT 0.19 dropped BONE, so peft_cpp.json stays the
-// authoritative description); MISS's D as `miss_block` [r, out] with a PEFT
-// MiSS adapter_config.json (peft_type "MISS", mini_r 1, init_weights true).
-// Hugging Face MiSS (default or "bat") and old BONE directories load too;
-// BoneOptions::block_key remembers which name they used.
+// On disk (adapter_model.safetensors, key relative to the module), both as
+// current PEFT's MiSS writes them: BAT's T as `miss_block` [out/r, r, r] with
+// peft_type "MISS", init_weights "bat"; MISS's D as `miss_block` [r, out]
+// with init_weights true; mini_r 1, miss_dropout and MissConfig's other
+// keys. Old BONE directories (older PEFT: `bone_block`, peft_type
+// "BONE") load too and BoneOptions::block_key makes them save back alike;
+// peft-cpp's own earlier Bat files (`bone_block`) are read as well.
 //
 //   proto::AdapterConfig c;
 //   c.mutable_bone()->set_r(16);                                  // BAT
@@ -77,7 +77,7 @@ class BatLinearImpl final : public torch::nn::Module, public LinearAdapter {
   at::Tensor adapted_weight(const at::Tensor& weight) const;
 
   const proto::BoneOptions options;
-  at::Tensor bone_block;  // T [out/r, r, r]
+  at::Tensor bone_block;  // T [out/r, r, r] (`miss_block` on disk)
 };
 
 /// Bone's MISS variant on one projection [out, in]; any r ≥ 1.

@@ -284,22 +284,39 @@ TEST(BoneFormat, MissKeysShapesAndConfigArePeft) {
             (std::vector<int64_t>{8, 16}));
 }
 
-TEST(BoneFormat, BatWritesBoneBlockWithBatInit) {
+// PEFT removed the BONE type: a Bat adapter is peft_type MISS with
+// init_weights "bat" and its T under `miss_block`, shaped [out/r, r, r]
+// (MissLayer.reset_bat_parameters), with exactly MissConfig's keys.
+TEST(BoneFormat, BatWritesPeftMissBatFormat) {
   PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 1));
   ASSERT_TRUE(pm.add_adapter(bone_config(8, proto::BoneOptions::BAT, {"k_proj"}), 0).ok());
   const std::string dir = testing::make_temp_dir("bone") + "/bat";
   ASSERT_TRUE(pm.save_adapter(dir).ok());
   const json cfg = read_json(dir + "/adapter_config.json");
-  EXPECT_EQ(cfg["peft_type"], "BONE");
+  EXPECT_EQ(cfg["peft_type"], "MISS");
   EXPECT_EQ(cfg["init_weights"], "bat");
   EXPECT_EQ(cfg["r"], 8);
-  EXPECT_FALSE(cfg.contains("miss_dropout"));
-  EXPECT_TRUE(std::filesystem::exists(dir + "/peft_cpp.json"));
+  EXPECT_EQ(cfg["miss_dropout"], 0.0);
+  EXPECT_EQ(cfg["mini_r"], 1);
+  EXPECT_EQ(cfg["bias"], "none");
+  EXPECT_EQ(cfg["target_modules"], json({"k_proj"}));
+  std::set<std::string> keys;
+  for (const auto& item : cfg.items()) keys.insert(item.key());
+  // MissConfig's own fields, every one written, plus PeftConfig's.
+  EXPECT_EQ(keys, (std::set<std::string>{"peft_type", "task_type", "base_model_name_or_path", "inference_mode", "r",
+                                         "miss_dropout", "mini_r", "target_modules", "exclude_modules",
+                                         "init_weights", "layers_to_transform", "layers_pattern", "bias",
+                                         "modules_to_save"}));
+  for (const std::string& k : keys) EXPECT_TRUE(miss_config_keys().count(k)) << k;
   auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
   ASSERT_TRUE(file.ok());
-  const io::TensorInfo* t = (*file)->find("base_model.model.model.layers.1.self_attn.k_proj.bone_block");
+  std::set<std::string> names;
+  for (const io::TensorInfo& t : (*file)->tensors()) names.insert(t.name);
+  EXPECT_EQ(names, (std::set<std::string>{"base_model.model.model.layers.0.self_attn.k_proj.miss_block",
+                                          "base_model.model.model.layers.1.self_attn.k_proj.miss_block"}));
+  const io::TensorInfo* t = (*file)->find("base_model.model.model.layers.1.self_attn.k_proj.miss_block");
   ASSERT_NE(t, nullptr);
-  EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 8, 8}));  // [out/r, r, r]
+  EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 8, 8}));  // [out/r, r, r]: k_proj is [16, 32]
 }
 
 // Writes a Hugging Face PEFT directory by hand: config text plus one block
@@ -432,6 +449,65 @@ TEST(BoneFormat, ReadsAPeftMissBatDirectory) {
       EXPECT_LE(max_abs(t.linear->weight.slice(0, i * 8, i * 8 + 8).slice(1, j * 8, j * 8 + 8) - expect), 1e-5);
     }
   }
+}
+
+// The W' of a Bat block formula, written out block by block.
+void expect_bat_merge(PeftModel& pm, const at::Tensor& tt) {
+  const LinearTarget t = pm.targets("default")[0];
+  torch::NoGradGuard ng;
+  const at::Tensor w = t.linear->weight.detach().clone();
+  ASSERT_TRUE(pm.merge_().ok());
+  const int64_t r = tt.size(1);
+  for (int64_t i = 0; i < w.size(0) / r; ++i) {
+    for (int64_t j = 0; j < w.size(1) / r; ++j) {
+      const at::Tensor wij = w.slice(0, i * r, i * r + r).slice(1, j * r, j * r + r);
+      const at::Tensor expect = at::mm(wij, at::eye(r) + tt[i]) + tt[i];
+      EXPECT_LE(max_abs(t.linear->weight.slice(0, i * r, i * r + r).slice(1, j * r, j * r + r) - expect), 1e-5);
+    }
+  }
+}
+
+// Older PEFT wrote Bat as peft_type BONE with `bone_block`; still read,
+// and saved back alike.
+TEST(BoneFormat, ReadsAnOldPeftBoneBatDirectory) {
+  const std::string cfg = R"({"peft_type": "BONE", "r": 8, "init_weights": "bat", "bias": "none",
+                               "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"})";
+  const HandWritten h = write_peft_dir(cfg, "bone_block", {"q_proj"}, {4, 8, 8}, {});
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 6));
+  const absl::Status st = pm.load_adapter(h.dir);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(pm.config("default")->bone().variant(), proto::BoneOptions::BAT);
+  const std::string out = testing::make_temp_dir("bone_hf_out") + "/c";
+  ASSERT_TRUE(pm.save_adapter(out).ok());
+  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "BONE");
+  expect_bat_merge(pm, h.blocks[0].second);
+}
+
+// peft-cpp's own Bat directories from before the format change (sidecar
+// without block_key, T under `bone_block`, peft_type BONE) still load.
+TEST(BoneFormat, ReadsAnOldPeftCppBatDirectory) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 6));
+  ASSERT_TRUE(pm.add_adapter(bone_config(8, proto::BoneOptions::BAT, {"q_proj"}), 0).ok());
+  const std::string dir = testing::make_temp_dir("bone_old") + "/a";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  std::vector<io::NamedTensor> old;
+  at::Tensor t0;
+  for (int layer = 0; layer < 2; ++layer) {
+    const at::Tensor t = at::randn({4, 8, 8}, gen) * 0.1;
+    if (layer == 0) t0 = t;
+    old.push_back({"base_model.model.model.layers." + std::to_string(layer) + ".self_attn.q_proj.bone_block", t});
+  }
+  ASSERT_TRUE(io::save_safetensors(dir + "/adapter_model.safetensors", old).ok());
+  json cfg = read_json(dir + "/adapter_config.json");
+  cfg["peft_type"] = "BONE";
+  write_text(dir + "/adapter_config.json", cfg.dump());
+  json sidecar = read_json(dir + "/peft_cpp.json");
+  ASSERT_FALSE(sidecar["config"]["bone"].contains("block_key"));
+  PeftModel other(testing::tiny_model(testing::tiny_llama_config(), 6));
+  const absl::Status st = other.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  expect_bat_merge(other, t0);
 }
 
 TEST(BoneFormat, UnsupportedPeftOptionsAreClearErrors) {
