@@ -18,6 +18,7 @@
 #include "models/model_io.h"
 #include "peft/core/status.h"
 #include "peft/io/safetensors.h"
+#include "peft/lora/lora.h"
 
 namespace peft {
 namespace {
@@ -350,12 +351,15 @@ std::string PeftModel::summary() {
   return out;
 }
 
-std::vector<AdapterTensor> PeftModel::adapter_tensors(const std::string& name) {
+std::vector<AdapterTensor> PeftModel::adapter_tensors(const std::string& name, bool plain_lora) {
   std::vector<AdapterTensor> out;
   Entry* e = find(name);
   auto rooted = [](const std::string& key) { return key.empty() ? key : absl::StrCat(kPrefix, key); };
   for (const LinearTarget& t : e->targets) {
-    for (const AdapterTensor& a : t.linear->adapter(name)->state()) {
+    LinearAdapter* adapter = t.linear->adapter(name);
+    const std::vector<AdapterTensor> state =
+        plain_lora ? dynamic_cast<LoraLinearImpl&>(*adapter).plain_lora_state() : adapter->state();
+    for (const AdapterTensor& a : state) {
       out.push_back({absl::StrCat(kPrefix, t.path, ".", a.key), a.tensor,
                      a.legacy_key.empty() ? "" : absl::StrCat(kPrefix, t.path, ".", a.legacy_key)});
     }
@@ -384,14 +388,28 @@ std::vector<AdapterTensor> PeftModel::adapter_tensors(const std::string& name) {
 }
 
 absl::Status PeftModel::save_adapter(const std::string& dir, const std::string& name, bool overwrite,
-                                     const std::string& base_model_name) {
+                                     const std::string& base_model_name, bool convert_to_lora) {
   Entry* e = find(name);
   if (e == nullptr) return absl::NotFoundError(absl::StrCat("no adapter named '", name, "'"));
   if (merged_) return absl::FailedPreconditionError("unmerge before saving an adapter");
+  // The config written: the adapter's own, or its plain-LoRA form.
+  proto::AdapterConfig config = e->config;
+  if (convert_to_lora) {
+    if (config.method_case() != proto::AdapterConfig::kLora) {
+      return absl::FailedPreconditionError(absl::StrCat("adapter '", name, "' is a ", e->method->name,
+                                                        " adapter; only LoRA with init PISSA or OLORA can be saved "
+                                                        "as a plain LoRA"));
+    }
+    absl::StatusOr<proto::LoraOptions> plain = lora_plain_options(config.lora());
+    if (!plain.ok()) {
+      return absl::Status(plain.status().code(), absl::StrCat("adapter '", name, "': ", plain.status().message()));
+    }
+    *config.mutable_lora() = *plain;
+  }
   const bool fan_in_fan_out = model_->config().arch == models::Architecture::kGpt2;
   // adapter_config.json: the method's keys plus PEFT's common ones.
-  json cfg = json::parse(e->method->config_json(e->config, fan_in_fan_out));
-  cfg["peft_type"] = e->method->peft_type(e->config);
+  json cfg = json::parse(e->method->config_json(config, fan_in_fan_out));
+  cfg["peft_type"] = e->method->peft_type(config);
   cfg["task_type"] = "CAUSAL_LM";
   cfg["base_model_name_or_path"] = base_model_name;
   cfg["inference_mode"] = true;
@@ -418,7 +436,7 @@ absl::Status PeftModel::save_adapter(const std::string& dir, const std::string& 
   google::protobuf::util::JsonPrintOptions popts;
   popts.preserve_proto_field_names = true;
   popts.always_print_primitive_fields = false;
-  if (!google::protobuf::util::MessageToJsonString(e->config, &proto_json, popts).ok()) {
+  if (!google::protobuf::util::MessageToJsonString(config, &proto_json, popts).ok()) {
     return absl::InternalError("cannot serialise the adapter config");
   }
   json sidecar;
@@ -432,7 +450,7 @@ absl::Status PeftModel::save_adapter(const std::string& dir, const std::string& 
 
   std::vector<io::NamedTensor> tensors;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("collect adapter tensors", [&] {
-    for (const AdapterTensor& a : adapter_tensors(name)) {
+    for (const AdapterTensor& a : adapter_tensors(name, convert_to_lora)) {
       tensors.push_back({a.key, a.tensor.detach().to(at::kCPU).contiguous()});
     }
   }));

@@ -100,8 +100,13 @@ class PeftModel final {
 
   /// Writes adapter `name` to `dir` (created; must not exist or be empty
   /// unless `overwrite`). Nothing is written on error.
+  /// `convert_to_lora`: a LoRA adapter with PiSSA or OLoRA init, whose init
+  /// rewrote the base weights, is written as an ordinary LoRA relative to the
+  /// ORIGINAL base (PEFT's path_initial_model_for_weight_conversion): rank
+  /// 2r, A' = [A; A0], B' = [B, -B0], alpha doubled, init default; it then
+  /// loads on the unmodified base, in peft-cpp or PEFT, with the same outputs.
   absl::Status save_adapter(const std::string& dir, const std::string& name = "default", bool overwrite = false,
-                            const std::string& base_model_name = "");
+                            const std::string& base_model_name = "", bool convert_to_lora = false);
 
   /// Reads an adapter directory (ours or Hugging Face PEFT's LoRA/MiSS) and
   /// adds it as `name` (default: the name stored in it, else "default").
@@ -119,7 +124,8 @@ class PeftModel final {
   void install_hook();
   /// Every tensor adapter `name` saves, keys relative to the file root
   /// (legacy_key: the older name also accepted on load).
-  std::vector<AdapterTensor> adapter_tensors(const std::string& name);
+  /// `plain_lora`: LoRA tensors as LoraLinearImpl::plain_lora_state().
+  std::vector<AdapterTensor> adapter_tensors(const std::string& name, bool plain_lora = false);
 
   std::shared_ptr<models::CausalLm> model_;
   std::vector<std::pair<std::string, Entry>> adapters_;

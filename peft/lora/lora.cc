@@ -81,6 +81,11 @@ LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, 
     default:
       TORCH_CHECK(false, "unknown LoRA init ", static_cast<int>(o.init()));
   }
+  if (o.init() == proto::LoraOptions::PISSA || o.init() == proto::LoraOptions::OLORA) {
+    // Copies: register_parameter keeps (and trains) the tensors it is given.
+    lora_A0 = a.detach().clone().contiguous();
+    lora_B0 = b.detach().clone().contiguous();
+  }
   lora_A = register_parameter("lora_A", a.contiguous());
   lora_B = register_parameter("lora_B", b.contiguous());
 }
@@ -108,6 +113,14 @@ at::Tensor LoraLinearImpl::merged_weight(const at::Tensor& weight) const { retur
 at::Tensor LoraLinearImpl::unmerged_weight(const at::Tensor& merged) const { return merged - delta_weight(); }
 
 std::vector<AdapterTensor> LoraLinearImpl::state() { return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}}; }
+
+std::vector<AdapterTensor> LoraLinearImpl::plain_lora_state() const {
+  TORCH_CHECK(lora_A0.defined() && lora_B0.defined(),
+              "a plain-LoRA export needs a PiSSA or OLoRA adapter (its initial factors)");
+  const at::Tensor a = lora_A.detach(), b = lora_B.detach();
+  const at::Tensor a0 = lora_A0.to(a.device(), a.scalar_type()), b0 = lora_B0.to(b.device(), b.scalar_type());
+  return {{"lora_A.weight", at::cat({a, a0}, 0)}, {"lora_B.weight", at::cat({b, b0.neg()}, 1)}};
+}
 
 namespace {
 
@@ -151,6 +164,28 @@ const char* bias_name(proto::LoraOptions::Bias b) {
 }
 
 }  // namespace
+
+absl::StatusOr<proto::LoraOptions> lora_plain_options(const proto::LoraOptions& options) {
+  if (options.init() != proto::LoraOptions::PISSA && options.init() != proto::LoraOptions::OLORA) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("only a LoRA adapter with init PISSA or OLORA can be saved as a plain LoRA (this one's init is ",
+                     proto::LoraOptions::Init_Name(options.init()), ": it already is one)"));
+  }
+  if (options.use_rslora() && (options.rank_pattern_size() > 0 || options.alpha_pattern_size() > 0)) {
+    // Doubling r and alpha keeps alpha / sqrt(r) only with alpha · √2, which
+    // the per-module alpha_pattern cannot say for modules it does not list.
+    return absl::FailedPreconditionError(
+        "a PiSSA/OLoRA adapter with use_rslora and rank_pattern or alpha_pattern cannot be saved as a plain LoRA "
+        "(PEFT refuses this combination too)");
+  }
+  proto::LoraOptions o = options;
+  o.clear_init();
+  o.set_r(2 * options.r());
+  o.set_alpha(options.use_rslora() ? options.alpha() * std::sqrt(2.0) : 2 * options.alpha());
+  for (auto& e : *o.mutable_rank_pattern()) e.set_value(2 * e.value());
+  for (auto& e : *o.mutable_alpha_pattern()) e.set_value(2 * e.value());
+  return o;
+}
 
 AdapterMethod lora_method() {
   AdapterMethod m;

@@ -23,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include <torch/nn/module.h>
 
 #include "peft/adapter.h"
@@ -49,14 +50,34 @@ class LoraLinearImpl final : public torch::nn::Module, public LinearAdapter {
   /// s · B A in fp32 [out, in].
   at::Tensor delta_weight() const;
 
+  /// This adapter as an ordinary LoRA on the ORIGINAL base weight, for a
+  /// PiSSA/OLoRA init (PEFT's subtract_mutated_init): W_res + s B A =
+  /// W + s (B A − B0 A0), so `lora_A.weight` = [A; A0] [2r, in] and
+  /// `lora_B.weight` = [B, −B0] [out, 2r], with r and alpha doubled
+  /// (lora_plain_options) to keep s. Fails for other inits.
+  std::vector<AdapterTensor> plain_lora_state() const;
+
   const proto::LoraOptions options;
   const double scaling;
   at::Tensor lora_A;  // [r, in]
   at::Tensor lora_B;  // [out, r]
+  // PiSSA/OLoRA only: the initial factors A0 [r, in], B0 [out, r]. Plain
+  // members, so never trained nor saved: they follow from the original base,
+  // and loading the adapter on that base runs the init again.
+  at::Tensor lora_A0, lora_B0;
 };
 
 /// The registry entry for "lora".
 AdapterMethod lora_method();
+
+/// The options of a PiSSA/OLoRA adapter saved as an ordinary LoRA
+/// (plain_lora_state), as PEFT's save_pretrained with
+/// path_initial_model_for_weight_conversion writes them: init default
+/// (init_lora_weights true), r and every rank_pattern value doubled, alpha
+/// and every alpha_pattern value doubled (alpha · √2 with rsLoRA), so each
+/// module keeps its scaling. Errors: another init, or rsLoRA together with
+/// rank_pattern / alpha_pattern (PEFT refuses that too).
+absl::StatusOr<proto::LoraOptions> lora_plain_options(const proto::LoraOptions& options);
 
 /// LoRA's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.
 double lora_scaling(double alpha, int64_t r, bool use_rslora);

@@ -360,6 +360,131 @@ TEST(LoraFormat, BadPatternsNameTheProblem) {
   EXPECT_NE(m.find("rank_pattern['q_proj'] must be an integer rank"), std::string::npos) << m;
 }
 
+// PiSSA / OLoRA rewrite the base weights. Saved with convert_to_lora, the
+// adapter is an ordinary rank-2r LoRA on the ORIGINAL base: loaded there it
+// gives the logits PiSSA/OLoRA gave on its residual base (fp32, 1e-5), after
+// the trained factors moved away from their init.
+void expect_plain_lora_export(proto::LoraOptions::Init init, bool rslora) {
+  SCOPED_TRACE(proto::LoraOptions::Init_Name(init) + (rslora ? " rslora" : ""));
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 9));
+  proto::AdapterConfig c = lora(2, 4, "attention");
+  c.mutable_lora()->set_init(init);
+  c.mutable_lora()->set_use_rslora(rslora);
+  ASSERT_TRUE(pm.add_adapter(c, 3).ok());
+  pm.freeze_base_();
+  {
+    torch::NoGradGuard ng;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    for (auto& [n, p] : pm.trainable_parameters()) p.add_(at::randn(p.sizes(), gen) * 0.05);
+  }
+  const at::Tensor ids = testing::sample_ids(96, 2, 9, 4);
+  at::Tensor trained;
+  {
+    torch::NoGradGuard ng;
+    trained = pm.model().forward(ids, nullptr);
+  }
+  const std::string dir = testing::make_temp_dir("lora_plain") + "/a";
+  const absl::Status st = pm.save_adapter(dir, "default", false, "", /*convert_to_lora=*/true);
+  ASSERT_TRUE(st.ok()) << st;
+
+  // PEFT's numbers: r' = 2r, alpha' = 2 alpha (alpha sqrt 2 with rsLoRA), init true.
+  const json cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["r"], 4);
+  EXPECT_NEAR(cfg["lora_alpha"].get<double>(), rslora ? 4 * std::sqrt(2.0) : 8.0, 1e-6);
+  EXPECT_EQ(cfg["init_lora_weights"], true);
+  EXPECT_EQ(cfg["use_rslora"], rslora);
+  auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(file.ok());
+  const std::string q = "base_model.model.model.layers.0.self_attn.q_proj.";
+  EXPECT_EQ((*file)->find(q + "lora_A.weight")->shape, (std::vector<int64_t>{4, 32}));
+  EXPECT_EQ((*file)->find(q + "lora_B.weight")->shape, (std::vector<int64_t>{32, 4}));
+  EXPECT_EQ((*file)->tensors().size(), 16u);
+  // The first r rows of A' / columns of B' are the trained A / B.
+  const LinearTarget t0 = pm.targets("default")[0];
+  ASSERT_EQ(t0.path, "model.layers.0.self_attn.q_proj");
+  const auto* trained_layer = dynamic_cast<LoraLinearImpl*>(t0.linear->adapter("default"));
+  ASSERT_NE(trained_layer, nullptr);
+  EXPECT_TRUE(at::equal((*(*file)->load(q + "lora_A.weight")).narrow(0, 0, 2), trained_layer->lora_A.detach()));
+  EXPECT_TRUE(at::equal((*(*file)->load(q + "lora_B.weight")).narrow(1, 0, 2), trained_layer->lora_B.detach()));
+
+  // Ours and a plain PEFT directory (no sidecar) both load on the original base.
+  for (bool sidecar : {true, false}) {
+    if (!sidecar) std::filesystem::remove(dir + "/peft_cpp.json");
+    PeftModel original(testing::tiny_model(testing::tiny_llama_config(), 9));
+    const absl::Status ls = original.load_adapter(dir);
+    ASSERT_TRUE(ls.ok()) << ls;
+    EXPECT_EQ(original.config("default")->lora().init(), proto::LoraOptions::DEFAULT);
+    EXPECT_EQ(original.config("default")->lora().r(), 4);
+    torch::NoGradGuard ng;
+    const at::Tensor got = original.model().forward(ids, nullptr);
+    EXPECT_LE((got - trained).abs().max().item<double>(), 1e-5 * trained.abs().max().item<double>())
+        << "sidecar " << sidecar;
+  }
+}
+
+TEST(LoraPlainExport, PissaOnTheOriginalBaseMatches) { expect_plain_lora_export(proto::LoraOptions::PISSA, false); }
+TEST(LoraPlainExport, OloraOnTheOriginalBaseMatches) { expect_plain_lora_export(proto::LoraOptions::OLORA, false); }
+TEST(LoraPlainExport, RsloraKeepsTheScaling) { expect_plain_lora_export(proto::LoraOptions::PISSA, true); }
+
+TEST(LoraPlainExport, RefusalsNameTheProblemAndWriteNothing) {
+  const std::string root = testing::make_temp_dir("lora_plain_err");
+  {
+    PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 9));
+    ASSERT_TRUE(pm.add_adapter(lora(2, 4, "attention")).ok());
+    const absl::Status st = pm.save_adapter(root + "/plain", "default", false, "", true);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(std::string(st.message()).find("init PISSA or OLORA"), std::string::npos) << st;
+    EXPECT_FALSE(std::filesystem::exists(root + "/plain"));
+  }
+  {
+    PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 9));
+    proto::AdapterConfig c = lora(2, 4, "attention");
+    c.mutable_lora()->set_init(proto::LoraOptions::PISSA);
+    c.mutable_lora()->set_use_rslora(true);
+    auto* rp = c.mutable_lora()->add_rank_pattern();
+    rp->set_key("q_proj");
+    rp->set_value(4);
+    ASSERT_TRUE(pm.add_adapter(c).ok());
+    const absl::Status st = pm.save_adapter(root + "/rs", "default", false, "", true);
+    EXPECT_NE(std::string(st.message()).find("use_rslora and rank_pattern or alpha_pattern"), std::string::npos) << st;
+    EXPECT_FALSE(std::filesystem::exists(root + "/rs"));
+  }
+  {
+    PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 9));
+    proto::AdapterConfig c;
+    c.mutable_bone()->set_r(8);
+    c.mutable_target()->add_modules("q_proj");
+    ASSERT_TRUE(pm.add_adapter(c).ok());
+    const absl::Status st = pm.save_adapter(root + "/bone", "default", false, "", true);
+    EXPECT_NE(std::string(st.message()).find("is a bone adapter"), std::string::npos) << st;
+    EXPECT_FALSE(std::filesystem::exists(root + "/bone"));
+  }
+}
+
+// With rank_pattern / alpha_pattern, every value doubles (PEFT), so each
+// module keeps its scaling.
+TEST(LoraPlainExport, PatternValuesDouble) {
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 9));
+  proto::AdapterConfig c = lora(2, 4, "attention");
+  c.mutable_lora()->set_init(proto::LoraOptions::OLORA);
+  auto* rp = c.mutable_lora()->add_rank_pattern();
+  rp->set_key("v_proj");
+  rp->set_value(3);
+  auto* ap = c.mutable_lora()->add_alpha_pattern();
+  ap->set_key("q_proj");
+  ap->set_value(5);
+  ASSERT_TRUE(pm.add_adapter(c).ok());
+  const std::string dir = testing::make_temp_dir("lora_plain_pat") + "/a";
+  ASSERT_TRUE(pm.save_adapter(dir, "default", false, "", true).ok());
+  const json cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["rank_pattern"], json({{"v_proj", 6}}));
+  EXPECT_EQ(cfg["alpha_pattern"], json({{"q_proj", 10.0}}));
+  auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->find("base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight")->shape,
+            (std::vector<int64_t>{6, 32}));
+}
+
 TEST(LoraMath, ScalingAndInit) {
   EXPECT_DOUBLE_EQ(lora_scaling(16, 4, false), 4.0);
   EXPECT_DOUBLE_EQ(lora_scaling(16, 4, true), 8.0);
