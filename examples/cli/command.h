@@ -27,7 +27,7 @@ struct Command {
 };
 
 /// The subcommands, in help order.
-std::vector<Command> model_commands();  // convert, generate, eval
+std::vector<Command> model_commands();  // convert, init, merge, to-lora, generate, eval
 std::vector<Command> data_commands();   // tokenize
 std::vector<Command> train_commands();  // train
 std::vector<Command> bench_commands();  // bench

@@ -415,6 +415,35 @@ absl::Status run_merge(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
+// peft to-lora: a PiSSA/OLoRA adapter, whose init rewrote the base weights,
+// as an ordinary LoRA that loads on the unmodified base (in peft-cpp or
+// Hugging Face PEFT). Loading the adapter on the original base runs the init
+// again, which gives back the initial factors the conversion needs.
+absl::Status run_to_lora(const ParsedFlags& f) {
+  PEFT_RETURN_IF_ERROR(apply_threads(f));
+  PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, load_base(f.get("model")));
+  PeftModel pm(lm);
+  PEFT_RETURN_IF_ERROR(pm.load_adapter(f.get("adapter"), "default"));
+  // Keep the base model name the adapter was saved with.
+  std::string base_name;
+  {
+    std::ifstream in(f.get("adapter") + "/adapter_config.json");
+    const json j = json::parse(in, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.contains("base_model_name_or_path") &&
+        j["base_model_name_or_path"].is_string()) {
+      base_name = j["base_model_name_or_path"].get<std::string>();
+    }
+  }
+  PEFT_RETURN_IF_ERROR(pm.save_adapter(f.get("output"), "default", overwrite, base_name, /*convert_to_lora=*/true));
+  const proto::AdapterConfig& was = *pm.config("default");
+  std::fprintf(stdout, "%s\n",
+               dump({{"output", f.get("output")}, {"init", proto::LoraOptions::Init_Name(was.lora().init())},
+                     {"r", 2 * was.lora().r()}})
+                   .c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 FlagSpec threads_flag() {
@@ -477,6 +506,14 @@ std::vector<Command> model_commands() {
                 {"overwrite", "replace a non-empty output directory", "false", false, true},
                 threads_flag()},
                run_merge});
+  c.push_back({"to-lora",
+               "Save a PiSSA/OLoRA adapter as a plain LoRA (rank 2r) for the original, unmodified base model.",
+               {{"model", "the ORIGINAL base model directory the adapter was trained from", "", true},
+                {"adapter", "the PiSSA or OLoRA adapter directory", "", true},
+                {"output", "the LoRA adapter directory to write", "", true},
+                {"overwrite", "replace a non-empty output directory", "false", false, true},
+                threads_flag()},
+               run_to_lora});
   c.push_back({"generate",
                "Generate text from a prompt (greedy by default) with a KV cache.",
                {{"model", "Hugging Face model directory", "", true},

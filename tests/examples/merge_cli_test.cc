@@ -112,6 +112,31 @@ TEST_F(MergeCliTest, LoraMergedExportGeneratesLikeBasePlusAdapter) {
   EXPECT_EQ(generated(peft_cli("generate --model=" + merged + gen)), with_adapter);
 }
 
+// `peft to-lora`: the plain-LoRA form of a trained PiSSA adapter generates,
+// on the original base, what the PiSSA adapter generates (which rebuilds its
+// residual base on load).
+TEST_F(MergeCliTest, ToLoraGeneratesLikeThePissaAdapter) {
+  const std::string ad = save_adapters({R"(lora { r: 4 alpha: 8 init: PISSA } target { preset: "all_linear" })"})[0];
+  const std::string gen = " --prompt='Once upon a time' --max_new_tokens=40 --format=json --threads=1";
+  const std::vector<int64_t> pissa = generated(peft_cli("generate --model=" + base_ + " --adapter=" + ad + gen));
+  const std::string out = testing::make_temp_dir("tl") + "/lora";
+  Out m = peft_cli("to-lora --model=" + base_ + " --adapter=" + ad + " --output=" + out);
+  ASSERT_EQ(m.code, 0) << m.err;
+  EXPECT_EQ(json::parse(m.out)["r"], 8);
+  std::ifstream in(out + "/adapter_config.json");
+  const json cfg = json::parse(in);
+  EXPECT_EQ(cfg["init_lora_weights"], true);
+  EXPECT_EQ(cfg["r"], 8);
+  EXPECT_EQ(cfg["lora_alpha"], 16.0);
+  EXPECT_EQ(generated(peft_cli("generate --model=" + base_ + " --adapter=" + out + gen)), pissa);
+  // A plain LoRA adapter is refused, and nothing is written.
+  const std::string plain = save_adapters({R"(lora { r: 4 alpha: 8 } target { preset: "all_linear" })"})[0];
+  Out bad = peft_cli("to-lora --model=" + base_ + " --adapter=" + plain + " --output=" + out + "x");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.err.find("init PISSA or OLORA"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(out + "x"));
+}
+
 TEST_F(MergeCliTest, CompacterMergeIsRefusedWithNoOutput) {
   const std::string ad = save_adapters({R"(compacter { phm_dim: 4 reduction_factor: 8 })"})[0];
   const std::string out = testing::make_temp_dir("mc") + "/merged";
