@@ -11,16 +11,12 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-// The tensor name on disk; it also decides the peft_type written. Both
-// variants default to PEFT's current MiSS names (PEFT removed BONE; Bat is
-// MiSS with init_weights "bat"); BONE_BLOCK only when a file read said so.
-const char* block_key_name(const proto::BoneOptions& o) {
-  return o.block_key() == proto::BoneOptions::BONE_BLOCK ? "bone_block" : "miss_block";
-}
-
-std::string peft_type_of(const proto::BoneOptions& o) {
-  return std::string(block_key_name(o)) == "bone_block" ? "BONE" : "MISS";
-}
+// Both variants are written in current PEFT's MiSS layout (PEFT removed the
+// BONE type; Bat is MiSS with init_weights "bat"): tensor `miss_block`,
+// peft_type MISS. `bone_block`, the name of PEFT's old BONE files and of
+// peft-cpp's Bat files before, is still read.
+constexpr const char* kBlockKey = "miss_block";
+constexpr const char* kLegacyBlockKey = "bone_block";
 
 }  // namespace
 
@@ -63,12 +59,7 @@ at::Tensor BatLinearImpl::unmerged_weight(const at::Tensor& merged) const {
   return w.to(at::kFloat);
 }
 
-std::vector<AdapterTensor> BatLinearImpl::state() {
-  // peft-cpp wrote Bat as `bone_block` before it followed PEFT's MiSS layout
-  // (same tensor, same [out/r, r, r] shape), so that name is still read.
-  const bool by_default = options.block_key() == proto::BoneOptions::BLOCK_KEY_DEFAULT;
-  return {{block_key_name(options), bone_block, by_default ? "bone_block" : ""}};
-}
+std::vector<AdapterTensor> BatLinearImpl::state() { return {{kBlockKey, bone_block, kLegacyBlockKey}}; }
 
 // ----------------------------------------------------------------------------- MISS
 
@@ -103,7 +94,7 @@ at::Tensor MissLinearImpl::merged_weight(const at::Tensor& weight) const { retur
 
 at::Tensor MissLinearImpl::unmerged_weight(const at::Tensor& merged) const { return merged - delta_weight(); }
 
-std::vector<AdapterTensor> MissLinearImpl::state() { return {{block_key_name(options), miss_block}}; }
+std::vector<AdapterTensor> MissLinearImpl::state() { return {{kBlockKey, miss_block, kLegacyBlockKey}}; }
 
 // ----------------------------------------------------------------------------- registry entry
 
@@ -111,7 +102,7 @@ AdapterMethod bone_method() {
   AdapterMethod m;
   m.name = "bone";
   m.method_case = proto::AdapterConfig::kBone;
-  m.peft_type = [](const proto::AdapterConfig& c) { return peft_type_of(c.bone()); };
+  m.peft_type = [](const proto::AdapterConfig&) { return std::string("MISS"); };
   m.accepted_peft_types = {"BONE", "MISS"};
   m.validate = [](const proto::AdapterConfig& c) -> absl::Status {
     const proto::BoneOptions& o = c.bone();
@@ -144,14 +135,12 @@ AdapterMethod bone_method() {
   m.config_json = [](const proto::AdapterConfig& c, bool /*fan_in_fan_out: MiSS/Bone have none*/) {
     const proto::BoneOptions& o = c.bone();
     const bool bat = o.variant() == proto::BoneOptions::BAT;
-    // Exactly the fields of PEFT's MissConfig (BoneConfig lacks miss_dropout
-    // and mini_r); the core adds peft_type, target_modules and the common keys.
+    // Exactly the fields of PEFT's MissConfig; the core adds peft_type,
+    // target_modules and the common keys.
     json j;
     j["r"] = o.r();
-    if (peft_type_of(o) == "MISS") {
-      j["miss_dropout"] = bat ? 0.0f : o.dropout();
-      j["mini_r"] = 1;
-    }
+    j["miss_dropout"] = bat ? 0.0f : o.dropout();
+    j["mini_r"] = 1;
     j["init_weights"] = bat ? json("bat") : json(true);
     j["bias"] = "none";
     j["exclude_modules"] = nullptr;
@@ -169,7 +158,6 @@ AdapterMethod bone_method() {
           absl::StrCat("adapter_config.json: peft_type '", type, "' is not a Bone/MiSS adapter"));
     }
     proto::BoneOptions* o = c->mutable_bone();
-    o->set_block_key(type == "BONE" ? proto::BoneOptions::BONE_BLOCK : proto::BoneOptions::MISS_BLOCK);
     if (j.contains("r")) {
       if (!j["r"].is_number_integer()) return absl::InvalidArgumentError("adapter_config.json: 'r' must be an integer");
       o->set_r(j["r"].get<int>());

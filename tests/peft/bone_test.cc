@@ -419,13 +419,14 @@ TEST(BoneFormat, ReadsAnOldPeftBoneDefaultDirectory) {
   torch::NoGradGuard ng;
   const at::Tensor got = pm.model().forward(ids, nullptr);
   EXPECT_LE(max_abs(got - tiled_reference_logits(h, ids)) / max_abs(got), 1e-5);
-  // And it saves back under its own names.
+  // And it saves back in the layout current PEFT reads (it removed BONE).
   const std::string out = testing::make_temp_dir("bone_hf_out") + "/b";
   ASSERT_TRUE(pm.save_adapter(out).ok());
-  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "BONE");
+  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "MISS");
   auto file = io::SafetensorsFile::open(out + "/adapter_model.safetensors");
   ASSERT_TRUE(file.ok());
-  EXPECT_NE((*file)->find("base_model.model.model.layers.0.self_attn.q_proj.bone_block"), nullptr);
+  EXPECT_NE((*file)->find("base_model.model.model.layers.0.self_attn.q_proj.miss_block"), nullptr);
+  EXPECT_EQ((*file)->find("base_model.model.model.layers.0.self_attn.q_proj.bone_block"), nullptr);
 }
 
 TEST(BoneFormat, ReadsAPeftMissBatDirectory) {
@@ -468,7 +469,7 @@ void expect_bat_merge(PeftModel& pm, const at::Tensor& tt) {
 }
 
 // Older PEFT wrote Bat as peft_type BONE with `bone_block`; still read,
-// and saved back alike.
+// and saved back as current PEFT's MiSS with init_weights "bat".
 TEST(BoneFormat, ReadsAnOldPeftBoneBatDirectory) {
   const std::string cfg = R"({"peft_type": "BONE", "r": 8, "init_weights": "bat", "bias": "none",
                                "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"})";
@@ -479,7 +480,8 @@ TEST(BoneFormat, ReadsAnOldPeftBoneBatDirectory) {
   EXPECT_EQ(pm.config("default")->bone().variant(), proto::BoneOptions::BAT);
   const std::string out = testing::make_temp_dir("bone_hf_out") + "/c";
   ASSERT_TRUE(pm.save_adapter(out).ok());
-  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "BONE");
+  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "MISS");
+  EXPECT_EQ(read_json(out + "/adapter_config.json")["init_weights"], "bat");
   expect_bat_merge(pm, h.blocks[0].second);
 }
 
