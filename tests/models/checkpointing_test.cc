@@ -380,7 +380,9 @@ TEST(CheckpointBlock, InputAndParameterGradients) {
       if (x_grad) grads[on][1] = x.grad().clone();
     }
     EXPECT_TRUE(at::allclose(grads[0][0], grads[1][0], 0, 1e-6)) << "x requires grad: " << x_grad;
-    if (x_grad) EXPECT_TRUE(at::allclose(grads[0][1], grads[1][1], 0, 1e-6));
+    if (x_grad) {
+      EXPECT_TRUE(at::allclose(grads[0][1], grads[1][1], 0, 1e-6));
+    }
   }
 }
 

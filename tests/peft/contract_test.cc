@@ -3,7 +3,7 @@
 // after random perturbation of the trainable tensors merged logits equal
 // unmerged ones (relative 1e-5) and unmerge restores the base (1e-6); only
 // adapter tensors (and the base tensors the method trains) require grad, and
-// they all receive gradients; the trainable count equals methods.md's
+// they all receive gradients; the trainable count equals docs/methods.md's
 // formula; save then load reproduces the outputs exactly.
 #include <map>
 #include <set>
@@ -176,7 +176,9 @@ TEST_P(ContractTest, EveryMethodHonoursTheContract) {
       {
         torch::NoGradGuard ng;
         const double d = max_abs(pm.model().forward(ids, nullptr) - base_logits);
-        if (cc.identity_at_init) EXPECT_LE(d, cc.init_tolerance) << "output changed at init";
+        if (cc.identity_at_init) {
+          EXPECT_LE(d, cc.init_tolerance) << "output changed at init";
+        }
       }
 
       // Only adapter tensors (and base tensors the method trains) require grad.
@@ -214,7 +216,9 @@ TEST_P(ContractTest, EveryMethodHonoursTheContract) {
           EXPECT_TRUE(p.grad().defined() && max_abs(p.grad()) > 0) << "no gradient for " << name;
         }
         for (const auto& item : pm.model().module().named_parameters()) {
-          if (!item.value().requires_grad()) EXPECT_FALSE(item.value().grad().defined()) << item.key();
+          if (!item.value().requires_grad()) {
+            EXPECT_FALSE(item.value().grad().defined()) << item.key();
+          }
         }
       }
 
