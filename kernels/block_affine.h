@@ -2,7 +2,7 @@
 //
 // The batched block-affine weight transform of Bone's "Bat" variant (Kang &
 // Yin, "Bone: Block-Affine Adaptation of Large Language Models",
-// arXiv 2409.15371, v1 "Weight Guide"; methods.md section 4b). With block
+// arXiv 2409.15371, v1 "Weight Guide"; docs/methods.md §5 "Bat"). With block
 // size r, W [out, in] is cut into r×r blocks W_ij (i over out/r row blocks,
 // j over in/r column blocks) and each block is transformed by the trainable
 // T_i [r, r] of its row block:

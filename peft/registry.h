@@ -61,7 +61,7 @@ struct AdapterMethod {
   /// method options from an adapter_config.json text. Null when only our own
   /// files are read.
   std::function<absl::Status(const std::string& json_text, proto::AdapterConfig*)> parse_config_json;
-  /// Trainable parameters per adapted projection [out, in] (methods.md
+  /// Trainable parameters per adapted projection [out, in] (docs/methods.md
   /// formulas), for the contract test and the summary, given the config that
   /// applies to that projection (config_for_module). Null for stream methods.
   std::function<int64_t(const proto::AdapterConfig&, int64_t out, int64_t in)> trainable_count;

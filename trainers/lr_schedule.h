@@ -20,7 +20,7 @@
 // (rate 0 at step 0 unless s0 > 0). The cosine-to-a-floor shape is the one
 // the reweighting paper's GPT-2 runs use (Sow et al., "Dynamic Loss-Based
 // Sample Reweighting for Improved Large Language Model Pretraining",
-// ICLR 2025, arXiv 2502.06733; methods.md §7: 500 warm-up steps, cosine from
+// ICLR 2025, arXiv 2502.06733; docs/methods.md §8: 500 warm-up steps, cosine from
 // 5e-4 to 1e-4, i.e. min_lr_ratio = 0.2).
 //
 //   ScheduleOptions o;

@@ -2,7 +2,7 @@
 //
 // Dynamic loss-based sample reweighting (Sow et al., "Dynamic Loss-Based
 // Sample Reweighting for Improved Large Language Model Pretraining",
-// ICLR 2025, arXiv 2502.06733; docs methods.md §7, following the authors'
+// ICLR 2025, arXiv 2502.06733; docs/methods.md §8, following the authors'
 // `src/trainer.py` and the FMS `reweighted-train` branch). Each micro-step
 // the per-sample mean token losses of the whole data-parallel micro-batch
 // decide how much each sample counts in the loss that is back-propagated:

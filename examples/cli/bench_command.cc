@@ -96,7 +96,7 @@ const std::vector<BenchMethod>& bench_methods() {
   return m;
 }
 
-// LinUpper (Sow et al. 2025; methods.md section 7), the paper's recommended
+// LinUpper (Sow et al. 2025; docs/methods.md §8), the paper's recommended
 // strategy, at a temperature inside its range for small models.
 constexpr const char* kReweighting = "reweighting { strategy: LIN_UPPER temperature: 0.5 warmup_steps: 0 }";
 constexpr const char* kReweightSuffix = "+rw";

@@ -1,7 +1,7 @@
 // File: peft/bone/bone.h
 //
-// Bone: block-affine adaptation (Kang & Yin, arXiv 2409.15371; methods.md
-// section 4). The block size r cuts the base weight W [out, in] into r×r
+// Bone: block-affine adaptation (Kang & Yin, arXiv 2409.15371; docs/methods.md
+// §5). The block size r cuts the base weight W [out, in] into r×r
 // blocks W_ij (i over out/r row blocks, j over in/r column blocks). Two
 // variants, chosen by proto::BoneOptions::variant:
 //

@@ -8,7 +8,7 @@
 //   Adapter(h) = h + PHM_up( gelu_new( PHM_down(h) ) )       d -> k -> d
 //   PHM(x)     = x Σ_i A_i ⊗ (s_i t_iᵀ) + b,   k = d / reduction_factor
 //
-// Placement (the official T5 code's rule, methods.md section 5): on the
+// Placement (the official T5 code's rule, docs/methods.md §6): on the
 // sublayer output, before the residual add. Compacter adapts the attention
 // output and the MLP output of every block; Compacter++ (`plus_plus`) only the
 // MLP output. The embedding output is left alone. Trainable: the adapters, the

@@ -11,7 +11,7 @@
 // t = W_right [n, r, out/n] are this layer's low-rank ("fast") factors
 // (r = phm_rank, 1 in the paper), b = bias [out].
 //
-// Init (official code + AdapterHub defaults, methods.md section 5): every 2-D
+// Init (official code + AdapterHub defaults, docs/methods.md §6): every 2-D
 // slice W_left[i], W_right[i] Glorot/Xavier-uniform with gain √2, bias 0.
 //
 // The product is computed by kernels/kronecker.h: factored (default, never

@@ -3,7 +3,7 @@
 // The Hybrid Sparsification Modules of PAT, Pruning-Aware Tuning (Liu et al.,
 // "PAT: Pruning-Aware Tuning for Large Language Models", AAAI 2025,
 // arXiv 2408.14721; official code kriskrisliu/PAT_Pruning-Aware-Tuning,
-// DimDownModule.py). methods.md section 6 is the specification; notation:
+// DimDownModule.py). docs/methods.md §7 is the specification; notation:
 // H hidden size, e HSM bottleneck, D channels kept, G the schedule length.
 //
 // 2L + 1 HSMs sit on every write into the residual stream of a LLaMA model

@@ -1,7 +1,7 @@
 // File: peft/hsm/prune.h
 //
 // PAT's structural export (Liu et al., AAAI 2025, arXiv 2408.14721; official
-// script/merge_dimdown.py; methods.md section 6 "Physical pruning"): turns a
+// script/merge_dimdown.py; docs/methods.md §7 "Merge and export"): turns a
 // LLaMA trained with HSMs (peft/hsm/hsm.h) plus linear adapters (LoRA) into a
 // plain, smaller LlamaForCausalLM of hidden size H' = |K| with
 // K = {c : hard gate g_c = 1} (= {c : m_c > 0}).

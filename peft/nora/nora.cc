@@ -24,7 +24,7 @@ NoraLinearImpl::NoraLinearImpl(const proto::NoraOptions& o, const at::Tensor& we
   TORCH_CHECK(ri > 0 && ri <= r, "NoRA: inner rank r_inner = ", ri, " must be in [1, r = ", r, "]");
   TORCH_CHECK(o.svd_mode() == proto::NoraOptions::PLAIN, "NoRA: only svd_mode PLAIN is implemented");
   torch::NoGradGuard no_grad;
-  // W = U Σ Vᵀ in fp32 whatever the weight's dtype (methods.md §0).
+  // W = U Σ Vᵀ in fp32 whatever the weight's dtype (docs/methods.md §1).
   auto [u, sv, vh] = at::linalg_svd(weight.detach().to(at::kFloat), /*full_matrices=*/false);
   const at::Tensor ur = u.narrow(1, 0, r);   // [out, r]
   const at::Tensor sr = sv.narrow(0, 0, r);  // [r]

@@ -2,7 +2,7 @@
 //
 // NoRA, Nested Low-Rank Adaptation (arXiv 2408.10280, 2024;
 // ICCV 2025 "Efficient Fine-Tuning of Large Models via Nested Low-Rank
-// Adaptation"), in the form fixed by ../shared/docs/methods.md §2
+// Adaptation"), in the form fixed by docs/methods.md §3
 // "Specification we adopt". A frozen outer pair taken from the top-r SVD of
 // the pretrained weight W = U Σ Vᵀ (fp32) wraps a trainable inner pair:
 //
@@ -18,7 +18,7 @@
 // ZERO_B leaves the model unchanged at step 0. The authors' random inner
 // inits (RANDN: both N(0, 1); KAIMING: both kaiming-uniform) give ΔW ≠ 0;
 // unless keep_base is set, the initial product M₀ = B_i A_i (at init) is
-// subtracted so the output is still unchanged. methods.md phrases that as a
+// subtracted so the output is still unchanged. docs/methods.md phrases that as a
 // PiSSA-style residual W − s·B_o M₀ A_o written into the base; we keep M₀ as a
 // frozen buffer instead and leave the base weight untouched. The two are the
 // same function and merge to the same weight, but ours saves and loads

@@ -2,7 +2,7 @@
 //
 // SORSA, "Singular Values and Orthonormal Regularized Singular Vectors
 // Adaptation of Large Language Models" (arXiv 2409.00055; official code
-// Gunale0926/SORSA), as fixed by ../shared/docs/methods.md §3. The top-r
+// Gunale0926/SORSA), as fixed by docs/methods.md §4. The top-r
 // singular triplets of the pretrained weight W = U Σ Vᵀ (SVD in fp32) become
 // trainable and the frozen base keeps the residual:
 //

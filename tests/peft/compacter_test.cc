@@ -68,7 +68,7 @@ TEST(Compacter, OneSharedRuleTensor) {
   }
 }
 
-// methods.md section 5: weights 4·L·r·(k+d) + n³ (Compacter) or
+// docs/methods.md §6: weights 4·L·r·(k+d) + n³ (Compacter) or
 // 2·L·r·(k+d) + n³ (++), biases (k+d) per adapter, plus every norm.
 int64_t expected_trainable(const models::ModelConfig& mc, bool plus_plus, int64_t n, int64_t k, int64_t r) {
   const int64_t d = mc.hidden_size(), L = mc.num_layers();

@@ -66,7 +66,7 @@ TEST(HsmSchedule, HandValues) {
     EXPECT_NEAR(s.beta, r.beta, 1e-12) << "t = " << r.t;
     EXPECT_EQ(s.detach, r.detach) << "t = " << r.t;
   }
-  EXPECT_NEAR(hsm_schedule(8000, G).temperature, 41.27, 0.01);  // methods.md: ≈ 41 for G = 10⁴
+  EXPECT_NEAR(hsm_schedule(8000, G).temperature, 41.27, 0.01);  // docs/methods.md: ≈ 41 for G = 10⁴
   EXPECT_NEAR(hsm_schedule(100, G).temperature, 2.0, 1e-5);
   // G = 10: freeze at int(0.8·10) = 8.
   EXPECT_FALSE(hsm_schedule(7, 10).detach);

@@ -85,7 +85,7 @@ TEST(LrScheduleTest, CosineToZeroWithoutWarmup) {
 }
 
 TEST(LrScheduleTest, PaperGpt2Schedule) {
-  // methods.md §7: 500 warm-up steps, cosine from 5e-4 to 1e-4 over 20k steps.
+  // docs/methods.md §8: 500 warm-up steps, cosine from 5e-4 to 1e-4 over 20k steps.
   ScheduleOptions o;
   o.peak_lr = 5e-4;
   o.warmup_steps = 500;
