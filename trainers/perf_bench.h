@@ -1,7 +1,7 @@
 // File: trainers/perf_bench.h
 //
 // The training-speed benchmark behind `peft bench --suite=perf` and
-// bazel-bin/tests/trainers/train_perf_bench: issue 4's target configuration
+// bazel-bin/tests/trainers/train_perf_bench: the target configuration
 // (a LLaMA with hidden 512, 8 layers, 8 heads, FFN 1376, vocabulary 32000;
 // sequence 256, batch 8; LoRA r=8 on every linear projection of the blocks,
 // base frozen), trained with the trainer's own step (trainers/train_step.h:

@@ -588,7 +588,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
 }
 
 
-// ---- The perf suite: issue 4's speed and memory targets --------------------------
+// ---- The perf suite: the training speed and memory targets --------------------------
 
 // One configuration of trainers/perf_bench.h per child process (so that each
 // peak RSS is its own), then the eager PyTorch reference
@@ -677,7 +677,7 @@ std::string perf_table(const std::vector<PerfRun>& runs, const std::string& devi
                                 o["peak_matmul_gflops"].get<double>());
     }
   }
-  t += "\nTargets (issue 4): MFU >= 50% of the matmul rate measured in the same run; >= 2x eager PyTorch's "
+  t += "\nTargets: MFU >= 50% of the matmul rate measured in the same run; >= 2x eager PyTorch's "
        "tokens/s at <= 0.7x its peak memory (same precision).\n\n";
   for (const PerfRun& r : runs) {
     const json& o = r.ours;
@@ -825,7 +825,7 @@ std::vector<FlagSpec> bench_flags() {
   std::vector<FlagSpec> specs = {
       {"suite",
        "which benchmark: methods (every PEFT method on the built-in task) or perf (training speed and memory of "
-       "issue 4's target model beside eager PyTorch)",
+       "the target model beside eager PyTorch)",
        "methods"},
       {"methods", "comma-separated subset of full, lora, nora, sorsa, bone, compacter, compacter++, hsm; or all", "all"},
       {"reweighting", "both, off or on: each method without and/or with LinUpper sample reweighting", "both"},
@@ -834,7 +834,7 @@ std::vector<FlagSpec> bench_flags() {
       {"threads", "LibTorch threads (0 = all cores); the built-in model is fastest on one; perf: all cores unless given", "1"},
       {"precisions", "perf: comma-separated bf16, fp32", "bf16,fp32"},
       {"device", "perf: cpu or cuda", "cpu"},
-      {"perf_model", "perf: target (issue 4's LLaMA, batch 8 x 256) or tiny (a smoke test)", "target"},
+      {"perf_model", "perf: target (LLaMA hidden 512 x 8 layers, batch 8 x 256) or tiny (a smoke test)", "target"},
       {"eager_script", "perf: the eager PyTorch reference, or off", "scripts/eager_reference.py"},
       {"python", "perf: the python that runs the eager reference (needs torch); auto: python3, then /usr/bin/python3", "auto"},
       {"internal_variant", "internal: run one variant in this process (the parent starts these)", ""},
