@@ -16,6 +16,7 @@
 #include "models/gpt2.h"
 #include "models/llama.h"
 #include "peft/core/status.h"
+#include "peft/io/atomic_file.h"
 #include "peft/io/safetensors.h"
 
 namespace peft::models {
@@ -149,56 +150,6 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
   return lm;
 }
 
-absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
-                                        const std::function<absl::Status(const std::string&)>& write) {
-  std::error_code ec;
-  fs::path target = fs::absolute(dir, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad output path '", dir, "'"));
-  target = target.lexically_normal();
-  if (target.has_filename() == false) target = target.parent_path();
-  if (fs::exists(target, ec)) {
-    if (!fs::is_directory(target, ec)) {
-      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not a directory"));
-    }
-    if (!fs::is_empty(target, ec) && !overwrite) {
-      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not empty (use --overwrite)"));
-    }
-  }
-  fs::path parent = target.parent_path();
-  if (!fs::is_directory(parent, ec)) {
-    fs::create_directories(parent, ec);
-    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
-  }
-  fs::path tmp = parent / absl::StrCat(".", target.filename().string(), ".tmp-", getpid());
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
-  }
-  absl::Status st = write(tmp.string());
-  if (!st.ok()) {
-    fs::remove_all(tmp, ec);
-    return st;
-  }
-  fs::path old;
-  if (fs::exists(target, ec)) {
-    old = parent / absl::StrCat(".", target.filename().string(), ".old-", getpid());
-    fs::rename(target, old, ec);
-    if (ec) {
-      fs::remove_all(tmp, ec);
-      return absl::InternalError(absl::StrCat("cannot move aside ", target.string(), ": ", ec.message()));
-    }
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    std::error_code ec2;
-    if (!old.empty()) fs::rename(old, target, ec2);
-    fs::remove_all(tmp, ec2);
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
-  }
-  if (!old.empty()) fs::remove_all(old, ec);
-  return absl::OkStatus();
-}
-
 std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& path) {
   std::vector<std::pair<std::string, std::string>> out;
   std::error_code ec;
@@ -233,7 +184,7 @@ absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptio
       return absl::InvalidArgumentError(absl::StrCat("bad file name '", name, "' for ", src));
     }
   }
-  return write_directory_atomically(dir, options.overwrite, [&](const std::string& tmp) -> absl::Status {
+  return io::write_directory_atomically(dir, options.overwrite, [&](const std::string& tmp) -> absl::Status {
     ModelConfig config = model.config();
     config.torch_dtype = dtype_name(options.dtype);
     PEFT_RETURN_IF_ERROR(io::write_file_atomically(tmp + "/config.json", model_config_to_json(config)));

@@ -87,12 +87,6 @@ absl::Status save_model(CausalLm& model, const std::string& dir, const SaveOptio
 absl::StatusOr<c10::ScalarType> dtype_from_name(const std::string& name);
 std::string dtype_name(c10::ScalarType dtype);
 
-/// Runs `write(tmp_dir)` into a fresh temporary sibling of `dir` and renames
-/// it to `dir` on success; removes the temporary on failure. An existing
-/// non-empty `dir` is an error unless `overwrite`.
-absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
-                                        const std::function<absl::Status(const std::string& tmp_dir)>& write);
-
 }  // namespace peft::models
 
 #endif  // PEFT_MODELS_MODEL_IO_H_

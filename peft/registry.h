@@ -47,6 +47,10 @@ struct AdapterMethod {
   std::function<absl::StatusOr<std::shared_ptr<StreamAdapter>>(const proto::AdapterConfig&, models::CausalLm&,
                                                                 uint64_t seed)>
       make_stream;
+  /// True when make_linear rewrites its targets' base weights (PiSSA/OLoRA
+  /// and SORSA residuals), so that a failed load must restore them. Null:
+  /// never.
+  std::function<bool(const proto::AdapterConfig&)> rewrites_base;
   /// Whether the adapter can be folded into the base weights.
   bool mergeable = true;
   /// Base parameters (Hugging Face names) that train with this adapter

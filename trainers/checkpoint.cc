@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "models/model_io.h"
 #include "peft/core/status.h"
+#include "peft/io/atomic_file.h"
 #include "peft/io/safetensors.h"
 
 namespace peft::trainers {
@@ -76,7 +77,7 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
                       {"data_epoch", state.data_epoch},
                       {"data_index", state.data_index},
                       {"world_size", state.world_size}};
-  PEFT_RETURN_IF_ERROR(models::write_directory_atomically(dir, /*overwrite=*/true, [&](const std::string& tmp) {
+  PEFT_RETURN_IF_ERROR(io::write_directory_atomically(dir, /*overwrite=*/true, [&](const std::string& tmp) {
     PEFT_RETURN_IF_ERROR(io::save_safetensors(tmp + "/trainable.safetensors", tensors));
     PEFT_RETURN_IF_ERROR(status_from_torch_error("save optimizer", [&] { torch::save(optimizer, tmp + "/optimizer.pt"); }));
     // state.json last: a directory with it is complete.

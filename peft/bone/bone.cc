@@ -143,7 +143,7 @@ AdapterMethod bone_method() {
     j["mini_r"] = 1;
     j["init_weights"] = bat ? json("bat") : json(true);
     j["bias"] = "none";
-    j["exclude_modules"] = nullptr;
+    j["exclude_modules"] = nullptr;  // MissConfig has had these since it was added
     j["layers_to_transform"] = nullptr;
     j["layers_pattern"] = nullptr;
     j["modules_to_save"] = nullptr;
@@ -184,16 +184,6 @@ AdapterMethod bone_method() {
     if (j.contains("bias") && j["bias"].is_string() && j["bias"].get<std::string>() != "none") {
       return absl::UnimplementedError(absl::StrCat("adapter_config.json: ", type, " bias '",
                                                    j["bias"].get<std::string>(), "' is not supported (only \"none\")"));
-    }
-    if (j.contains("exclude_modules")) {
-      const json& ex = j["exclude_modules"];
-      if (ex.is_array()) {
-        for (const json& s : ex) {
-          if (s.is_string()) c->mutable_target()->add_exclude(s.get<std::string>());
-        }
-      } else if (!ex.is_null()) {
-        return absl::UnimplementedError("adapter_config.json: exclude_modules as a regex is not supported");
-      }
     }
     return absl::OkStatus();
   };

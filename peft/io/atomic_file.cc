@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "peft/core/status.h"
 
 namespace peft::io {
@@ -132,6 +135,57 @@ absl::Status write_file_atomically(const std::string& path,
                         AtomicFileWriter::create(path));
   PEFT_RETURN_IF_ERROR(writer->write(contents.data(), contents.size()));
   return writer->commit();
+}
+
+absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
+                                        const std::function<absl::Status(const std::string&)>& write) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target = fs::absolute(dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad output path '", dir, "'"));
+  target = target.lexically_normal();
+  if (target.has_filename() == false) target = target.parent_path();
+  if (fs::exists(target, ec)) {
+    if (!fs::is_directory(target, ec)) {
+      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not a directory"));
+    }
+    if (!fs::is_empty(target, ec) && !overwrite) {
+      return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not empty (use --overwrite)"));
+    }
+  }
+  fs::path parent = target.parent_path();
+  if (!fs::is_directory(parent, ec)) {
+    fs::create_directories(parent, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
+  }
+  fs::path tmp = parent / absl::StrCat(".", target.filename().string(), ".tmp-", getpid());
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  }
+  absl::Status st = write(tmp.string());
+  if (!st.ok()) {
+    fs::remove_all(tmp, ec);
+    return st;
+  }
+  fs::path old;
+  if (fs::exists(target, ec)) {
+    old = parent / absl::StrCat(".", target.filename().string(), ".old-", getpid());
+    fs::rename(target, old, ec);
+    if (ec) {
+      fs::remove_all(tmp, ec);
+      return absl::InternalError(absl::StrCat("cannot move aside ", target.string(), ": ", ec.message()));
+    }
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    std::error_code ec2;
+    if (!old.empty()) fs::rename(old, target, ec2);
+    fs::remove_all(tmp, ec2);
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+  return absl::OkStatus();
 }
 
 }  // namespace peft::io

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -62,6 +63,13 @@ class AtomicFileWriter final {
 /// config.json, adapter_config.json and the like.
 absl::Status write_file_atomically(const std::string& path,
                                    std::string_view contents);
+
+/// Runs `write(tmp_dir)` into a fresh temporary sibling of `dir` and renames
+/// it to `dir` on success; removes the temporary on failure, so `dir` is
+/// either the complete new directory or what it was before. An existing
+/// non-empty `dir` is an error unless `overwrite` (then it is replaced whole).
+absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
+                                        const std::function<absl::Status(const std::string& tmp_dir)>& write);
 
 }  // namespace peft::io
 

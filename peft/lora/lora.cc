@@ -214,6 +214,9 @@ AdapterMethod lora_method() {
     }
     return absl::OkStatus();
   };
+  m.rewrites_base = [](const proto::AdapterConfig& c) {
+    return c.lora().init() == proto::LoraOptions::PISSA || c.lora().init() == proto::LoraOptions::OLORA;
+  };
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
     return std::make_shared<LoraLinearImpl>(lora_options_for(c.lora(), t.path), t.linear->weight, seed);

@@ -101,6 +101,7 @@ AdapterMethod sorsa_method() {
     }
     return absl::OkStatus();
   };
+  m.rewrites_base = [](const proto::AdapterConfig&) { return true; };  // the residual W - s U S Vᵀ
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t /*seed*/) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
     return std::make_shared<SorsaLinearImpl>(c.sorsa(), t.linear->weight);

@@ -1,0 +1,177 @@
+// Adapter directories (peft/adapter_files): the keys every Hugging Face PEFT
+// config shares are honoured for every method (exclude_modules on a LoRA
+// file, layers_to_transform as an int or a list), bad values are clear
+// errors, and loading an adapter copies no base weights it does not rewrite
+// (peak memory on a 100M-parameter model).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "models/model_io.h"
+#include "peft/adapter_files.h"
+#include "peft/io/safetensors.h"
+#include "peft/peft_model.h"
+#include "tests/testing/assets.h"
+#include "tests/testing/tiny_models.h"
+#include "trainers/process_stats.h"
+
+namespace peft {
+namespace {
+
+// A hand-written PEFT LoRA directory on the tiny LLaMA (hidden 32, 2 layers;
+// q_proj [32, 32], v_proj [16, 32]): q_proj and v_proj targeted, the v_proj
+// of block 1 excluded, so the file holds three modules' tensors.
+TEST(AdapterFiles, LoraExcludeModulesFromAPeftFile) {
+  const std::string dir = testing::make_temp_dir("exclude");
+  std::ofstream(dir + "/adapter_config.json") << R"({
+  "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 6, "lora_dropout": 0.0,
+  "init_lora_weights": true, "bias": "none", "fan_in_fan_out": false,
+  "target_modules": ["q_proj", "v_proj"], "exclude_modules": ["layers.1.self_attn.v_proj"]
+})";
+  struct Module {
+    std::string path;
+    int64_t out;
+  };
+  const std::vector<Module> modules = {{"model.layers.0.self_attn.q_proj", 32},
+                                       {"model.layers.0.self_attn.v_proj", 16},
+                                       {"model.layers.1.self_attn.q_proj", 32}};
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  std::vector<io::NamedTensor> tensors;
+  std::vector<std::pair<at::Tensor, at::Tensor>> ab;
+  for (const Module& m : modules) {
+    const at::Tensor a = at::empty({2, 32}).normal_(0, 0.2, gen), b = at::empty({m.out, 2}).normal_(0, 0.2, gen);
+    tensors.push_back({"base_model.model." + m.path + ".lora_A.weight", a});
+    tensors.push_back({"base_model.model." + m.path + ".lora_B.weight", b});
+    ab.emplace_back(a, b);
+  }
+  ASSERT_TRUE(io::save_safetensors(dir + "/adapter_model.safetensors", tensors).ok());
+
+  PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 4));
+  const absl::Status st = pm.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  std::vector<std::string> paths;
+  for (const LinearTarget& t : pm.targets("default")) paths.push_back(t.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{modules[0].path, modules[1].path, modules[2].path}));
+
+  // Logits against the base with W += (alpha / r) B A folded in by hand on
+  // exactly those three projections.
+  const at::Tensor ids = testing::sample_ids(96, 2, 7, 5);
+  pm.model().module().eval();
+  torch::NoGradGuard ng;
+  const at::Tensor got = pm.model().forward(ids, nullptr);
+  auto reference = testing::tiny_model(testing::tiny_llama_config(), 4);
+  for (const models::HfParameter& p : reference->hf_parameters()) {
+    for (size_t i = 0; i < modules.size(); ++i) {
+      if (p.hf_name == modules[i].path + ".weight") p.tensor.add_(3.0 * at::matmul(ab[i].second, ab[i].first));
+    }
+  }
+  reference->module().eval();
+  const at::Tensor want = reference->forward(ids, nullptr);
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+}
+
+TEST(AdapterFiles, SharedKeysParseOnceForEveryMethod) {
+  auto parse = [](const std::string& extra) {
+    return parse_hf_adapter_config(
+        R"({"peft_type": "MISS", "r": 8, "init_weights": true, "target_modules": ["q_proj"])" + extra + "}",
+        "DIR/adapter_config.json");
+  };
+  absl::StatusOr<proto::AdapterConfig> c = parse(R"(, "layers_to_transform": 1, "exclude_modules": ["a", "b"])");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->target().layers_size(), 1);
+  EXPECT_EQ(c->target().layers(0), 1);
+  EXPECT_EQ(c->target().exclude_size(), 2);
+  c = parse(R"(, "layers_to_transform": [0, 1])");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->target().layers_size(), 2);
+  for (const auto& [extra, want] : std::vector<std::pair<std::string, std::string>>{
+           {R"(, "exclude_modules": ".*v_proj")", "exclude_modules as a regex"},
+           {R"(, "exclude_modules": 3)", "exclude_modules must be a list"},
+           {R"(, "layers_to_transform": "1")", "layers_to_transform must be"},
+           {R"(, "layers_to_transform": [0.5])", "layers_to_transform must hold integers"}}) {
+    c = parse(extra);
+    ASSERT_FALSE(c.ok()) << extra;
+    EXPECT_NE(std::string(c.status().message()).find(want), std::string::npos) << c.status();
+    EXPECT_NE(std::string(c.status().message()).find("DIR/adapter_config.json"), std::string::npos) << c.status();
+  }
+  c = parse_hf_adapter_config(R"({"peft_type": "LORA", "target_modules": [1]})", "X");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(std::string(c.status().message()).find("target_modules must hold strings"), std::string::npos);
+}
+
+// Loading a LoRA adapter onto a 100M-parameter model (fp32, 400 MB) raises
+// the peak RSS by at most the adapter's size plus 10% of the model's: the
+// load copies no base weight that LoRA does not rewrite (a copy of every
+// base parameter as a rollback would add the whole model). PiSSA rewrites
+// its targets, so their weights are copied: a failed PiSSA load leaves the
+// base exactly as it was.
+TEST(AdapterFiles, LoadingALoraAdapterCopiesNoBaseWeights) {
+  if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fclose(f);
+  } else {
+    GTEST_SKIP() << "/proc/self/clear_refs is not writable here: the peak RSS cannot be reset";
+  }
+  models::ModelConfig c = testing::tiny_llama_config();
+  c.llama.vocab_size = 32000;
+  c.llama.hidden_size = 640;
+  c.llama.intermediate_size = 1728;
+  c.llama.num_hidden_layers = 12;
+  c.llama.num_attention_heads = 10;
+  c.llama.num_key_value_heads = 10;
+  c.llama.head_dim = 64;
+  absl::StatusOr<std::shared_ptr<models::CausalLm>> lm = models::create_model(c);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  models::init_weights_(**lm, 1);
+  PeftModel pm(*lm);
+  const int64_t n = pm.num_parameters();
+  ASSERT_GT(n, 95'000'000);
+  ASSERT_LT(n, 110'000'000);
+  proto::AdapterConfig a;
+  a.mutable_lora()->set_r(8);
+  a.mutable_target()->set_preset("all_linear");
+  ASSERT_TRUE(pm.add_adapter(a, 1).ok());
+  const std::string dir = testing::make_temp_dir("big_lora") + "/adapter";
+  ASSERT_TRUE(pm.save_adapter(dir).ok());
+  ASSERT_TRUE(pm.delete_adapter("default").ok());
+  const double adapter_mb = static_cast<double>(std::filesystem::file_size(dir + "/adapter_model.safetensors")) / 1e6;
+  const double model_mb = 4.0 * static_cast<double>(n) / 1e6;
+
+  const double before = trainers::proc_status_mb("VmRSS");
+  std::ofstream("/proc/self/clear_refs") << "5";  // the peak restarts from the current RSS
+  const absl::Status st = pm.load_adapter(dir);
+  ASSERT_TRUE(st.ok()) << st;
+  const double rise = trainers::proc_status_mb("VmHWM") - before;
+  std::printf("loading a %.1f MB LoRA adapter onto a %.0f MB model raised the peak RSS by %.1f MB\n", adapter_mb,
+              model_mb, rise);
+  EXPECT_LE(rise, adapter_mb + 0.1 * model_mb);
+
+  // A PiSSA load that fails (a tensor of the wrong shape) restores the
+  // rewritten weights exactly.
+  ASSERT_TRUE(pm.delete_adapter("default").ok());
+  std::vector<at::Tensor> before_weights;
+  for (const LinearTarget& t : adaptable_modules(pm.model())) before_weights.push_back(t.linear->weight.clone());
+  const std::string bad = testing::make_temp_dir("bad_pissa");
+  std::ofstream(bad + "/adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
+    "init_lora_weights": "pissa", "target_modules": "^(model\\.layers\\.0\\.self_attn\\.q_proj)$"})";
+  ASSERT_TRUE(io::save_safetensors(bad + "/adapter_model.safetensors",
+                                   {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({3, 640})},
+                                    {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({640, 2})}})
+                  .ok());
+  const absl::Status failed = pm.load_adapter(bad);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(std::string(failed.message()).find("has shape [3, 640]"), std::string::npos) << failed;
+  size_t i = 0;
+  for (const LinearTarget& t : adaptable_modules(pm.model())) {
+    ASSERT_TRUE(at::equal(t.linear->weight, before_weights[i++])) << t.path << " was not restored";
+  }
+}
+
+}  // namespace
+}  // namespace peft
