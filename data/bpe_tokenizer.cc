@@ -12,7 +12,7 @@
 #include <pcre2.h>
 
 #include "absl/strings/str_cat.h"
-#include "data/file_util.h"
+#include "peft/io/read_file.h"
 #include "data/json_util.h"
 #include "data/pair_merge.h"
 
@@ -509,7 +509,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(
   auto state = std::make_unique<State>();
   PEFT_ASSIGN_OR_RETURN(json vocab, internal::read_json(vocab_path));
   PEFT_RETURN_IF_ERROR(state->set_vocab(vocab, vocab_path));
-  PEFT_ASSIGN_OR_RETURN(std::string merges, internal::read_file(merges_path));
+  PEFT_ASSIGN_OR_RETURN(std::string merges, io::read_file(merges_path));
   PEFT_RETURN_IF_ERROR(state->parse_merges_text(merges, merges_path));
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<const pcre2_code> re,
                         compile_regex(kGpt2Pattern, /*literal=*/false, vocab_path));

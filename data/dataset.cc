@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "data/file_util.h"
+#include "peft/io/read_file.h"
 #include "peft/core/status.h"
 
 namespace peft::data {
@@ -790,7 +790,7 @@ absl::StatusOr<DataSplits> load_dataset_from_memory(std::string_view content, co
 absl::StatusOr<DataSplits> load_dataset(const std::string& path, const Tokenizer& tokenizer,
                                         const DataOptions& options) {
   PEFT_RETURN_IF_ERROR(options.validate());
-  PEFT_ASSIGN_OR_RETURN(std::string content, internal::read_file(path));
+  PEFT_ASSIGN_OR_RETURN(std::string content, io::read_file(path));
   return load_dataset_from_memory(content, path, tokenizer, options);
 }
 

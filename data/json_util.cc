@@ -3,12 +3,12 @@
 #include "data/json_util.h"
 
 #include "absl/strings/str_cat.h"
-#include "data/file_util.h"
+#include "peft/io/read_file.h"
 
 namespace peft::data::internal {
 
 absl::StatusOr<nlohmann::json> read_json(const std::string& path) {
-  PEFT_ASSIGN_OR_RETURN(std::string text, read_file(path));
+  PEFT_ASSIGN_OR_RETURN(std::string text, io::read_file(path));
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {

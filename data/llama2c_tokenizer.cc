@@ -10,7 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "data/file_util.h"
+#include "peft/io/read_file.h"
 #include "data/pair_merge.h"
 
 namespace peft::data {
@@ -57,7 +57,7 @@ Llama2cTokenizer::Llama2cTokenizer(int32_t max_token_length, std::vector<std::st
 }
 
 absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::create(const std::string& path) {
-  PEFT_ASSIGN_OR_RETURN(std::string data, internal::read_file(path));
+  PEFT_ASSIGN_OR_RETURN(std::string data, io::read_file(path));
   return create_from_bytes(data, path);
 }
 

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "peft/core/status.h"
 #include "data/bpe_tokenizer.h"
-#include "data/file_util.h"
+#include "peft/io/read_file.h"
 #include "data/json_util.h"
 #include "data/llama2c_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
@@ -96,7 +96,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_json(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> load_file(const std::string& path) {
-  PEFT_ASSIGN_OR_RETURN(std::string head, internal::read_file_prefix(path, kSniffBytes));
+  PEFT_ASSIGN_OR_RETURN(std::string head, io::read_file_prefix(path, kSniffBytes));
   if (head.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file, not a tokenizer"));
   if (looks_like_json(head)) return load_json(path);
   if (looks_like_sentencepiece(head)) return upcast(SentencePieceTokenizer::create(path));

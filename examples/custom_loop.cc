@@ -21,6 +21,7 @@
 #include "examples/cli/flags.h"
 #include "models/model_io.h"
 #include "peft/core/status.h"
+#include "peft/io/read_file.h"
 #include "peft/peft_model.h"
 
 namespace {
@@ -35,12 +36,9 @@ absl::Status run(const peft::cli::ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<peft::models::CausalLm> lm, peft::models::load_model(f.get("model")));
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<peft::data::Tokenizer> tok,
                         peft::data::load_tokenizer(f.has("tokenizer") ? f.get("tokenizer") : f.get("model")));
-  std::ifstream in(f.get("text"), std::ios::binary);
-  if (!in) return absl::NotFoundError("cannot open --text " + f.get("text"));
-  std::stringstream ss;
-  ss << in.rdbuf();
   PEFT_ASSIGN_OR_RETURN(int64_t max_chars, f.get_int("max_chars"));
-  std::string text = ss.str().substr(0, static_cast<size_t>(max_chars));
+  PEFT_ASSIGN_OR_RETURN(const std::string all, peft::with_context(peft::io::read_file(f.get("text")), "--text"));
+  std::string text = all.substr(0, static_cast<size_t>(max_chars));
   std::vector<int64_t> tokens;
   for (int32_t id : tok->encode(text)) tokens.push_back(id);
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 namespace peft::models {
 namespace {
@@ -263,11 +264,8 @@ absl::StatusOr<ModelConfig> read_model_config(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path p = fs::is_directory(path, ec) ? fs::path(path) / "config.json" : fs::path(path);
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", p.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  absl::StatusOr<ModelConfig> cfg = parse_model_config(ss.str());
+  PEFT_ASSIGN_OR_RETURN(const std::string text, io::read_file(p.string()));
+  absl::StatusOr<ModelConfig> cfg = parse_model_config(text);
   if (!cfg.ok()) return absl::Status(cfg.status().code(), absl::StrCat(p.string(), ": ", cfg.status().message()));
   return cfg;
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "peft/core/status.h"
+#include "peft/io/read_file.h"
 #include "peft/registry.h"
 
 namespace peft::trainers {
@@ -272,11 +273,8 @@ proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& r) {
 }
 
 absl::StatusOr<proto::Recipe> read_recipe(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open recipe ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_recipe(ss.str(), path);
+  PEFT_ASSIGN_OR_RETURN(const std::string text, with_context(io::read_file(path), "recipe"));
+  return parse_recipe(text, path);
 }
 
 absl::StatusOr<proto::Recipe> load_recipe(const std::string& path, const std::vector<std::string>& overrides) {

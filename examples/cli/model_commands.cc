@@ -16,6 +16,7 @@
 #include "models/model_io.h"
 #include "peft/core/status.h"
 #include "peft/hsm/prune.h"
+#include "peft/io/read_file.h"
 #include "peft/peft_model.h"
 
 namespace peft::cli {
@@ -229,11 +230,7 @@ absl::Status run_generate(const ParsedFlags& f) {
 // (used as given), or plain text (one document).
 absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
                                                                   bool add_bos) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open --data file ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string all = ss.str();
+  PEFT_ASSIGN_OR_RETURN(const std::string all, with_context(io::read_file(path), "--data"));
   std::vector<std::vector<int64_t>> seqs;
   const bool jsonl = fs::path(path).extension() == ".jsonl" || (!all.empty() && all[0] == '{');
   if (!jsonl) {

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 // The format is little-endian; tensors are written and mapped as raw bytes.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -188,15 +189,6 @@ std::string escape_json(const std::string& s) {
 absl::Status invalid(const std::string& path, const std::string& msg) {
   return absl::InvalidArgumentError(
       absl::StrCat("invalid safetensors file '", path, "': ", msg));
-}
-
-absl::StatusOr<std::string> read_small_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::ErrnoToStatus(errno, "cannot open '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError("read error on '" + path + "'");
-  return ss.str();
 }
 
 size_t page_size() {
@@ -619,7 +611,7 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
     return reader;
   }
 
-  PEFT_ASSIGN_OR_RETURN(std::string text, read_small_file(index_path));
+  PEFT_ASSIGN_OR_RETURN(std::string text, read_file(index_path));
   PEFT_ASSIGN_OR_RETURN(
       Json index, parse_json_strict(text.data(), text.data() + text.size(),
                                     "index '" + index_path + "'"));
