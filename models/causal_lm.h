@@ -5,13 +5,21 @@
 // Hugging Face tensor names. LLaMA (models/llama.h) and GPT-2 (models/gpt2.h)
 // implement it; a model is a torch::nn::Module reachable through module().
 //
+// A model also says what adapters may target in it: its named target presets
+// (module-name suffixes) and its adaptable projections with the decoder block
+// each sits in. Target resolution (peft/target.h) asks for these instead of
+// knowing architectures or parsing block numbers out of module paths, so a new
+// architecture is added under models/ alone.
+//
 //   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, load_model(dir));
 //   at::Tensor logits = lm->forward(ids, /*cache=*/nullptr);  // [B, T, V]
 #ifndef PEFT_MODELS_CAUSAL_LM_H_
 #define PEFT_MODELS_CAUSAL_LM_H_
 
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +27,10 @@
 #include "models/blocks.h"
 #include "models/config.h"
 #include "peft/hook_point.h"
+
+namespace peft {
+class AdaptableLinearImpl;  // peft/adaptable_linear.h
+}  // namespace peft
 
 namespace peft::models {
 
@@ -33,6 +45,19 @@ struct HfParameter {
 /// the adapter interface (peft/hook_point.h).
 using peft::HookPoint;
 using peft::StreamHook;
+
+/// One projection an adapter may wrap, as the model reports it.
+struct AdaptableSlot {
+  std::string path;  // module path under module(): "model.layers.0.self_attn.q_proj"
+  int64_t layer;     // decoder block index; -1 outside the blocks (lm_head, tied or not)
+  AdaptableLinearImpl* linear;
+};
+
+/// A named set of module-name suffixes (PEFT's list form of target_modules).
+struct TargetPreset {
+  std::string name;                  // "attention", "mlp", "all_linear", "default", ...
+  std::vector<std::string> modules;  // "q_proj", "attn.c_attn", ...
+};
 
 class CausalLm {
  public:
@@ -80,6 +105,24 @@ class CausalLm {
   /// no-grad forwards are never affected.
   virtual void set_activation_checkpointing(bool on) = 0;
   virtual bool activation_checkpointing() const = 0;
+
+  /// Every adaptable projection in module order (that of
+  /// module().named_modules()), each with its decoder block index.
+  virtual std::vector<AdaptableSlot> adaptable_slots() = 0;
+
+  /// The model's target presets in the order error messages list them.
+  /// "default" is PEFT's per-model default (an empty TargetSpec uses it).
+  virtual std::vector<TargetPreset> target_presets() const = 0;
+
+  /// The module-name suffixes of preset `name`; empty when the model has no
+  /// such preset. "gpt2" is accepted as the former name of "all_linear".
+  std::vector<std::string> target_preset(const std::string& name) const {
+    const std::string wanted = name == "gpt2" ? "all_linear" : name;
+    for (TargetPreset& p : target_presets()) {
+      if (p.name == wanted) return std::move(p.modules);
+    }
+    return {};
+  }
 };
 
 }  // namespace peft::models

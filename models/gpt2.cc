@@ -136,4 +136,32 @@ std::vector<HfParameter> Gpt2LMHeadModelImpl::hf_parameters() {
   return out;
 }
 
+std::vector<AdaptableSlot> Gpt2LMHeadModelImpl::adaptable_slots() {
+  // Read off the structure (not parsed out of names): each block's attention
+  // then MLP projections, then the head, as named_modules() orders them.
+  std::vector<AdaptableSlot> out;
+  for (int64_t i = 0; i < static_cast<int64_t>(transformer->h->size()); ++i) {
+    const std::shared_ptr<Gpt2BlockImpl> b = transformer->h->ptr<Gpt2BlockImpl>(i);
+    const std::string block = "transformer.h." + std::to_string(i) + ".";
+    out.push_back(AdaptableSlot{block + "attn.c_attn", i, b->attn->c_attn.get()});
+    out.push_back(AdaptableSlot{block + "attn.c_proj", i, b->attn->c_proj.get()});
+    out.push_back(AdaptableSlot{block + "mlp.c_fc", i, b->mlp->c_fc.get()});
+    out.push_back(AdaptableSlot{block + "mlp.c_proj", i, b->mlp->c_proj.get()});
+  }
+  out.push_back(AdaptableSlot{"lm_head", -1, lm_head.get()});  // tied to wte by default; outside the blocks
+  return out;
+}
+
+std::vector<TargetPreset> Gpt2LMHeadModelImpl::target_presets() const {
+  // GPT-2 has two c_proj: the block-qualified suffixes tell them apart, and
+  // PEFT's plain "c_proj" matches both.
+  return {
+      {"attention", {"attn.c_attn", "attn.c_proj"}},
+      {"mlp", {"mlp.c_fc", "mlp.c_proj"}},
+      {"all_linear", {"c_attn", "c_proj", "c_fc"}},
+      // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["gpt2"].
+      {"default", {"c_attn"}},
+  };
+}
+
 }  // namespace peft::models

@@ -141,4 +141,37 @@ std::vector<HfParameter> LlamaForCausalLMImpl::hf_parameters() {
   return out;  // a tied lm_head registers no weight, so it is absent here
 }
 
+std::vector<AdaptableSlot> LlamaForCausalLMImpl::adaptable_slots() {
+  // Read off the structure (not parsed out of names): each decoder block's
+  // attention then MLP projections, then the head, as named_modules() orders them.
+  std::vector<AdaptableSlot> out;
+  for (int64_t i = 0; i < static_cast<int64_t>(model->layers->size()); ++i) {
+    const std::shared_ptr<LlamaDecoderLayerImpl> layer = model->layers->ptr<LlamaDecoderLayerImpl>(i);
+    const std::string block = "model.layers." + std::to_string(i) + ".";
+    LlamaAttentionImpl& a = *layer->self_attn;
+    LlamaMlpImpl& m = *layer->mlp;
+    const std::pair<const char*, AdaptableLinearImpl*> projections[] = {
+        {"self_attn.q_proj", a.q_proj.get()}, {"self_attn.k_proj", a.k_proj.get()},
+        {"self_attn.v_proj", a.v_proj.get()}, {"self_attn.o_proj", a.o_proj.get()},
+        {"mlp.gate_proj", m.gate_proj.get()}, {"mlp.up_proj", m.up_proj.get()},
+        {"mlp.down_proj", m.down_proj.get()},
+    };
+    for (const auto& [name, linear] : projections) {
+      out.push_back(AdaptableSlot{block + name, i, linear});
+    }
+  }
+  out.push_back(AdaptableSlot{"lm_head", -1, lm_head.get()});  // outside the blocks, tied or not
+  return out;
+}
+
+std::vector<TargetPreset> LlamaForCausalLMImpl::target_presets() const {
+  return {
+      {"attention", {"q_proj", "k_proj", "v_proj", "o_proj"}},
+      {"mlp", {"gate_proj", "up_proj", "down_proj"}},
+      {"all_linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}},
+      // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["llama"].
+      {"default", {"q_proj", "v_proj"}},
+  };
+}
+
 }  // namespace peft::models

@@ -78,6 +78,8 @@ class LlamaForCausalLMImpl final : public torch::nn::Module, public CausalLm {
   void set_stream_hook(StreamHook hook) override { hook_ = std::move(hook); }
   void set_activation_checkpointing(bool on) override { checkpointing_ = on; }
   bool activation_checkpointing() const override { return checkpointing_; }
+  std::vector<AdaptableSlot> adaptable_slots() override;
+  std::vector<TargetPreset> target_presets() const override;
 
   LlamaModel model{nullptr};
   AdaptableLinear lm_head{nullptr};
