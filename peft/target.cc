@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <regex>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -16,53 +17,29 @@ bool matches_suffix(const std::string& path, const std::string& entry) {
           path[path.size() - entry.size() - 1] == '.');
 }
 
-int64_t layer_of(const std::string& path) {
-  for (const char* key : {".layers.", ".h."}) {
-    size_t at = path.find(key);
-    if (at == std::string::npos) continue;
-    at += std::string(key).size();
-    size_t end = path.find('.', at);
-    return std::stoll(path.substr(at, end - at));
-  }
-  return -1;
-}
-
 std::string short_name(const std::string& path) {
   // GPT-2 has two c_proj (attn and mlp): keep the parent to tell them apart
   // in listings, but PEFT's suffix "c_proj" matches both.
   return path.substr(path.rfind('.') + 1);
 }
 
-absl::StatusOr<std::vector<std::string>> preset_modules(const std::string& preset, models::Architecture arch) {
-  const bool llama = arch == models::Architecture::kLlama;
-  if (preset == "attention") {
-    if (llama) return std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj"};
-    return std::vector<std::string>{"attn.c_attn", "attn.c_proj"};
-  }
-  if (preset == "mlp") {
-    if (llama) return std::vector<std::string>{"gate_proj", "up_proj", "down_proj"};
-    return std::vector<std::string>{"mlp.c_fc", "mlp.c_proj"};
-  }
-  if (preset == "all_linear" || preset == "gpt2") {
-    if (llama) return std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    return std::vector<std::string>{"c_attn", "c_proj", "c_fc"};
-  }
-  if (preset == "default") {  // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    if (llama) return std::vector<std::string>{"q_proj", "v_proj"};
-    return std::vector<std::string>{"c_attn"};
-  }
+// The model lists its presets (models/causal_lm.h); an unknown name is an
+// error listing the ones it has.
+absl::StatusOr<std::vector<std::string>> preset_modules(const std::string& preset, const models::CausalLm& model) {
+  std::vector<std::string> modules = model.target_preset(preset);
+  if (!modules.empty()) return modules;
+  std::vector<std::string> names;
+  for (const models::TargetPreset& p : model.target_presets()) names.push_back(p.name);
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown target preset '", preset, "' (attention, mlp, all_linear, default)"));
+      absl::StrCat("unknown target preset '", preset, "' (", absl::StrJoin(names, ", "), ")"));
 }
 
 }  // namespace
 
 std::vector<LinearTarget> adaptable_modules(models::CausalLm& model) {
   std::vector<LinearTarget> out;
-  for (const auto& item : model.module().named_modules("", /*include_self=*/false)) {
-    if (auto* lin = dynamic_cast<AdaptableLinearImpl*>(item.value().get())) {
-      out.push_back(LinearTarget{item.key(), layer_of(item.key()), lin});
-    }
+  for (models::AdaptableSlot& slot : model.adaptable_slots()) {
+    out.push_back(LinearTarget{std::move(slot.path), slot.layer, slot.linear});
   }
   return out;
 }
@@ -84,13 +61,14 @@ absl::StatusOr<std::vector<LinearTarget>> resolve_targets(models::CausalLm& mode
 
   std::vector<std::string> entries(spec.modules().begin(), spec.modules().end());
   if (spec.has_preset()) {
-    absl::StatusOr<std::vector<std::string>> p = preset_modules(spec.preset(), model.config().arch);
+    absl::StatusOr<std::vector<std::string>> p = preset_modules(spec.preset(), model);
     if (!p.ok()) return p.status();
     entries.insert(entries.end(), p->begin(), p->end());
   }
   const bool use_regex = entries.empty() && spec.has_regex();
   if (entries.empty() && !use_regex) {
-    absl::StatusOr<std::vector<std::string>> p = preset_modules("default", model.config().arch);
+    absl::StatusOr<std::vector<std::string>> p = preset_modules("default", model);
+    if (!p.ok()) return p.status();
     entries = *p;
   }
   std::regex re;

@@ -3,7 +3,10 @@
 // Which projections an adapter goes on, shared by every method: module-name
 // suffixes (PEFT's list form), a full-match regular expression (PEFT's string
 // form), presets, block-index filters and exclusions. A target that matches
-// nothing is an error listing the module names the model has.
+// nothing is an error listing the module names the model has. The presets and
+// each projection's block index come from the model itself
+// (CausalLm::target_presets, CausalLm::adaptable_slots in models/causal_lm.h):
+// nothing here knows an architecture or reads block numbers out of paths.
 #ifndef PEFT_TARGET_H_
 #define PEFT_TARGET_H_
 
@@ -21,11 +24,12 @@ namespace peft {
 /// One projection of a model.
 struct LinearTarget {
   std::string path;              // "model.layers.0.self_attn.q_proj"
-  int64_t layer = -1;            // block index, -1 outside the blocks (lm_head)
+  int64_t layer = -1;            // block index as the model reports it, -1 outside the blocks (lm_head)
   AdaptableLinearImpl* linear = nullptr;
 };
 
-/// Every AdaptableLinear of the model, in module order.
+/// Every AdaptableLinear of the model, in module order (the model's
+/// adaptable_slots()).
 std::vector<LinearTarget> adaptable_modules(models::CausalLm& model);
 
 /// The projections `spec` selects. Errors name the entry that matched nothing
