@@ -1,6 +1,7 @@
 #include "peft/lora/lora.h"
 
 #include <cmath>
+#include <functional>
 #include <regex>
 
 #include <ATen/ATen.h>
@@ -163,6 +164,26 @@ const char* bias_name(proto::LoraOptions::Bias b) {
   }
 }
 
+// PEFT's {pattern: value} map `name` (rank_pattern: integers, alpha_pattern:
+// numbers), passed to `add` in file order (the first match wins).
+absl::Status read_pattern(const ordered_json& j, const char* name, bool integer,
+                          const std::function<void(const std::string&, const ordered_json&)>& add) {
+  if (!j.contains(name) || j[name].is_null()) return absl::OkStatus();
+  const ordered_json& p = j[name];
+  if (!p.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: '", name, "' must be an object {pattern: ",
+                                                   integer ? "rank" : "alpha", "}"));
+  }
+  for (const auto& item : p.items()) {
+    if (integer ? !item.value().is_number_integer() : !item.value().is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: ", name, "['", item.key(), "'] must be ",
+                                                     integer ? "an integer rank" : "a number"));
+    }
+    add(item.key(), item.value());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<proto::LoraOptions> lora_plain_options(const proto::LoraOptions& options) {
@@ -281,36 +302,16 @@ AdapterMethod lora_method() {
       else if (b == "lora_only") o->set_bias(proto::LoraOptions::LORA_ONLY);
       else if (b != "none") return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: bias '", b, "'"));
     }
-    if (j.contains("rank_pattern") && !j["rank_pattern"].is_null()) {
-      const ordered_json& rp = j["rank_pattern"];
-      if (!rp.is_object()) {
-        return absl::InvalidArgumentError("adapter_config.json: 'rank_pattern' must be an object {pattern: rank}");
-      }
-      for (const auto& item : rp.items()) {
-        if (!item.value().is_number_integer()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("adapter_config.json: rank_pattern['", item.key(), "'] must be an integer rank"));
-        }
-        auto* e = o->add_rank_pattern();
-        e->set_key(item.key());
-        e->set_value(item.value().get<int>());
-      }
-    }
-    if (j.contains("alpha_pattern") && !j["alpha_pattern"].is_null()) {
-      const ordered_json& ap = j["alpha_pattern"];
-      if (!ap.is_object()) {
-        return absl::InvalidArgumentError("adapter_config.json: 'alpha_pattern' must be an object {pattern: alpha}");
-      }
-      for (const auto& item : ap.items()) {
-        if (!item.value().is_number()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("adapter_config.json: alpha_pattern['", item.key(), "'] must be a number"));
-        }
-        auto* e = o->add_alpha_pattern();
-        e->set_key(item.key());
-        e->set_value(item.value().get<float>());
-      }
-    }
+    PEFT_RETURN_IF_ERROR(read_pattern(j, "rank_pattern", /*integer=*/true, [&](const std::string& k, const ordered_json& v) {
+      auto* e = o->add_rank_pattern();
+      e->set_key(k);
+      e->set_value(v.get<int>());
+    }));
+    PEFT_RETURN_IF_ERROR(read_pattern(j, "alpha_pattern", /*integer=*/false, [&](const std::string& k, const ordered_json& v) {
+      auto* e = o->add_alpha_pattern();
+      e->set_key(k);
+      e->set_value(v.get<float>());
+    }));
     if (j.value("use_dora", false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
     return absl::OkStatus();
   };
