@@ -49,8 +49,8 @@ using peft::StreamHook;
 /// One projection an adapter may wrap, as the model reports it.
 struct AdaptableSlot {
   std::string path;  // module path under module(): "model.layers.0.self_attn.q_proj"
-  int64_t layer;     // decoder block index; -1 outside the blocks (lm_head, tied or not)
-  AdaptableLinearImpl* linear;
+  int64_t layer = -1;  // decoder block index; -1 outside the blocks (lm_head, tied or not)
+  AdaptableLinearImpl* linear = nullptr;
 };
 
 /// A named set of module-name suffixes (PEFT's list form of target_modules).

@@ -36,13 +36,7 @@ absl::StatusOr<std::vector<std::string>> preset_modules(const std::string& prese
 
 }  // namespace
 
-std::vector<LinearTarget> adaptable_modules(models::CausalLm& model) {
-  std::vector<LinearTarget> out;
-  for (models::AdaptableSlot& slot : model.adaptable_slots()) {
-    out.push_back(LinearTarget{std::move(slot.path), slot.layer, slot.linear});
-  }
-  return out;
-}
+std::vector<LinearTarget> adaptable_modules(models::CausalLm& model) { return model.adaptable_slots(); }
 
 std::vector<std::string> target_short_names(const std::vector<LinearTarget>& targets) {
   std::vector<std::string> names;

@@ -21,12 +21,9 @@
 
 namespace peft {
 
-/// One projection of a model.
-struct LinearTarget {
-  std::string path;              // "model.layers.0.self_attn.q_proj"
-  int64_t layer = -1;            // block index as the model reports it, -1 outside the blocks (lm_head)
-  AdaptableLinearImpl* linear = nullptr;
-};
+/// One projection of a model: its path, block index (-1 outside the
+/// blocks) and AdaptableLinear, as the model reports it.
+using LinearTarget = models::AdaptableSlot;
 
 /// Every AdaptableLinear of the model, in module order (the model's
 /// adaptable_slots()).
