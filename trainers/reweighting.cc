@@ -31,7 +31,7 @@ struct GlobalView {
   at::Tensor weights;        // [N] float64
   at::Tensor local_weights;  // [B] float64, 0 for rows with no tokens
   int64_t num_valid = 0;     // N
-  double tokens = 0;         // Σ n_i over all ranks
+  at::Tensor counts;         // [world·max_B] float64 n_i of every rank (0 for padding)
 };
 
 GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, const at::Tensor& counts,
@@ -63,7 +63,7 @@ GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, 
   const at::Tensor valid_losses = gathered.select(1, 0).masked_select(valid);  // [N]
   GlobalView v;
   v.num_valid = valid_losses.size(0);
-  v.tokens = gathered.select(1, 1).sum().item<double>();
+  v.counts = gathered.select(1, 1);
   v.weights = sample_weights(o, valid_losses, step);
   at::Tensor all = at::zeros({gathered.size(0)}, v.weights.options());  // [world·max_B]
   if (v.num_valid > 0) all.masked_scatter_(valid, v.weights);
@@ -151,7 +151,8 @@ ReweightedLoss reweighted_loss(const ReweightOptions& o, const at::Tensor& losse
     switch (o.token_weighting) {
       case TokenWeighting::kTokens: {
         // T = 0 only when no rank has a loss token, so the floor of 1 just avoids 0/0.
-        const double t = step_tokens > 0 ? static_cast<double>(step_tokens) : v.tokens;
+        // (The gathered sum is read only when the caller did not pass T.)
+        const double t = step_tokens > 0 ? static_cast<double>(step_tokens) : v.counts.sum().item<double>();
         out.coefficients = num * world * v.local_weights * n / std::max(t, 1.0);
         break;
       }

@@ -63,8 +63,7 @@ absl::StatusOr<StepResult> train_step(StepContext& ctx, const StepOptions& o,
   // The loss is normalised by the loss tokens of the whole optimizer step
   // (all micro-batches, all ranks), so that accumulation and data
   // parallelism give the gradient of one big batch.
-  int64_t step_tokens = 0;
-  for (const data::Batch& b : micro_batches) step_tokens += b.global_tokens;
+  for (const data::Batch& b : micro_batches) result.tokens += b.global_tokens;
   double step_loss = 0;
   bool finite = true;
   for (int64_t a = 0; a < o.grad_accum; ++a) {
@@ -74,7 +73,7 @@ absl::StatusOr<StepResult> train_step(StepContext& ctx, const StepOptions& o,
       AutocastScope ac(o.bf16, b.input_ids.device().type());
       const PerSampleLoss ps = causal_lm_loss(pm.model(), b.input_ids, b.labels, o.fused_loss);
       const ReweightedLoss r =
-          reweighted_loss(o.reweight, ps.loss, ps.token_counts, step, ctx.group, step_tokens, o.grad_accum);
+          reweighted_loss(o.reweight, ps.loss, ps.token_counts, step, ctx.group, result.tokens, o.grad_accum);
       if (o.reweight.strategy != ReweightStrategy::kUniform && a == o.grad_accum - 1) {
         result.weights = weight_stats(r.global_weights);
       }
@@ -88,7 +87,6 @@ absl::StatusOr<StepResult> train_step(StepContext& ctx, const StepOptions& o,
     const double lv = loss.item<double>();
     if (!std::isfinite(lv)) finite = false;
     step_loss += lv;
-    result.tokens += b.global_tokens;
   }
   {
     std::vector<at::Tensor> grads;
