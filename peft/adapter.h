@@ -67,10 +67,10 @@ class LinearAdapter {
   /// it; undefined when none.
   virtual at::Tensor aux_loss() = 0;
 
-  /// This layer's share of a regulariser whose gradient is added after
-  /// gradient clipping, before the optimizer step, scaled by 1 / peak lr
-  /// (SORSA's official update); PeftModel::regularizer() averages it over
-  /// layers. Undefined when none.
+  /// This layer's share of a regulariser that is not part of the loss:
+  /// trainers apply its gradient outside the clipped task gradient (SORSA:
+  /// peft/sorsa/regularizer_step.h, by the adapter's reg_mode);
+  /// PeftModel::regularizer() averages it over layers. Undefined when none.
   virtual at::Tensor regularizer() = 0;
 
   /// Tensors written to and read from the adapter file.

@@ -78,8 +78,9 @@ class PeftModel final {
   /// Sum of the active adapters' extra loss terms (0 when none).
   at::Tensor aux_loss();
   /// Mean over adapted layers of the active adapters' regularizer() terms
-  /// (0 when none). Trainers back-propagate regularizer() / peak_lr after
-  /// clipping and before the optimizer step.
+  /// (0 when none), for inspection. Trainers apply SORSA's through
+  /// sorsa_regularizer_step_ (peft/sorsa/regularizer_step.h), which takes
+  /// each adapter's reg_mode and the gradient accumulation into account.
   at::Tensor regularizer();
   /// Forwards the optimizer step to stream adapters' schedules.
   void on_step(int64_t step);

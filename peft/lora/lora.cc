@@ -15,6 +15,10 @@
 
 namespace peft {
 
+bool residual_init(const proto::LoraOptions& o) {
+  return o.init() == proto::LoraOptions::PISSA || o.init() == proto::LoraOptions::OLORA;
+}
+
 double lora_scaling(double alpha, int64_t r, bool use_rslora) {
   return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
 }
@@ -82,7 +86,7 @@ LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, 
     default:
       TORCH_CHECK(false, "unknown LoRA init ", static_cast<int>(o.init()));
   }
-  if (o.init() == proto::LoraOptions::PISSA || o.init() == proto::LoraOptions::OLORA) {
+  if (residual_init(o)) {
     // Copies: register_parameter keeps (and trains) the tensors it is given.
     lora_A0 = a.detach().clone().contiguous();
     lora_B0 = b.detach().clone().contiguous();
@@ -187,7 +191,7 @@ absl::Status read_pattern(const ordered_json& j, const char* name, bool integer,
 }  // namespace
 
 absl::StatusOr<proto::LoraOptions> lora_plain_options(const proto::LoraOptions& options) {
-  if (options.init() != proto::LoraOptions::PISSA && options.init() != proto::LoraOptions::OLORA) {
+  if (!residual_init(options)) {
     return absl::FailedPreconditionError(
         absl::StrCat("only a LoRA adapter with init PISSA or OLORA can be saved as a plain LoRA (this one's init is ",
                      proto::LoraOptions::Init_Name(options.init()), ": it already is one)"));
@@ -236,7 +240,7 @@ AdapterMethod lora_method() {
     return absl::OkStatus();
   };
   m.rewrites_base = [](const proto::AdapterConfig& c) {
-    return c.lora().init() == proto::LoraOptions::PISSA || c.lora().init() == proto::LoraOptions::OLORA;
+    return residual_init(c.lora());
   };
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {

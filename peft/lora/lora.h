@@ -23,9 +23,9 @@
 #include <memory>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include <torch/nn/module.h>
 
+#include "absl/status/statusor.h"
 #include "peft/adapter.h"
 #include "peft/proto/adapter_config.pb.h"
 #include "peft/registry.h"
@@ -78,6 +78,10 @@ AdapterMethod lora_method();
 /// module keeps its scaling. Errors: another init, or rsLoRA together with
 /// rank_pattern / alpha_pattern (PEFT refuses that too).
 absl::StatusOr<proto::LoraOptions> lora_plain_options(const proto::LoraOptions& options);
+
+/// True for the inits that rewrite the base weight into a residual (PiSSA,
+/// OLoRA): they keep their initial factors and can be saved as plain LoRA.
+bool residual_init(const proto::LoraOptions& options);
 
 /// LoRA's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA.
 double lora_scaling(double alpha, int64_t r, bool use_rslora);
