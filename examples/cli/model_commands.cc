@@ -424,9 +424,8 @@ absl::Status run_to_lora(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(pm.load_adapter(f.get("adapter"), "default"));
   // Keep the base model name the adapter was saved with.
   std::string base_name;
-  {
-    std::ifstream in(f.get("adapter") + "/adapter_config.json");
-    const json j = json::parse(in, nullptr, false);
+  if (absl::StatusOr<std::string> text = io::read_file(f.get("adapter") + "/adapter_config.json"); text.ok()) {
+    const json j = json::parse(*text, nullptr, false);
     if (!j.is_discarded() && j.is_object() && j.contains("base_model_name_or_path") &&
         j["base_model_name_or_path"].is_string()) {
       base_name = j["base_model_name_or_path"].get<std::string>();
