@@ -1,5 +1,3 @@
-// File: data/bpe_tokenizer.cc
-#include "peft/core/status.h"
 #include "data/bpe_tokenizer.h"
 
 #include <array>
@@ -12,17 +10,17 @@
 #include <pcre2.h>
 
 #include "absl/strings/str_cat.h"
-#include "peft/io/read_file.h"
 #include "data/json_util.h"
 #include "data/pair_merge.h"
+#include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 namespace peft::data {
 namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr const char* kEndOfText = "<|endoftext|>";
 constexpr size_t kMaxCacheEntries = 1 << 16;
 // Ids may leave holes, but not arbitrarily large ones: a corrupt id must not
@@ -245,8 +243,8 @@ struct PreTokenizerStep {
 };
 
 struct BpeTokenizer::State {
-  std::string source;                          // for error messages
-  std::vector<std::string> pieces;             // id -> vocabulary spelling ("" for unused ids)
+  std::string source;               // for error messages
+  std::vector<std::string> pieces;  // id -> vocabulary spelling ("" for unused ids)
   std::unordered_map<std::string, int32_t> piece_ids;
   struct Merge {
     int32_t rank;
@@ -286,8 +284,8 @@ struct BpeTokenizer::State {
       }
       if (static_cast<size_t>(id) >= pieces.size()) pieces.resize(id + 1);
       if (!pieces[id].empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": id ", id, " is used by both \"", pieces[id],
-                                                       "\" and \"", it.key(), "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": id ", id, " is used by both \"", pieces[id], "\" and \"", it.key(), "\""));
       }
       if (it.key().empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": empty vocabulary entry"));
       pieces[id] = it.key();
@@ -342,8 +340,8 @@ struct BpeTokenizer::State {
     const std::string text = content->get<std::string>();
     if (static_cast<size_t>(i) >= pieces.size()) pieces.resize(i + 1);
     if (!pieces[i].empty() && pieces[i] != text) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": added token \"", text, "\" reuses id ", i,
-                                                     " of \"", pieces[i], "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": added token \"", text, "\" reuses id ", i, " of \"", pieces[i], "\""));
     }
     pieces[i] = text;
     piece_ids.emplace(text, i);
@@ -387,9 +385,11 @@ struct BpeTokenizer::State {
       const bool inverted = invert != nullptr && invert->is_boolean() && invert->get<bool>();
       const json* text = regex != nullptr ? regex : literal;
       if (text == nullptr || !text->is_string() || !isolated || inverted) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, ": unsupported Split pre-tokenizer (only a Regex or String pattern with behavior \"Isolated\" "
-                   "and invert=false): ", pt.dump().substr(0, 200)));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where,
+                         ": unsupported Split pre-tokenizer (only a Regex or String pattern with behavior \"Isolated\" "
+                         "and invert=false): ",
+                         pt.dump().substr(0, 200)));
       }
       PEFT_ASSIGN_OR_RETURN(std::shared_ptr<const pcre2_code> re,
                             compile_regex(text->get<std::string>(), /*literal=*/text == literal, where));
@@ -504,8 +504,8 @@ BpeTokenizer::BpeTokenizer(std::unique_ptr<State> state) : state_(std::move(stat
 
 BpeTokenizer::~BpeTokenizer() = default;
 
-absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(
-    const std::string& vocab_path, const std::string& merges_path) {
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(const std::string& vocab_path,
+                                                                   const std::string& merges_path) {
   auto state = std::make_unique<State>();
   PEFT_ASSIGN_OR_RETURN(json vocab, internal::read_json(vocab_path));
   PEFT_RETURN_IF_ERROR(state->set_vocab(vocab, vocab_path));
@@ -522,9 +522,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(
 
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(const std::string& path) {
   PEFT_ASSIGN_OR_RETURN(json root, internal::read_json(path));
-  auto bad = [&path](const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", why));
-  };
+  auto bad = [&path](const std::string& why) { return absl::InvalidArgumentError(absl::StrCat(path, ": ", why)); };
   const json* model = find_member(root, "model");
   if (model == nullptr || !model->is_object()) return bad("not a tokenizer.json (no \"model\" object)");
   const std::string model_type = json_type(model);
@@ -538,8 +536,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::create(const std::st
     }
   }
   if (const json* normalizer = find_member(root, "normalizer"); normalizer != nullptr && !normalizer->is_null()) {
-    return bad(absl::StrCat("unsupported normalizer \"", json_type(normalizer),
-                            "\" (byte-level BPE tokenizers have none)"));
+    return bad(
+        absl::StrCat("unsupported normalizer \"", json_type(normalizer), "\" (byte-level BPE tokenizers have none)"));
   }
 
   auto state = std::make_unique<State>();

@@ -1,4 +1,3 @@
-// File: data/bpe_tokenizer.h
 //
 // GPT-2 byte-level BPE (OpenAI encoder.py; Hugging Face ByteLevel BPE).
 //

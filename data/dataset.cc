@@ -1,4 +1,3 @@
-// File: data/dataset.cc
 #include "data/dataset.h"
 
 #include <algorithm>
@@ -20,8 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "peft/io/read_file.h"
 #include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 namespace peft::data {
 namespace {
@@ -183,7 +182,8 @@ class RecordReader {
     if (has_ids) return ids((*j)["ids"]);
     if (!has_text) return reject(BadRecord::kMissingField, "missing field \"text\" (or \"ids\")");
     const json& t = (*j)["text"];
-    if (!t.is_string()) return reject(BadRecord::kWrongType, absl::StrCat("\"text\" is a ", t.type_name(), ", expected a string"));
+    if (!t.is_string())
+      return reject(BadRecord::kWrongType, absl::StrCat("\"text\" is a ", t.type_name(), ", expected a string"));
     return text(t.get_ref<const std::string&>());
   }
 
@@ -219,7 +219,8 @@ class RecordReader {
 
  private:
   Record ids(const json& a) const {
-    if (!a.is_array()) return reject(BadRecord::kWrongType, absl::StrCat("\"ids\" is a ", a.type_name(), ", expected an array"));
+    if (!a.is_array())
+      return reject(BadRecord::kWrongType, absl::StrCat("\"ids\" is a ", a.type_name(), ", expected an array"));
     const int64_t vocab = tok_.vocab_size();
     std::vector<int32_t> ids;
     ids.reserve(a.size());
@@ -235,7 +236,7 @@ class RecordReader {
         ids.push_back(static_cast<int32_t>(u));
       } else if (v.is_number_integer()) {
         return reject(BadRecord::kIdOutOfRange, absl::StrCat("\"ids\"[", i, "] = ", v.get<int64_t>(),
-                                                            " is outside the vocabulary [0, ", vocab, ")"));
+                                                             " is outside the vocabulary [0, ", vocab, ")"));
       } else {
         return reject(BadRecord::kWrongType,
                       absl::StrCat("\"ids\"[", i, "] is a ", v.type_name(), ", expected an integer"));
@@ -313,8 +314,8 @@ absl::StatusOr<std::vector<Document>> read_chunk(std::string_view chunk, int64_t
     ++stats->records;
     if (!r.bad.has_value() && !opts.pack && static_cast<int64_t>(r.doc.tokens.size()) > opts.seq_len + 1) {
       r.bad = BadRecord::kTooLong;
-      r.what = absl::StrCat("sample of ", r.doc.tokens.size(), " tokens is longer than the context (seq_len + 1 = ",
-                            opts.seq_len + 1, ")");
+      r.what = absl::StrCat("sample of ", r.doc.tokens.size(),
+                            " tokens is longer than the context (seq_len + 1 = ", opts.seq_len + 1, ")");
     }
     if (r.bad.has_value()) {
       std::string message = absl::StrCat(name, ":", lineno, ": ", r.what);
@@ -395,9 +396,8 @@ std::vector<size_t> chunk_starts(std::string_view content, Format format, int pi
 
 // The documents of `content` in file order, read by options.threads threads
 // (each a run of whole lines; the result does not depend on the count).
-absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name,
-                                                     Format format, const Tokenizer& tok, const DataOptions& opts,
-                                                     DataStats* stats) {
+absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name, Format format,
+                                                     const Tokenizer& tok, const DataOptions& opts, DataStats* stats) {
   ProgressMeter meter(opts, static_cast<int64_t>(content.size()));
   int threads = opts.threads > 0 ? opts.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // Small files are not worth the threads.
@@ -439,7 +439,8 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     stats->empty_documents += p.stats.empty_documents;
     for (int k = 0; k < kNumBadRecordKinds; ++k) stats->skipped[k] += p.stats.skipped[k];
     for (std::string& m : p.stats.skipped_messages) {
-      if (stats->skipped_messages.size() < DataStats::kMaxSkippedMessages) stats->skipped_messages.push_back(std::move(m));
+      if (stats->skipped_messages.size() < DataStats::kMaxSkippedMessages)
+        stats->skipped_messages.push_back(std::move(m));
     }
     std::move(p.docs->begin(), p.docs->end(), std::back_inserter(docs));
   }
@@ -494,7 +495,8 @@ bool add_overflows(int64_t a, int64_t b, int64_t* out) { return __builtin_add_ov
 
 absl::Status DataOptions::validate() const {
   if (seq_len < 1 || seq_len > kMaxSeqLen) {
-    return absl::InvalidArgumentError(absl::StrCat("DataOptions.seq_len = ", seq_len, " must be in [1, ", kMaxSeqLen, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("DataOptions.seq_len = ", seq_len, " must be in [1, ", kMaxSeqLen, "]"));
   }
   if (!(validation_fraction >= 0.0 && validation_fraction < 1.0)) {
     return absl::InvalidArgumentError(
@@ -527,10 +529,10 @@ int64_t DataStats::skipped_total() const {
 }
 
 std::string DataStats::summary() const {
-  std::string out = absl::StrCat(format_name(format), ": ", records, " records -> ", train_documents, " train / ",
-                                 validation_documents, " validation documents, ", train_tokens, " / ",
-                                 validation_tokens, " tokens, ", train_examples, " / ", validation_examples,
-                                 " examples");
+  std::string out =
+      absl::StrCat(format_name(format), ": ", records, " records -> ", train_documents, " train / ",
+                   validation_documents, " validation documents, ", train_tokens, " / ", validation_tokens, " tokens, ",
+                   train_examples, " / ", validation_examples, " examples");
   if (dropped_tail_tokens > 0) absl::StrAppend(&out, "; ", dropped_tail_tokens, " tail tokens dropped");
   if (empty_documents > 0) absl::StrAppend(&out, "; ", empty_documents, " empty documents dropped");
   std::vector<std::string> skips;
@@ -562,7 +564,8 @@ struct Dataset::OrderCache {
 absl::StatusOr<Dataset> Dataset::create(std::vector<Example> examples, int64_t seq_len, int32_t pad_id, uint64_t seed,
                                         Order order) {
   if (seq_len < 1 || seq_len > kMaxSeqLen) {
-    return absl::InvalidArgumentError(absl::StrCat("Dataset: seq_len = ", seq_len, " must be in [1, ", kMaxSeqLen, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Dataset: seq_len = ", seq_len, " must be in [1, ", kMaxSeqLen, "]"));
   }
   if (pad_id < 0) return absl::InvalidArgumentError(absl::StrCat("Dataset: pad_id = ", pad_id, " must be >= 0"));
   auto storage = std::make_shared<Storage>();
@@ -572,13 +575,12 @@ absl::StatusOr<Dataset> Dataset::create(std::vector<Example> examples, int64_t s
     const int64_t len = static_cast<int64_t>(e.tokens.size());
     if (len < 2 || len > seq_len + 1 || e.targets.size() != e.tokens.size()) {
       return absl::InvalidArgumentError(absl::StrCat("Dataset: example ", i, " has ", len, " tokens and ",
-                                                     e.targets.size(), " targets; need 2..", seq_len + 1,
-                                                     " of each"));
+                                                     e.targets.size(), " targets; need 2..", seq_len + 1, " of each"));
     }
     for (int64_t t = 0; t < len; ++t) {
       if (e.tokens[t] < 0 || e.targets[t] > 1) {
-        return absl::InvalidArgumentError(absl::StrCat("Dataset: example ", i, " position ", t, ": token ",
-                                                       e.tokens[t], ", target ", int{e.targets[t]}));
+        return absl::InvalidArgumentError(absl::StrCat("Dataset: example ", i, " position ", t, ": token ", e.tokens[t],
+                                                       ", target ", int{e.targets[t]}));
       }
     }
     storage->labels.push_back(std::count(e.targets.begin() + 1, e.targets.end(), uint8_t{1}));
@@ -669,8 +671,8 @@ absl::StatusOr<Batch> Dataset::batch_at(const DataPosition& start, int64_t batch
       order = order_of(pos.epoch);
     }
   }
-  PEFT_ASSIGN_OR_RETURN(
-      Batch b, collate(std::vector<int64_t>(global_rows.begin() + rank * local, global_rows.begin() + (rank + 1) * local)));
+  PEFT_ASSIGN_OR_RETURN(Batch b, collate(std::vector<int64_t>(global_rows.begin() + rank * local,
+                                                              global_rows.begin() + (rank + 1) * local)));
   b.global_tokens = global_tokens;
   return b;
 }

@@ -1,4 +1,3 @@
-// File: data/dataset.h
 //
 // The training data pipeline: a file of records -> token documents ->
 // fixed-length examples -> deterministic, rank-sharded, resumable batches.
@@ -111,8 +110,7 @@ struct DataOptions {
   /// Prompt of an instruction record with a non-empty input; "{instruction}"
   /// and "{input}" are replaced in one pass (text inside the values is never
   /// re-expanded). Alpaca's template.
-  std::string prompt_template =
-      "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+  std::string prompt_template = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
   /// Prompt of an instruction record whose input is missing, null or "".
   std::string prompt_template_no_input = "### Instruction:\n{instruction}\n\n### Response:\n";
   /// Tokens the model sees per example (T); an example holds seq_len + 1
@@ -160,16 +158,16 @@ const char* bad_record_name(BadRecord kind);
 /// What load_dataset() read, kept and dropped.
 struct DataStats {
   DataOptions::Format format = DataOptions::Format::kAuto;  // the format used (never kAuto)
-  int64_t records = 0;                // non-blank lines (JSON) or paragraphs (text) read
-  int64_t empty_documents = 0;        // records with no tokens to learn from, dropped
+  int64_t records = 0;                                      // non-blank lines (JSON) or paragraphs (text) read
+  int64_t empty_documents = 0;                              // records with no tokens to learn from, dropped
   int64_t train_documents = 0;
   int64_t validation_documents = 0;
-  int64_t train_tokens = 0;           // tokens of the kept documents, BOS/EOS included
+  int64_t train_tokens = 0;  // tokens of the kept documents, BOS/EOS included
   int64_t validation_tokens = 0;
   int64_t train_examples = 0;
   int64_t validation_examples = 0;
-  int64_t dropped_tail_tokens = 0;    // pack = true: stream tails shorter than a window
-  int64_t skipped[kNumBadRecordKinds] = {};  // kSkip: records dropped, by BadRecord
+  int64_t dropped_tail_tokens = 0;            // pack = true: stream tails shorter than a window
+  int64_t skipped[kNumBadRecordKinds] = {};   // kSkip: records dropped, by BadRecord
   std::vector<std::string> skipped_messages;  // the first kMaxSkippedMessages "path:line: what"
 
   static constexpr int kMaxSkippedMessages = 16;
@@ -201,12 +199,12 @@ struct DataPosition {
 /// One rank's share of a global batch. B is the local batch size
 /// (batch_size / world_size), T is seq_len.
 struct Batch {
-  at::Tensor input_ids;       // [B, T] int64; pad id after an example's end
-  at::Tensor labels;          // [B, T] int64; kIgnoreIndex where no loss
-  at::Tensor attention_mask;  // [B, T] int64; 1 = real token, 0 = padding
-  int64_t tokens = 0;         // labels != kIgnoreIndex in these B rows
-  int64_t global_tokens = 0;  // the same over the whole global batch (all ranks),
-                              // to normalise a summed loss without an all-reduce
+  at::Tensor input_ids;                  // [B, T] int64; pad id after an example's end
+  at::Tensor labels;                     // [B, T] int64; kIgnoreIndex where no loss
+  at::Tensor attention_mask;             // [B, T] int64; 1 = real token, 0 = padding
+  int64_t tokens = 0;                    // labels != kIgnoreIndex in these B rows
+  int64_t global_tokens = 0;             // the same over the whole global batch (all ranks),
+                                         // to normalise a summed loss without an all-reduce
   std::vector<int64_t> example_indices;  // [B] dataset index of each row
 };
 
@@ -223,8 +221,8 @@ class Dataset final {
   /// 1, targets.size() == L, ids >= 0, targets 0/1) and returns
   /// InvalidArgumentError naming the first bad one. `examples` may be empty.
   /// `pad_id` fills input positions after an example's end.
-  static absl::StatusOr<Dataset> create(std::vector<Example> examples, int64_t seq_len, int32_t pad_id,
-                                        uint64_t seed, Order order);
+  static absl::StatusOr<Dataset> create(std::vector<Example> examples, int64_t seq_len, int32_t pad_id, uint64_t seed,
+                                        Order order);
 
   int64_t size() const;
   int64_t seq_len() const { return seq_len_; }
@@ -248,8 +246,7 @@ class Dataset final {
   /// at `start`. InvalidArgumentError for an empty dataset, batch_size < 1,
   /// world_size < 1, rank outside [0, world_size), batch_size not divisible
   /// by world_size, or a position outside [0, size()) / overflowing int64.
-  absl::StatusOr<Batch> batch_at(const DataPosition& start, int64_t batch_size, int64_t rank,
-                                 int64_t world_size) const;
+  absl::StatusOr<Batch> batch_at(const DataPosition& start, int64_t batch_size, int64_t rank, int64_t world_size) const;
   /// batch_at(position_at_step(step, batch_size), ...): global batch `step`.
   absl::StatusOr<Batch> batch(int64_t step, int64_t batch_size, int64_t rank, int64_t world_size) const;
 

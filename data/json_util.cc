@@ -1,8 +1,7 @@
-// File: data/json_util.cc
-#include "peft/core/status.h"
 #include "data/json_util.h"
 
 #include "absl/strings/str_cat.h"
+#include "peft/core/status.h"
 #include "peft/io/read_file.h"
 
 namespace peft::data::internal {

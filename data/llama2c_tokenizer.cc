@@ -1,5 +1,3 @@
-// File: data/llama2c_tokenizer.cc
-#include "peft/core/status.h"
 #include "data/llama2c_tokenizer.h"
 
 #include <cmath>
@@ -10,8 +8,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "peft/io/read_file.h"
 #include "data/pair_merge.h"
+#include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 namespace peft::data {
 namespace {
@@ -47,8 +46,7 @@ int byte_piece_value(std::string_view piece) {
 
 }  // namespace
 
-Llama2cTokenizer::Llama2cTokenizer(int32_t max_token_length, std::vector<std::string> pieces,
-                                   std::vector<float> scores)
+Llama2cTokenizer::Llama2cTokenizer(int32_t max_token_length, std::vector<std::string> pieces, std::vector<float> scores)
     : max_token_length_(max_token_length), pieces_(std::move(pieces)), scores_(std::move(scores)) {
   index_.reserve(pieces_.size());
   // run.c bsearches a sorted copy; with duplicate strings either id could win.
@@ -61,8 +59,8 @@ absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::create(const
   return create_from_bytes(data, path);
 }
 
-absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::create_from_bytes(
-    std::string_view data, const std::string& name) {
+absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::create_from_bytes(std::string_view data,
+                                                                                      const std::string& name) {
   auto bad = [&name](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": not a valid llama2.c tokenizer.bin: ", why));
   };
@@ -130,8 +128,7 @@ std::vector<int32_t> Llama2cTokenizer::encode(std::string_view text) const {
   // chunks, which fall back to bytes.
   size_t start = 0;
   for (size_t i = 0; i < text.size(); ++i) {
-    const bool next_is_continuation =
-        i + 1 < text.size() && (static_cast<unsigned char>(text[i + 1]) & 0xC0) == 0x80;
+    const bool next_is_continuation = i + 1 < text.size() && (static_cast<unsigned char>(text[i + 1]) & 0xC0) == 0x80;
     if (next_is_continuation && i + 1 - start < 4) continue;
     std::string_view chunk = text.substr(start, i + 1 - start);
     if (int32_t id = lookup(chunk); id >= 0) {
@@ -179,8 +176,6 @@ std::string Llama2cTokenizer::id_to_piece(int32_t id) const {
   return id >= 0 && id < vocab_size() ? pieces_[id] : std::string();
 }
 
-float Llama2cTokenizer::score(int32_t id) const {
-  return id >= 0 && id < vocab_size() ? scores_[id] : 0.0f;
-}
+float Llama2cTokenizer::score(int32_t id) const { return id >= 0 && id < vocab_size() ? scores_[id] : 0.0f; }
 
 }  // namespace peft::data

@@ -1,4 +1,3 @@
-// File: data/llama2c_tokenizer.h
 //
 // The llama2.c binary tokenizer (tokenizer.bin, tok512.bin) with run.c's
 // encode and decode.

@@ -1,4 +1,3 @@
-// File: data/load_tokenizer.cc
 //
 // load_tokenizer(): directory layout lookup and content sniffing (see
 // data/tokenizer.h for the contract).
@@ -8,13 +7,13 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
-#include "peft/core/status.h"
 #include "data/bpe_tokenizer.h"
-#include "peft/io/read_file.h"
 #include "data/json_util.h"
 #include "data/llama2c_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/tokenizer.h"
+#include "peft/core/status.h"
+#include "peft/io/read_file.h"
 
 namespace peft::data {
 namespace {
@@ -110,16 +109,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_file(const std::string& path) {
   std::string why;
   if (!ec && size <= kMaxLlama2cBytes) {
     absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> llama2c = Llama2cTokenizer::create(path);
-    if (llama2c.ok() || llama2c.status().code() != absl::StatusCode::kInvalidArgument) return upcast(std::move(llama2c));
+    if (llama2c.ok() || llama2c.status().code() != absl::StatusCode::kInvalidArgument)
+      return upcast(std::move(llama2c));
     std::string reason(llama2c.status().message());
     if (reason.compare(0, path.size() + 2, path + ": ") == 0) reason.erase(0, path.size() + 2);
     why = absl::StrCat("; as a llama2.c tokenizer.bin: ", reason);
   } else {
     why = absl::StrCat("; ", size, " bytes is too large for a llama2.c tokenizer.bin");
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      path, ": not a recognized tokenizer file (expected a sentencepiece model, a tokenizer.json, "
-            "a vocab.json/encoder.json or a llama2.c tokenizer.bin)", why));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path,
+                   ": not a recognized tokenizer file (expected a sentencepiece model, a tokenizer.json, "
+                   "a vocab.json/encoder.json or a llama2.c tokenizer.bin)",
+                   why));
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> load_directory(const fs::path& dir) {
@@ -133,9 +135,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_directory(const fs::path& dir) {
     }
   }
   if (fs::path p = dir / "tokenizer.bin"; is_file(p)) return upcast(Llama2cTokenizer::create(p.string()));
-  return absl::InvalidArgumentError(absl::StrCat(
-      dir.string(), ": no tokenizer in this directory (looked for tokenizer.model, tokenizer.json, "
-                    "vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.bin)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(dir.string(),
+                   ": no tokenizer in this directory (looked for tokenizer.model, tokenizer.json, "
+                   "vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.bin)"));
 }
 
 }  // namespace

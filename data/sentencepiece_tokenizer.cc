@@ -1,22 +1,19 @@
-// File: data/sentencepiece_tokenizer.cc
-#include "peft/core/status.h"
 #include "data/sentencepiece_tokenizer.h"
 
 #include <filesystem>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "peft/core/status.h"
 #include "third_party/sentencepiece_shim/spm_loader.h"
 
 namespace peft::data {
 
-SentencePieceTokenizer::SentencePieceTokenizer(std::unique_ptr<spm_shim::SpmModel> model)
-    : model_(std::move(model)) {}
+SentencePieceTokenizer::SentencePieceTokenizer(std::unique_ptr<spm_shim::SpmModel> model) : model_(std::move(model)) {}
 
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
-absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::create(
-    const std::string& model_path) {
+absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::create(const std::string& model_path) {
   std::error_code ec;
   if (!std::filesystem::exists(model_path, ec)) {
     return absl::NotFoundError(absl::StrCat(model_path, ": no such file"));
@@ -50,8 +47,6 @@ int32_t SentencePieceTokenizer::bos_id() const { return model_->bos_id(); }
 int32_t SentencePieceTokenizer::eos_id() const { return model_->eos_id(); }
 int32_t SentencePieceTokenizer::pad_id() const { return model_->pad_id(); }
 
-std::string SentencePieceTokenizer::id_to_piece(int32_t id) const {
-  return std::string(model_->id_to_piece(id));
-}
+std::string SentencePieceTokenizer::id_to_piece(int32_t id) const { return std::string(model_->id_to_piece(id)); }
 
 }  // namespace peft::data

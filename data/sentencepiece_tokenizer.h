@@ -1,4 +1,3 @@
-// File: data/sentencepiece_tokenizer.h
 //
 // LLaMA-style sentencepiece tokenizer (tokenizer.model, tok512.model).
 //

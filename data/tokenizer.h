@@ -1,4 +1,3 @@
-// File: data/tokenizer.h
 //
 // The tokenizer interface every model and dataset codes against, and
 // load_tokenizer(), which picks the implementation from a file or a model

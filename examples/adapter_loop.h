@@ -1,4 +1,3 @@
-// File: examples/adapter_loop.h
 //
 // A minimal custom training loop over the library's pieces, for users who
 // drive fine-tuning from their own C++ code rather than the recipe trainer:

@@ -6,8 +6,8 @@
 #include <memory>
 #include <set>
 
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -202,20 +202,35 @@ absl::Status write_byte_tokenizer(const std::string& dir) {
       {"version", "1.0"},
       {"truncation", nullptr},
       {"padding", nullptr},
-      {"added_tokens",
-       json::array({{{"id", 256}, {"content", kEndOfText}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", true}, {"special", true}}})},
+      {"added_tokens", json::array({{{"id", 256},
+                                     {"content", kEndOfText},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", true},
+                                     {"special", true}}})},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"post_processor", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
-        {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", ""},
+        {"end_of_word_suffix", ""},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"vocab", vocab},
         {"merges", json::array()}}},
   };
-  json config = {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"bos_token", kEndOfText},
-                 {"eos_token", kEndOfText}, {"unk_token", kEndOfText}, {"add_bos_token", false},
+  json config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                 {"bos_token", kEndOfText},
+                 {"eos_token", kEndOfText},
+                 {"unk_token", kEndOfText},
+                 {"add_bos_token", false},
                  {"model_max_length", 1024}};
   PEFT_RETURN_IF_ERROR(write_text(dir + "/tokenizer.json", tok.dump(2) + "\n"));
   return write_text(dir + "/tokenizer_config.json", config.dump(2) + "\n");
@@ -251,8 +266,9 @@ trainers::TrainOptions train_options(const std::string& log_file, std::function<
 absl::Status BaseOptions::validate() const {
   if (hidden_size <= 0 || num_layers <= 0 || num_heads <= 0 || num_kv_heads <= 0 || hidden_size % num_heads ||
       num_heads % num_kv_heads) {
-    return absl::InvalidArgumentError("--hidden_size, --num_layers, --num_heads, --num_kv_heads must be positive, "
-                                      "heads must divide hidden_size and kv heads must divide heads");
+    return absl::InvalidArgumentError(
+        "--hidden_size, --num_layers, --num_heads, --num_kv_heads must be positive, "
+        "heads must divide hidden_size and kv heads must divide heads");
   }
   if (pretrain_steps < 0) return absl::InvalidArgumentError("--pretrain_steps must be >= 0");
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
@@ -311,7 +327,8 @@ absl::StatusOr<Base> build_base(const std::string& work, const TaskData& data, u
   recipe.mutable_data()->set_train_file(data_path);
   recipe.clear_adapters();  // full fine-tuning
   PEFT_RETURN_IF_ERROR(trainers::validate_recipe(recipe));
-  log(absl::StrFormat("pretraining %lld parameters from random init (full fine-tuning): %d steps x %d "
+  log(
+      absl::StrFormat("pretraining %lld parameters from random init (full fine-tuning): %d steps x %d "
                       "examples of \"copy: <word> -> <word>\" (%lld generated records)",
                       static_cast<long long>(count_parameters(*lm)), recipe.training().steps(),
                       recipe.training().micro_batch(), static_cast<long long>(data.pretrain.size())));
@@ -377,7 +394,8 @@ absl::StatusOr<std::string> answer(models::CausalLm& lm, const Prompting& p, con
   return trim(text);
 }
 
-absl::StatusOr<TaskScores> score_tasks(models::CausalLm& lm, const Prompting& p, const std::vector<std::string>& words) {
+absl::StatusOr<TaskScores> score_tasks(models::CausalLm& lm, const Prompting& p,
+                                       const std::vector<std::string>& words) {
   torch::NoGradGuard no_grad;
   lm.module().eval();
   TaskScores s;
@@ -415,8 +433,8 @@ std::vector<cli::FlagSpec> task_flags() {
       {"max_len", "longest word", s(t.max_len)},
       {"pretrain_examples", "built-in base: generated pretraining records", s(t.pretrain_examples)},
       {"pretrain_steps", "built-in base: steps (0 = the base recipe's training.steps)", "0"},
-      {"base_recipe", "built-in base: pretraining recipe (default: examples/recipes/quickstart_base.textproto, built in)",
-       ""},
+      {"base_recipe",
+       "built-in base: pretraining recipe (default: examples/recipes/quickstart_base.textproto, built in)", ""},
       {"hidden_size", "built-in base: hidden size", s(b.hidden_size)},
       {"num_layers", "built-in base: layers", s(b.num_layers)},
       {"num_heads", "built-in base: attention heads", s(b.num_heads)},

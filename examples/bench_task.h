@@ -1,4 +1,3 @@
-// File: examples/bench_task.h
 //
 // The built-in, measurable fine-tuning task that the quickstart
 // (examples/quickstart.cc) and `peft bench` (examples/cli/bench_command.cc)
@@ -56,12 +55,12 @@ std::string reversed(const std::string& s);
 /// What to generate. Defaults are the quickstart's and the benchmark's.
 struct TaskOptions {
   uint64_t seed = 0;
-  int64_t test_examples = 100;      // held-out words
-  int64_t train_examples = 4000;    // fine-tuning records (task + replay)
+  int64_t test_examples = 100;    // held-out words
+  int64_t train_examples = 4000;  // fine-tuning records (task + replay)
   int64_t pretrain_examples = 20000;
-  int64_t min_len = 3;              // word lengths, letters
+  int64_t min_len = 3;  // word lengths, letters
   int64_t max_len = 6;
-  double replay = 0.5;              // share of fine-tuning records that are copy
+  double replay = 0.5;  // share of fine-tuning records that are copy
   /// InvalidArgument naming the flag of the first bad value.
   absl::Status validate() const;
 };
@@ -87,7 +86,6 @@ absl::Status write_text(const std::string& path, const std::string& text);
 /// tokenizer.json + tokenizer_config.json of the byte-level tokenizer (loads
 /// in peft-cpp and in Hugging Face `tokenizers`).
 absl::Status write_byte_tokenizer(const std::string& dir);
-
 
 // ---- Recipes ---------------------------------------------------------------
 
@@ -131,8 +129,8 @@ struct PretrainStats {
 };
 
 struct Base {
-  std::string dir;     // a Hugging Face model directory with the tokenizer
-  bool cached = false; // reused from an earlier run
+  std::string dir;      // a Hugging Face model directory with the tokenizer
+  bool cached = false;  // reused from an earlier run
   PretrainStats pretrain;
 };
 

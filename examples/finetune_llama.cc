@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "finetune_llama: %s\n", std::string(summary.status().message()).c_str());
     return 1;
   }
-  std::printf("eval loss %.4f -> %.4f; adapter in %s/adapter, merged model in %s/merged\n",
-              summary->initial_eval_loss, summary->final_eval_loss, argv[3], argv[3]);
+  std::printf("eval loss %.4f -> %.4f; adapter in %s/adapter, merged model in %s/merged\n", summary->initial_eval_loss,
+              summary->final_eval_loss, argv[3], argv[3]);
   return 0;
 }

@@ -111,8 +111,9 @@ absl::Status run(const cli::ParsedFlags& f) {
     return absl::InvalidArgumentError("the recipe's output_dir is <work_dir>/lora: pass --work_dir instead");
   }
   if (recipe.data().has_validation_file() || recipe.data().train_file() != data_path) {
-    return absl::InvalidArgumentError("the quickstart generates its data: leave data.train_file and "
-                                      "data.validation_file unset");
+    return absl::InvalidArgumentError(
+        "the quickstart generates its data: leave data.train_file and "
+        "data.validation_file unset");
   }
   at::set_num_threads(static_cast<int>(threads));
 
@@ -125,12 +126,12 @@ absl::Status run(const cli::ParsedFlags& f) {
   {
     Prompting shown;
     shown.tmpl = recipe.data().has_prompt_template() ? recipe.data().prompt_template() : "{instruction}: {input} -> ";
-    say(absl::StrFormat("[1/6] data: \"%s\" on random lowercase words of %lld-%lld letters; %lld training "
-                        "records (%.0f%% of them \"%s\" replay), %lld held-out test words",
-                        shown.prompt(kTask, "<word>") + "<reversed word>", static_cast<long long>(task.min_len),
-                        static_cast<long long>(task.max_len), static_cast<long long>(task.train_examples),
-                        100 * task.replay, shown.prompt(kControl, "<word>") + "<word>",
-                        static_cast<long long>(task.test_examples)));
+    say(absl::StrFormat(
+        "[1/6] data: \"%s\" on random lowercase words of %lld-%lld letters; %lld training "
+        "records (%.0f%% of them \"%s\" replay), %lld held-out test words",
+        shown.prompt(kTask, "<word>") + "<reversed word>", static_cast<long long>(task.min_len),
+        static_cast<long long>(task.max_len), static_cast<long long>(task.train_examples), 100 * task.replay,
+        shown.prompt(kControl, "<word>") + "<word>", static_cast<long long>(task.test_examples)));
   }
   PEFT_RETURN_IF_ERROR(write_text(data_path, to_jsonl(data.train)));
   PEFT_RETURN_IF_ERROR(write_text(work + "/data/test.jsonl", to_jsonl(test_records(data))));
@@ -143,16 +144,17 @@ absl::Status run(const cli::ParsedFlags& f) {
     say(absl::StrCat("[2/6] base: ", base.dir));
   } else {
     say(absl::StrCat("[2/6] base: the built-in byte-level LLaMA in ", work, "/base"));
-    PEFT_ASSIGN_OR_RETURN(base, build_base(work, data, task.seed, base_options,
-                                           [](const std::string& line) { say("      " + line); }));
+    PEFT_ASSIGN_OR_RETURN(
+        base, build_base(work, data, task.seed, base_options, [](const std::string& line) { say("      " + line); }));
     if (base.cached) say("      cached (delete it or pass --rebuild_base to pretrain again)");
   }
   const double base_seconds = now() - t_base;
   const std::string tok_path = recipe.has_tokenizer() ? recipe.tokenizer() : recipe.model();
   absl::StatusOr<std::unique_ptr<data::Tokenizer>> tok_or = data::load_tokenizer(tok_path);
   if (!tok_or.ok()) {
-    return absl::Status(tok_or.status().code(), absl::StrCat("no usable tokenizer for the base (pass --tokenizer=FILE): ",
-                                                             tok_or.status().message()));
+    return absl::Status(
+        tok_or.status().code(),
+        absl::StrCat("no usable tokenizer for the base (pass --tokenizer=FILE): ", tok_or.status().message()));
   }
   std::unique_ptr<data::Tokenizer> tok = std::move(*tok_or);
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> base_lm, models::load_model(recipe.model()));
@@ -213,8 +215,8 @@ absl::Status run(const cli::ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(const TaskScores merged_scores, score_tasks(*merged, prompting, data.test_words));
   const int64_t same = identical_answers(after, merged_scores);
   const bool match = same == n_test;
-  say(absl::StrFormat("      %s (reloaded): %s: %s; %s: %s; identical answers to base + adapter: %lld/%lld",
-                      merged_dir, kTask, fraction(merged_scores.task), kControl, fraction(merged_scores.control),
+  say(absl::StrFormat("      %s (reloaded): %s: %s; %s: %s; identical answers to base + adapter: %lld/%lld", merged_dir,
+                      kTask, fraction(merged_scores.task), kControl, fraction(merged_scores.control),
                       static_cast<long long>(same), static_cast<long long>(n_test)));
 
   // 6. Examples from the merged model.
@@ -222,7 +224,9 @@ absl::Status run(const cli::ParsedFlags& f) {
   json examples = json::array();
   for (const std::string& w : demo_words()) {
     PEFT_ASSIGN_OR_RETURN(std::string a, answer(*merged, prompting, kTask, w, reversed(w)));
-    examples.push_back({{"prompt", prompting.prompt(kTask, w)}, {"expected", reversed(w)}, {"generated", a},
+    examples.push_back({{"prompt", prompting.prompt(kTask, w)},
+                        {"expected", reversed(w)},
+                        {"generated", a},
                         {"correct", a == reversed(w)}});
   }
   const double total = now() - t_start;
@@ -292,24 +296,23 @@ absl::Status run(const cli::ParsedFlags& f) {
                                  a0.target().preset().empty() ? "its targets" : a0.target().preset(),
                                  static_cast<long long>(trainable),
                                  100.0 * static_cast<double>(trainable) / static_cast<double>(base_params)));
-  row("fine-tuning", absl::StrFormat("%lld steps x %d examples in %.0f s, loss %.3f -> %.3f",
-                                     static_cast<long long>(ts.steps), recipe.training().micro_batch(), lora_seconds,
-                                     ts.first_train_loss, ts.final_train_loss));
+  row("fine-tuning",
+      absl::StrFormat("%lld steps x %d examples in %.0f s, loss %.3f -> %.3f", static_cast<long long>(ts.steps),
+                      recipe.training().micro_batch(), lora_seconds, ts.first_train_loss, ts.final_train_loss));
   row(absl::StrFormat("%s (new task)", kTask),
       absl::StrFormat("%s -> %s  (exact match, %lld held-out words)", pct(before.task.accuracy),
                       pct(after.task.accuracy), static_cast<long long>(n_test)));
   row(absl::StrFormat("%s (control)", kControl),
       absl::StrFormat("%s -> %s", pct(before.control.accuracy), pct(after.control.accuracy)));
   row("merged export, reloaded",
-      match ? absl::StrFormat("%s; the same answers as base + adapter", pct(merged_scores.task.accuracy))
-            : absl::StrFormat("%s; only %lld/%lld answers identical to base + adapter",
-                              pct(merged_scores.task.accuracy), static_cast<long long>(same),
-                              static_cast<long long>(n_test)));
+      match
+          ? absl::StrFormat("%s; the same answers as base + adapter", pct(merged_scores.task.accuracy))
+          : absl::StrFormat("%s; only %lld/%lld answers identical to base + adapter", pct(merged_scores.task.accuracy),
+                            static_cast<long long>(same), static_cast<long long>(n_test)));
   for (const json& e : examples) {
-    row("merged generates", absl::StrFormat("%s%s%s", e["prompt"].get<std::string>(), e["generated"].get<std::string>(),
-                                            e["correct"].get<bool>()
-                                                ? ""
-                                                : "  (expected " + e["expected"].get<std::string>() + ")"));
+    row("merged generates",
+        absl::StrFormat("%s%s%s", e["prompt"].get<std::string>(), e["generated"].get<std::string>(),
+                        e["correct"].get<bool>() ? "" : "  (expected " + e["expected"].get<std::string>() + ")"));
   }
   row("outputs", absl::StrCat(work, "/{summary.json, lora/adapter, merged}"));
   row("total time", absl::StrFormat("%.0f s", total));

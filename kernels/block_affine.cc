@@ -15,9 +15,9 @@ at::Tensor block_affine_weight(const at::Tensor& w, const at::Tensor& t) {
   check_block_affine_args(w, t, "block_affine_weight");
   const at::ScalarType dtype = at::promote_types(w.scalar_type(), t.scalar_type());
   const int64_t out = w.size(0), in = w.size(1), r = t.size(1), n_out = out / r, n_in = in / r;
-  const at::Tensor tt = t.to(dtype);                                   // [n_out, r, r]
-  const at::Tensor w3 = w.to(dtype).reshape({n_out, r * n_in, r});     // [n_out, r·n_in, r]
-  at::Tensor y = at::bmm(w3, tt + at::eye(r, tt.options()));           // [n_out, r·n_in, r]
+  const at::Tensor tt = t.to(dtype);                                // [n_out, r, r]
+  const at::Tensor w3 = w.to(dtype).reshape({n_out, r * n_in, r});  // [n_out, r·n_in, r]
+  at::Tensor y = at::bmm(w3, tt + at::eye(r, tt.options()));        // [n_out, r·n_in, r]
   // + T_i on every block, in place: bmm's backward needs its inputs, not its
   // output, so this saves a weight-sized buffer without breaking autograd.
   y.view({n_out, r, n_in, r}).add_(tt.unsqueeze(2));
@@ -36,8 +36,9 @@ at::Tensor block_affine_unmerge(const at::Tensor& merged, const at::Tensor& t) {
   // X (I + T_i) = W'_i - T_i for every row block at once (left = false).
   std::tie(x, info) = at::linalg_solve_ex(tt + at::eye(r, tt.options()), b, /*left=*/false);
   const at::Tensor bad = info.nonzero();
-  TORCH_CHECK(bad.numel() == 0, "block_affine_unmerge: I + T_i is singular for row block i = ",
-              bad.numel() ? bad[0].item<int64_t>() : -1, " (r = ", r, "); the merge cannot be undone");
+  TORCH_CHECK(bad.numel() == 0,
+              "block_affine_unmerge: I + T_i is singular for row block i = ", bad.numel() ? bad[0].item<int64_t>() : -1,
+              " (r = ", r, "); the merge cannot be undone");
   return x.view({out, in}).to(dtype);
 }
 

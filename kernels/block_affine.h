@@ -1,4 +1,3 @@
-// File: kernels/block_affine.h
 //
 // The batched block-affine weight transform of Bone's "Bat" variant (Kang &
 // Yin, "Bone: Block-Affine Adaptation of Large Language Models",
@@ -36,8 +35,8 @@ namespace peft::kernels {
 inline void check_block_affine_args(const at::Tensor& w, const at::Tensor& t, const char* fn) {
   TORCH_CHECK(w.defined() && t.defined(), fn, ": undefined tensor");
   TORCH_CHECK(w.dim() == 2, fn, ": weight must be 2-D [out, in], got shape ", w.sizes());
-  TORCH_CHECK(t.dim() == 3 && t.size(1) == t.size(2) && t.size(1) > 0, fn,
-              ": T must be [out/r, r, r], got shape ", t.sizes());
+  TORCH_CHECK(t.dim() == 3 && t.size(1) == t.size(2) && t.size(1) > 0, fn, ": T must be [out/r, r, r], got shape ",
+              t.sizes());
   const int64_t out = w.size(0), in = w.size(1), r = t.size(1);
   TORCH_CHECK(out % r == 0 && in % r == 0, fn, ": block size r = ", r, " must divide both dimensions of the weight [",
               out, ", ", in, "]");

@@ -17,12 +17,12 @@ at::Tensor block_affine_weight_ref(const at::Tensor& w, const at::Tensor& t) {
   const at::Tensor wd = w.to(dtype), td = t.to(dtype);
   std::vector<at::Tensor> rows;
   for (int64_t i = 0; i < n_out; ++i) {
-    const at::Tensor ti = td[i];                                  // [r, r]
-    const at::Tensor a = at::eye(r, td.options()) + ti;           // I + T_i
+    const at::Tensor ti = td[i];                         // [r, r]
+    const at::Tensor a = at::eye(r, td.options()) + ti;  // I + T_i
     std::vector<at::Tensor> blocks;
     for (int64_t j = 0; j < n_in; ++j) {
       const at::Tensor wij = wd.slice(0, i * r, (i + 1) * r).slice(1, j * r, (j + 1) * r);
-      blocks.push_back(at::mm(wij, a) + ti);                       // W_ij (I + T_i) + T_i
+      blocks.push_back(at::mm(wij, a) + ti);  // W_ij (I + T_i) + T_i
     }
     rows.push_back(at::cat(blocks, 1));
   }
@@ -44,7 +44,7 @@ at::Tensor block_affine_unmerge_ref(const at::Tensor& merged, const at::Tensor& 
     std::vector<at::Tensor> blocks;
     for (int64_t j = 0; j < n_in; ++j) {
       const at::Tensor mij = md.slice(0, i * r, (i + 1) * r).slice(1, j * r, (j + 1) * r);
-      blocks.push_back(at::mm(mij - ti, inv));                     // (W'_ij - T_i)(I + T_i)^-1
+      blocks.push_back(at::mm(mij - ti, inv));  // (W'_ij - T_i)(I + T_i)^-1
     }
     rows.push_back(at::cat(blocks, 1));
   }

@@ -19,8 +19,8 @@ using torch::autograd::variable_list;
 // One row: p[0..len) = softmax(scale·x[0..len)), p[len..s) = 0. `buf` holds
 // s floats of scratch.
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void softmax_row(const T* x, T* p, float* buf,
-                                                                              int64_t len, int64_t s, float scale) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void softmax_row(const T* x, T* p, float* buf, int64_t len,
+                                                                              int64_t s, float scale) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < len; ++j) {
     buf[j] = row_math::to_float(x[j]) * scale;

@@ -1,4 +1,3 @@
-// File: kernels/causal_softmax.h
 //
 // Attention's scale, causal mask and softmax in one pass over the scores:
 //

@@ -1,4 +1,3 @@
-// File: kernels/kronecker.h
 //
 // The PHM (parameterized hypercomplex multiplication) linear map of Compacter
 // (Karimi Mahabadi, Henderson & Ruder, "Compacter: Efficient Low-Rank
@@ -42,8 +41,8 @@ at::Tensor phm_linear(const at::Tensor& x, const at::Tensor& A, const at::Tensor
 
 /// The same map computed as x · H + bias with H = phm_weight(...): the
 /// reference implementation.
-at::Tensor phm_linear_ref(const at::Tensor& x, const at::Tensor& A, const at::Tensor& W_left,
-                          const at::Tensor& W_right, const at::Tensor& bias);
+at::Tensor phm_linear_ref(const at::Tensor& x, const at::Tensor& A, const at::Tensor& W_left, const at::Tensor& W_right,
+                          const at::Tensor& bias);
 
 /// H [in, out] = Σ_i kron(A_i, W_left_i W_right_i): the dense matrix for
 /// right-multiplication (a Linear weight would be Hᵀ). Used by the reference

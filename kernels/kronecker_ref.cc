@@ -7,8 +7,8 @@ namespace peft::kernels {
 
 void check_phm_args(const at::Tensor& x, const at::Tensor& A, const at::Tensor& W_left, const at::Tensor& W_right,
                     const at::Tensor& bias) {
-  TORCH_CHECK(A.dim() == 3 && A.size(0) == A.size(1) && A.size(1) == A.size(2), "PHM: rule tensor A must be [n, n, n], got ",
-              A.sizes());
+  TORCH_CHECK(A.dim() == 3 && A.size(0) == A.size(1) && A.size(1) == A.size(2),
+              "PHM: rule tensor A must be [n, n, n], got ", A.sizes());
   const int64_t n = A.size(0);
   TORCH_CHECK(W_left.dim() == 3 && W_left.size(0) == n, "PHM: W_left must be [n=", n, ", in/n, r], got ",
               W_left.sizes());
@@ -39,8 +39,8 @@ at::Tensor phm_weight(const at::Tensor& A, const at::Tensor& W_left, const at::T
   return H;
 }
 
-at::Tensor phm_linear_ref(const at::Tensor& x, const at::Tensor& A, const at::Tensor& W_left,
-                          const at::Tensor& W_right, const at::Tensor& bias) {
+at::Tensor phm_linear_ref(const at::Tensor& x, const at::Tensor& A, const at::Tensor& W_left, const at::Tensor& W_right,
+                          const at::Tensor& bias) {
   check_phm_args(x, A, W_left, W_right, bias);
   at::Tensor y = at::matmul(x, phm_weight(A, W_left, W_right));
   return bias.defined() ? y + bias : y;

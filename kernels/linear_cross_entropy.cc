@@ -37,8 +37,8 @@ void to_softmax_minus_onehot_(at::Tensor& lf, const at::Tensor& sum, const at::T
 // one write of the row, instead of ATen's cast + max + exp + sum + div +
 // scatter + cast passes over the whole chunk.
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(T* x, float* buf, int64_t v,
-                                                                          int64_t label, bool grad) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(T* x, float* buf, int64_t v, int64_t label,
+                                                                          bool grad) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < v; ++j) {
     buf[j] = row_math::to_float(x[j]);
@@ -84,8 +84,8 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
                             int64_t ignore_index, int64_t chunk_rows) {
     const int64_t n = h.size(0);
     const bool need_h = h.requires_grad(), need_w = W.requires_grad();
-    const at::Tensor valid = labels != ignore_index;          // [N]
-    const at::Tensor safe = labels.masked_fill(~valid, 0);   // [N] a valid index everywhere
+    const at::Tensor valid = labels != ignore_index;        // [N]
+    const at::Tensor safe = labels.masked_fill(~valid, 0);  // [N] a valid index everywhere
     const at::ScalarType acc = acc_type(h);
     at::Tensor loss = at::empty({n}, h.options().dtype(acc));
     at::Tensor row_grad = need_h && !need_w ? at::empty_like(h) : at::Tensor();  // [N, C]
@@ -110,7 +110,8 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
         if (need_w) {
           // lse = loss + the label's logit (the logits are intact: no grad
           // rows were written); ignored rows' lse is unused.
-          lse_all.narrow(0, r0, r).copy_(loss_c + logits.gather(1, safe.narrow(0, r0, r).unsqueeze(1)).squeeze(1).to(acc));
+          lse_all.narrow(0, r0, r).copy_(loss_c +
+                                         logits.gather(1, safe.narrow(0, r0, r).unsqueeze(1)).squeeze(1).to(acc));
         }
         if (row_grad.defined()) {
           at::Tensor out = row_grad.narrow(0, r0, r);
@@ -192,8 +193,8 @@ at::Tensor linear_cross_entropy(const at::Tensor& h, const at::Tensor& W, const 
                                 int64_t ignore_index, int64_t chunk_rows) {
   TORCH_CHECK(h.dim() == 2 && W.dim() == 2 && h.size(1) == W.size(1), "linear_cross_entropy: h [N, C] and W [V, C] ",
               "must agree on C, got ", h.sizes(), " and ", W.sizes());
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy: labels must be [",
-              h.size(0), "], got ", labels.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy: labels must be [", h.size(0),
+              "], got ", labels.sizes());
   TORCH_CHECK(h.scalar_type() == W.scalar_type() && h.device() == W.device(),
               "linear_cross_entropy: h and W must share dtype and device, got ", h.scalar_type(), " and ",
               W.scalar_type());

@@ -1,4 +1,3 @@
-// File: kernels/linear_cross_entropy.h
 //
 // The output layer and the token cross-entropy in one pass over row chunks,
 // so the [N, V] logits (and their float32 log-probabilities, and their

@@ -1,4 +1,3 @@
-// File: kernels/rms_norm.h
 //
 // RMSNorm for mixed precision in one pass: a float32 residual stream x
 // [..., C] in, y = low(x · rsqrt(mean(x²) + eps) · w) out in `out_dtype`

@@ -1,4 +1,3 @@
-// File: kernels/row_math.h
 //
 // Scalar helpers written so that GCC vectorises the row loops that use them
 // (kernels/*.cc, built with -O3): no calls into libm, no branches.
@@ -21,7 +20,7 @@ inline float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;         // x - n ln 2, in two parts
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;          // x - n ln 2, in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;

@@ -1,4 +1,3 @@
-// File: models/blocks.h
 //
 // Building blocks shared by the LLaMA and GPT-2 models: norms, token
 // embedding, rotary tables, causal attention with grouped KV heads, and the

@@ -1,4 +1,3 @@
-// File: models/causal_lm.h
 //
 // CausalLm is what generation, evaluation, training and export see of a
 // model: token ids in, logits out, plus the mapping of its parameters to
@@ -48,7 +47,7 @@ using peft::StreamHook;
 
 /// One projection an adapter may wrap, as the model reports it.
 struct AdaptableSlot {
-  std::string path;  // module path under module(): "model.layers.0.self_attn.q_proj"
+  std::string path;    // module path under module(): "model.layers.0.self_attn.q_proj"
   int64_t layer = -1;  // decoder block index; -1 outside the blocks (lm_head, tied or not)
   AdaptableLinearImpl* linear = nullptr;
 };

@@ -43,8 +43,8 @@ class AutocastReentry {
                   c10::DeviceTypeName(device), " autocast with dtype ", then.dtype, " (only bf16)");
       scope_.emplace(true, device);
     } else {
-      off_.emplace(c10::DispatchKeySet(device == at::kCPU ? c10::DispatchKey::AutocastCPU
-                                                          : c10::DispatchKey::AutocastCUDA));
+      off_.emplace(
+          c10::DispatchKeySet(device == at::kCPU ? c10::DispatchKey::AutocastCPU : c10::DispatchKey::AutocastCUDA));
     }
   }
 

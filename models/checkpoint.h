@@ -1,4 +1,3 @@
-// File: models/checkpoint.h
 //
 // Activation checkpointing of one transformer block, in the reentrant style of
 // PyTorch's torch.utils.checkpoint (use_reentrant=True). The forward pass runs

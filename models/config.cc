@@ -1,8 +1,8 @@
 #include "models/config.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -22,8 +22,10 @@ absl::Status get_int(const json& j, const char* key, bool required, int64_t* out
     if (required) return absl::InvalidArgumentError(absl::StrCat("config.json: missing required field '", key, "'"));
     return absl::OkStatus();
   }
-  if (!it->is_number_integer() && !(it->is_number_float() && it->get<double>() == static_cast<int64_t>(it->get<double>()))) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be an integer, got ", it->dump()));
+  if (!it->is_number_integer() &&
+      !(it->is_number_float() && it->get<double>() == static_cast<int64_t>(it->get<double>()))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be an integer, got ", it->dump()));
   }
   *out = it->is_number_integer() ? it->get<int64_t>() : static_cast<int64_t>(it->get<double>());
   return absl::OkStatus();
@@ -33,7 +35,8 @@ absl::Status get_double(const json& j, const char* key, double* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_number()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be a number, got ", it->dump()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be a number, got ", it->dump()));
   }
   *out = it->get<double>();
   return absl::OkStatus();
@@ -43,7 +46,8 @@ absl::Status get_bool(const json& j, const char* key, bool* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_boolean()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be true or false, got ", it->dump()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be true or false, got ", it->dump()));
   }
   *out = it->get<bool>();
   return absl::OkStatus();
@@ -53,7 +57,8 @@ absl::Status get_string(const json& j, const char* key, std::string* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be a string, got ", it->dump()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be a string, got ", it->dump()));
   }
   *out = it->get<std::string>();
   return absl::OkStatus();
@@ -111,7 +116,8 @@ absl::Status parse_llama(const json& j, ModelConfig* cfg) {
   PEFT_RETURN_IF_ERROR(get_bool(j, "tie_word_embeddings", &c.tie_word_embeddings));
   PEFT_RETURN_IF_ERROR(get_string(j, "hidden_act", &c.hidden_act));
   if (c.hidden_act != "silu") {
-    return absl::UnimplementedError(absl::StrCat("config.json: hidden_act '", c.hidden_act, "' is not supported for llama (only silu)"));
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: hidden_act '", c.hidden_act, "' is not supported for llama (only silu)"));
   }
   return absl::OkStatus();
 }
@@ -149,7 +155,8 @@ absl::Status parse_gpt2(const json& j, ModelConfig* cfg) {
 
 absl::Status parse_token_ids(const json& j, ModelConfig* cfg) {
   if (auto it = j.find("bos_token_id"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_integer()) return absl::InvalidArgumentError("config.json: field 'bos_token_id' must be an integer");
+    if (!it->is_number_integer())
+      return absl::InvalidArgumentError("config.json: field 'bos_token_id' must be an integer");
     cfg->bos_token_id = it->get<int64_t>();
   }
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
@@ -157,7 +164,8 @@ absl::Status parse_token_ids(const json& j, ModelConfig* cfg) {
       cfg->eos_token_ids = {it->get<int64_t>()};
     } else if (it->is_array()) {
       for (const json& e : *it) {
-        if (!e.is_number_integer()) return absl::InvalidArgumentError("config.json: field 'eos_token_id' must hold integers");
+        if (!e.is_number_integer())
+          return absl::InvalidArgumentError("config.json: field 'eos_token_id' must hold integers");
         cfg->eos_token_ids.push_back(e.get<int64_t>());
       }
     } else {
@@ -173,7 +181,9 @@ int64_t ModelConfig::vocab_size() const { return arch == Architecture::kLlama ? 
 int64_t ModelConfig::max_positions() const {
   return arch == Architecture::kLlama ? llama.max_position_embeddings : gpt2.n_positions;
 }
-int64_t ModelConfig::num_layers() const { return arch == Architecture::kLlama ? llama.num_hidden_layers : gpt2.n_layer; }
+int64_t ModelConfig::num_layers() const {
+  return arch == Architecture::kLlama ? llama.num_hidden_layers : gpt2.n_layer;
+}
 int64_t ModelConfig::hidden_size() const { return arch == Architecture::kLlama ? llama.hidden_size : gpt2.n_embd; }
 bool ModelConfig::tie_word_embeddings() const {
   return arch == Architecture::kLlama ? llama.tie_word_embeddings : gpt2.tie_word_embeddings;
@@ -250,8 +260,8 @@ absl::StatusOr<ModelConfig> parse_model_config(std::string_view text) {
   } else if (model_type.empty()) {
     return absl::InvalidArgumentError("config.json: missing required field 'model_type'");
   } else {
-    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", model_type,
-                                                 "' is not supported (supported: llama, gpt2)"));
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: model_type '", model_type, "' is not supported (supported: llama, gpt2)"));
   }
   PEFT_RETURN_IF_ERROR(parse_token_ids(j, &cfg));
   PEFT_RETURN_IF_ERROR(get_string(j, "torch_dtype", &cfg.torch_dtype));

@@ -1,4 +1,3 @@
-// File: models/config.h
 //
 // Typed model configurations read from and written to Hugging Face
 // `config.json` files (LlamaForCausalLM and GPT2LMHeadModel). Parsing accepts
@@ -74,7 +73,7 @@ struct ModelConfig {
   LlamaConfig llama;
   Gpt2Config gpt2;
   int64_t bos_token_id = -1;
-  std::vector<int64_t> eos_token_ids;  // config may list several
+  std::vector<int64_t> eos_token_ids;   // config may list several
   std::string torch_dtype = "float32";  // storage dtype of the checkpoint
 
   int64_t vocab_size() const;

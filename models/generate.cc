@@ -84,9 +84,8 @@ absl::StatusOr<GenerateResult> generate(CausalLm& model, const std::vector<int64
   const int64_t ctx = model.config().max_positions();
   const int64_t n = static_cast<int64_t>(prompt.size());
   if (n >= ctx) {
-    return absl::InvalidArgumentError(absl::StrCat("generate: the prompt has ", n,
-                                                   " tokens, which leaves no room in the model's context of ", ctx,
-                                                   " positions"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "generate: the prompt has ", n, " tokens, which leaves no room in the model's context of ", ctx, " positions"));
   }
   if (o.max_new_tokens < 0) return absl::InvalidArgumentError("generate: max_new_tokens must be >= 0");
   if (o.top_p <= 0.0 || o.top_p > 1.0) return absl::InvalidArgumentError("generate: top_p must be in (0, 1]");

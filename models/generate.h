@@ -1,4 +1,3 @@
-// File: models/generate.h
 //
 // Text generation with a KV cache (greedy, temperature, top-k, top-p, seeded)
 // and teacher-forced evaluation (per-token NLL, mean loss, perplexity) over

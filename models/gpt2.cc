@@ -33,7 +33,7 @@ Gpt2AttentionImpl::Gpt2AttentionImpl(const Gpt2Config& c, int64_t layer_idx)
 
 at::Tensor Gpt2AttentionImpl::forward(const at::Tensor& x, KvCache* cache, int64_t layer) {
   const int64_t b = x.size(0), t = x.size(1), c = num_heads * head_dim;
-  std::vector<at::Tensor> qkv = c_attn->forward(x).split(c, -1);  // 3 x [B, T, C]
+  std::vector<at::Tensor> qkv = c_attn->forward(x).split(c, -1);            // 3 x [B, T, C]
   at::Tensor q = qkv[0].view({b, t, num_heads, head_dim}).transpose(1, 2);  // [B, H, T, D]
   at::Tensor k = qkv[1].view({b, t, num_heads, head_dim}).transpose(1, 2);
   at::Tensor v = qkv[2].view({b, t, num_heads, head_dim}).transpose(1, 2);
@@ -81,8 +81,8 @@ Gpt2LMHeadModelImpl::Gpt2LMHeadModelImpl(const ModelConfig& cfg) : config_(cfg) 
   const Gpt2Config& c = cfg.gpt2;
   transformer = register_module("transformer", Gpt2Model(c));
   const bool tied = c.tie_word_embeddings;
-  lm_head = register_module("lm_head",
-                            AdaptableLinear(AdaptableLinearOptions{c.n_embd, c.vocab_size, false, false, !tied}));
+  lm_head =
+      register_module("lm_head", AdaptableLinear(AdaptableLinearOptions{c.n_embd, c.vocab_size, false, false, !tied}));
   if (tied) lm_head->tie_weight_(transformer->wte->weight);
   for (const auto& item : named_parameters(/*recurse=*/true)) base_names_.insert(item.key());
 }
@@ -129,8 +129,8 @@ std::vector<HfParameter> Gpt2LMHeadModelImpl::hf_parameters() {
     const std::string& name = item.key();
     if (!base_names_.count(name)) continue;  // adapters are not part of the checkpoint
     // Conv1D weights live under attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
-    const bool conv = ends_with(name, "c_attn.weight") || ends_with(name, "c_proj.weight") ||
-                      ends_with(name, "c_fc.weight");
+    const bool conv =
+        ends_with(name, "c_attn.weight") || ends_with(name, "c_proj.weight") || ends_with(name, "c_fc.weight");
     out.push_back(HfParameter{name, item.value(), conv});
   }
   return out;

@@ -1,4 +1,3 @@
-// File: models/gpt2.h
 //
 // GPT2LMHeadModel in LibTorch: learned positions, pre-LN blocks with biased
 // LayerNorm, fused c_attn (Q|K|V split along the output), gelu_new MLP, head

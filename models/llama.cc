@@ -33,7 +33,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const RopeTables& ro
   at::Tensor v = v_proj->forward(x).view({b, t, num_kv_heads, head_dim}).transpose(1, 2);  // [B, G, T, D]
   q = apply_rope(q, rope, past);
   k = apply_rope(k, rope, past);
-  if (cache) std::tie(k, v) = cache->append(layer, k, v);  // [B, G, S, D]
+  if (cache) std::tie(k, v) = cache->append(layer, k, v);                                    // [B, G, S, D]
   at::Tensor y = causal_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)));  // [B, H, T, D]
   return o_proj->forward(y.transpose(1, 2).reshape({b, t, num_heads * head_dim}));
 }
@@ -77,8 +77,8 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(const ModelConfig& cfg) : config_(cfg
   const LlamaConfig& c = cfg.llama;
   model = register_module("model", LlamaModel(c));
   const bool tied = c.tie_word_embeddings;
-  lm_head = register_module(
-      "lm_head", AdaptableLinear(AdaptableLinearOptions{c.hidden_size, c.vocab_size, false, false, !tied}));
+  lm_head = register_module("lm_head",
+                            AdaptableLinear(AdaptableLinearOptions{c.hidden_size, c.vocab_size, false, false, !tied}));
   if (tied) lm_head->tie_weight_(model->embed_tokens->weight);
   RopeSpec spec;
   spec.head_dim = c.head_dim;

@@ -1,4 +1,3 @@
-// File: models/llama.h
 //
 // LlamaForCausalLM in LibTorch: RMSNorm, rotate-half RoPE (theta, llama3 and
 // linear scaling), grouped-query attention, SwiGLU MLP, explicit head_dim,

@@ -43,10 +43,9 @@ absl::StatusOr<std::shared_ptr<CausalLm>> import_llama2c(const std::string& path
   const bool shared = h[5] > 0;
   const int64_t vocab = h[5] > 0 ? h[5] : -static_cast<int64_t>(h[5]);
   auto bad = [&](const std::string& what) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c checkpoint (", what, "; header dim=", dim,
-                                                   " hidden_dim=", hidden, " n_layers=", layers, " n_heads=", heads,
-                                                   " n_kv_heads=", kv_heads, " vocab_size=", h[5],
-                                                   " seq_len=", seq_len, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not a llama2.c checkpoint (", what, "; header dim=", dim, " hidden_dim=", hidden, " n_layers=", layers,
+        " n_heads=", heads, " n_kv_heads=", kv_heads, " vocab_size=", h[5], " seq_len=", seq_len, ")"));
   };
   if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || vocab <= 0 || seq_len <= 0 ||
       dim > (1 << 16) || hidden > (1 << 18) || layers > 1024 || vocab > (1 << 22) || seq_len > (1 << 22)) {

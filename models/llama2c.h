@@ -1,4 +1,3 @@
-// File: models/llama2c.h
 //
 // Import of llama2.c checkpoints (Karpathy's run.c format, "version 0"
 // legacy layout: a 7 x int32 header, fp32 weights, optional classifier) into a

@@ -154,9 +154,9 @@ std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::stri
   std::vector<std::pair<std::string, std::string>> out;
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) return {{path, fs::path(path).filename().string()}};
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                           "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin",
-                           "generation_config.json"}) {
+  for (const char* name :
+       {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+        "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.bin", "generation_config.json"}) {
     if (fs::is_regular_file(fs::path(path) / name, ec)) out.push_back({(fs::path(path) / name).string(), name});
   }
   return out;

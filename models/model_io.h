@@ -1,4 +1,3 @@
-// File: models/model_io.h
 //
 // Creating, initialising, loading and saving models as Hugging Face model
 // directories (config.json + model.safetensors or sharded safetensors).

@@ -1,4 +1,3 @@
-// File: peft/adaptable_linear.h
 //
 // AdaptableLinear is every projection an adapter may target (LLaMA q/k/v/o,
 // gate/up/down, lm_head; GPT-2 c_attn/c_proj/c_fc). It owns the frozen base

@@ -1,4 +1,3 @@
-// File: peft/adapter.h
 //
 // The two interfaces every PEFT method implements one of:
 //  - LinearAdapter modifies one projection (an AdaptableLinear): LoRA, NoRA,

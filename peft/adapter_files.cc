@@ -8,8 +8,8 @@
 
 #include <ATen/ATen.h>
 #include <google/protobuf/util/json_util.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -51,7 +51,8 @@ absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& 
   }
   PEFT_ASSIGN_OR_RETURN(const AdapterMethod* m, method_for_peft_type(j["peft_type"].get<std::string>()));
   if (!m->parse_config_json) {
-    return absl::UnimplementedError(absl::StrCat(source, ": ", m->name, " adapters are read from peft-cpp's own files only"));
+    return absl::UnimplementedError(
+        absl::StrCat(source, ": ", m->name, " adapters are read from peft-cpp's own files only"));
   }
   proto::AdapterConfig config;
   PEFT_RETURN_IF_ERROR(m->parse_config_json(text, &config));
@@ -72,7 +73,8 @@ absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& 
     PEFT_ASSIGN_OR_RETURN(std::vector<std::string> names, string_list(ex, "exclude_modules", source));
     for (const std::string& s : names) target->add_exclude(s);
   } else if (ex.is_string()) {
-    return absl::UnimplementedError(absl::StrCat(source, ": exclude_modules as a regex is not supported (give a list)"));
+    return absl::UnimplementedError(
+        absl::StrCat(source, ": exclude_modules as a regex is not supported (give a list)"));
   } else if (!ex.is_null()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": exclude_modules must be a list"));
   }
@@ -241,7 +243,8 @@ absl::Status PeftModel::load_adapter(const std::string& dir, const std::string& 
   std::vector<std::pair<at::Tensor, at::Tensor>> backup;
   if (method->rewrites_base && method->rewrites_base(config)) {
     absl::StatusOr<std::vector<LinearTarget>> targets = resolve_targets(*model_, config.target());
-    if (!targets.ok()) return absl::Status(targets.status().code(), absl::StrCat(dir, ": ", targets.status().message()));
+    if (!targets.ok())
+      return absl::Status(targets.status().code(), absl::StrCat(dir, ": ", targets.status().message()));
     for (const LinearTarget& t : *targets) backup.emplace_back(t.linear->weight, t.linear->weight.detach().clone());
   }
   auto restore = [&] {

@@ -1,4 +1,3 @@
-// File: peft/adapter_files.h
 //
 // Adapter directories: PeftModel::save_adapter / load_adapter are defined in
 // adapter_files.cc, the one place that knows the file layout.

@@ -1,4 +1,3 @@
-// File: peft/hook_point.h
 //
 // Where a model lets adapters wrap its residual-stream writes (bottleneck
 // adapters, masks): part of the adapter interface, so that models include it

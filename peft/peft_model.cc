@@ -83,7 +83,8 @@ absl::Status PeftModel::add_adapter(const proto::AdapterConfig& config, uint64_t
   if (name.empty() || name.find('.') != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("adapter name '", name, "' must be non-empty and contain no '.'"));
   }
-  if (find(name) != nullptr) return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' already exists"));
+  if (find(name) != nullptr)
+    return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' already exists"));
   PEFT_ASSIGN_OR_RETURN(const AdapterMethod* method, method_of(config));
   PEFT_RETURN_IF_ERROR(method->validate(config));
   Entry entry;
@@ -138,8 +139,8 @@ absl::Status PeftModel::set_active(const std::vector<std::pair<std::string, doub
     if (!seen.insert(name).second) return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' listed twice"));
     if (e->stream) {
       if (w != 1.0) {
-        return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' (", e->method->name,
-                                                       ") cannot be scaled by a weight"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("adapter '", name, "' (", e->method->name, ") cannot be scaled by a weight"));
       }
       continue;
     }
@@ -308,7 +309,8 @@ void PeftModel::unload_() {
 }
 
 std::string PeftModel::summary() {
-  std::string out = absl::StrFormat("%-52s %-10s %-8s %14s %12s\n", "module", "adapter", "method", "shape", "trainable");
+  std::string out =
+      absl::StrFormat("%-52s %-10s %-8s %14s %12s\n", "module", "adapter", "method", "shape", "trainable");
   for (const auto& [name, e] : adapters_) {
     for (const LinearTarget& t : e.targets) {
       int64_t n = 0;

@@ -1,4 +1,3 @@
-// File: peft/peft_model.h
 //
 // PeftModel wraps a CausalLm with named adapters and owns the lifecycle that
 // every method shares: inject (by target), activate one adapter or a weighted

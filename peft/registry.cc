@@ -14,12 +14,7 @@ namespace peft {
 const std::vector<AdapterMethod>& adapter_methods() {
   // THE list of methods. Each entry is defined in the method's own folder.
   static const std::vector<AdapterMethod> methods = {
-      lora_method(),
-      nora_method(),
-      sorsa_method(),
-      bone_method(),
-      compacter_method(),
-      hsm_method(),
+      lora_method(), nora_method(), sorsa_method(), bone_method(), compacter_method(), hsm_method(),
   };
   return methods;
 }
@@ -50,8 +45,8 @@ absl::StatusOr<const AdapterMethod*> method_for_peft_type(const std::string& pef
       if (t == peft_type) return &m;
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: peft_type '", peft_type,
-                                                 "' is not supported by peft-cpp"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("adapter_config.json: peft_type '", peft_type, "' is not supported by peft-cpp"));
 }
 
 }  // namespace peft

@@ -1,4 +1,3 @@
-// File: peft/registry.h
 //
 // The single list of PEFT methods. Each AdapterMethod says how to validate
 // its options, build its adapter for one projection (LinearAdapter methods)
@@ -40,12 +39,12 @@ struct AdapterMethod {
   /// weight under NoGradGuard (PiSSA/OLoRA/SORSA residuals). Null for stream
   /// methods.
   std::function<absl::StatusOr<std::shared_ptr<LinearAdapter>>(const proto::AdapterConfig&, const LinearTarget&,
-                                                                uint64_t seed)>
+                                                               uint64_t seed)>
       make_linear;
   /// Builds the model-level adapter (stream methods); null for linear methods.
   /// For stream methods targets are still resolved (e.g. PAT's LoRA part).
   std::function<absl::StatusOr<std::shared_ptr<StreamAdapter>>(const proto::AdapterConfig&, models::CausalLm&,
-                                                                uint64_t seed)>
+                                                               uint64_t seed)>
       make_stream;
   /// True when make_linear rewrites its targets' base weights (PiSSA/OLoRA
   /// and SORSA residuals), so that a failed load must restore them. Null:

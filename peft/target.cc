@@ -81,9 +81,8 @@ absl::StatusOr<std::vector<LinearTarget>> resolve_targets(models::CausalLm& mode
   }
   for (const std::string& e : entries) {
     if (std::none_of(all.begin(), all.end(), [&](const LinearTarget& t) { return matches_suffix(t.path, e); })) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("target module '", e, "' matches no module of this ", model.config().model_type(),
-                       " model; available: ", available));
+      return absl::InvalidArgumentError(absl::StrCat("target module '", e, "' matches no module of this ",
+                                                     model.config().model_type(), " model; available: ", available));
     }
   }
   std::vector<LinearTarget> out;
@@ -103,9 +102,9 @@ absl::StatusOr<std::vector<LinearTarget>> resolve_targets(models::CausalLm& mode
     out.push_back(t);
   }
   if (out.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the adapter targets match no module", use_regex ? absl::StrCat(" (regex '", spec.regex(), "')") : "",
-        "; available: ", available));
+    return absl::InvalidArgumentError(absl::StrCat("the adapter targets match no module",
+                                                   use_regex ? absl::StrCat(" (regex '", spec.regex(), "')") : "",
+                                                   "; available: ", available));
   }
   return out;
 }

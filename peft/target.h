@@ -1,4 +1,3 @@
-// File: peft/target.h
 //
 // Which projections an adapter goes on, shared by every method: module-name
 // suffixes (PEFT's list form), a full-match regular expression (PEFT's string

@@ -16,6 +16,7 @@ PACKAGES=(
   nlohmann-json3-dev
   libpcre2-dev            # GPT-2 pre-tokenizer regex
   libgloo-dev             # c10d Gloo backend headers
+  clang-format            # scripts/format.sh (checked by scripts/test.sh)
 )
 
 missing=()

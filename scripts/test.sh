@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing, then `bazel test //...`.
 # Tests that need ../shared/assets skip with a printed reason when it is absent.
-# Then scripts/cuda_syntax_check.sh (the CUDA-only code, syntax only; one test).
+# Then scripts/cuda_syntax_check.sh (the CUDA-only code, syntax only; one test)
+# and scripts/format.sh --check (sources match .clang-format; one test).
 # Ends with one summary line: "tests: N passed, N failed, N skipped" (GoogleTest
 # cases; a test target that failed to build or crashed counts as failed).
 set -uo pipefail
@@ -59,5 +60,10 @@ case $? in
   77) skipped=$((skipped + 1)) ;;
   *) failed=$((failed + 1)); echo "test: scripts/cuda_syntax_check.sh FAILED"; [ "$rc" -ne 0 ] || rc=1 ;;
 esac
+# Every C++ source matches the checked-in .clang-format (one more test).
+bash scripts/format.sh --check
+if [ $? -eq 0 ]; then passed=$((passed + 1)); else
+  failed=$((failed + 1)); echo "test: scripts/format.sh --check FAILED"; [ "$rc" -ne 0 ] || rc=1
+fi
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
 exit $rc

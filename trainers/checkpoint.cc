@@ -6,10 +6,10 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/optim/optimizer.h>
 #include <torch/serialize.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -79,12 +79,14 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
                       {"world_size", state.world_size}};
   PEFT_RETURN_IF_ERROR(io::write_directory_atomically(dir, /*overwrite=*/true, [&](const std::string& tmp) {
     PEFT_RETURN_IF_ERROR(io::save_safetensors(tmp + "/trainable.safetensors", tensors));
-    PEFT_RETURN_IF_ERROR(status_from_torch_error("save optimizer", [&] { torch::save(optimizer, tmp + "/optimizer.pt"); }));
+    PEFT_RETURN_IF_ERROR(
+        status_from_torch_error("save optimizer", [&] { torch::save(optimizer, tmp + "/optimizer.pt"); }));
     // state.json last: a directory with it is complete.
     return io::write_file_atomically(tmp + "/state.json", j.dump(2) + "\n");
   }));
   auto all = checkpoints(root);
-  for (size_t i = 0; i + static_cast<size_t>(std::max(keep_last, 1)) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+  for (size_t i = 0; i + static_cast<size_t>(std::max(keep_last, 1)) < all.size(); ++i)
+    fs::remove_all(all[i].second, ec);
   return absl::OkStatus();
 }
 
@@ -99,7 +101,8 @@ absl::Status load_training_state(const std::string& dir, TrainingState* state, t
   std::ifstream in(dir + "/state.json");
   if (!in) return absl::NotFoundError(absl::StrCat(dir, ": no state.json (incomplete checkpoint?)"));
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("step")) return absl::InvalidArgumentError(absl::StrCat(dir, "/state.json is corrupt"));
+  if (j.is_discarded() || !j.contains("step"))
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/state.json is corrupt"));
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<io::SafetensorsFile> file,
                         io::SafetensorsFile::open(dir + "/trainable.safetensors"));
   for (const auto& [name, t] : state->trainable) {
@@ -112,8 +115,8 @@ absl::Status load_training_state(const std::string& dir, TrainingState* state, t
   size_t saved = 0;
   for (const io::TensorInfo& info : file->tensors()) saved += is_rng_key(info.name) ? 0 : 1;
   if (saved != state->trainable.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, ": checkpoint holds ", saved,
-                                                   " trainable tensors, this run has ", state->trainable.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": checkpoint holds ", saved, " trainable tensors, this run has ", state->trainable.size()));
   }
   // This rank's generators; rank 0's when the checkpoint has none for it.
   const size_t r = static_cast<size_t>(std::max(rank, 0));

@@ -1,4 +1,3 @@
-// File: trainers/checkpoint.h
 //
 // Training checkpoints for exact resume: the trainable tensors, the optimizer
 // state, the step, the data position and the RNG states of every rank (the

@@ -1,4 +1,3 @@
-// File: trainers/distributed.h
 //
 // Data-parallel plumbing over c10d: every rank holds a full model copy, runs
 // forward/backward on its own shard of the batch, and the ranks average the
@@ -64,10 +63,10 @@ namespace peft::trainers {
 ///   env.world_size = 2;
 ///   env.master_port = 29512;
 struct DistributedEnv {
-  int rank = 0;        // global rank in [0, world_size)
-  int world_size = 1;  // number of processes in the job
-  int local_rank = 0;  // rank on this node: selects cuda:<local_rank> for NCCL
-  bool local_rank_given = false;  // LOCAL_RANK was set; else local_rank = rank
+  int rank = 0;                           // global rank in [0, world_size)
+  int world_size = 1;                     // number of processes in the job
+  int local_rank = 0;                     // rank on this node: selects cuda:<local_rank> for NCCL
+  bool local_rank_given = false;          // LOCAL_RANK was set; else local_rank = rank
   std::string master_addr = "127.0.0.1";  // host of rank 0's TCPStore
   int master_port = 29500;                // port of rank 0's TCPStore
 
@@ -88,8 +87,7 @@ struct DistributedEnv {
 /// read: a batch script's shell has them too (SLURM_PROCID=0, SLURM_NTASKS=N),
 /// and a single `peft train` there would wait for N-1 peers. Under Slurm run
 /// torchrun inside srun, or map them explicitly (README, "Data parallel").
-absl::StatusOr<DistributedEnv> parse_distributed_env(
-    const std::map<std::string, std::string>& vars);
+absl::StatusOr<DistributedEnv> parse_distributed_env(const std::map<std::string, std::string>& vars);
 
 /// `parse_distributed_env` over this process's environment (getenv).
 absl::StatusOr<DistributedEnv> distributed_env_from_environ();
@@ -114,10 +112,8 @@ class ProcessGroup final {
   /// single-node case), else to the address this host's name resolves to
   /// (c10d's createDefaultDevice, the multi-node case).
   static absl::StatusOr<std::unique_ptr<ProcessGroup>> create(
-      const DistributedEnv& env, Backend backend,
-      std::chrono::milliseconds timeout,
-      std::optional<std::chrono::milliseconds> rendezvous_timeout =
-          std::nullopt);
+      const DistributedEnv& env, Backend backend, std::chrono::milliseconds timeout,
+      std::optional<std::chrono::milliseconds> rendezvous_timeout = std::nullopt);
 
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;
@@ -156,8 +152,8 @@ class ProcessGroup final {
   // The c10d store and group plus the "broken" state; defined in the .cc so
   // that this header stays free of c10d (and of its 1.13/2.x differences).
   struct Impl;
-  ProcessGroup(const DistributedEnv& env, Backend backend,
-               std::chrono::milliseconds timeout, std::unique_ptr<Impl> impl);
+  ProcessGroup(const DistributedEnv& env, Backend backend, std::chrono::milliseconds timeout,
+               std::unique_ptr<Impl> impl);
 
   const DistributedEnv env_;
   const Backend backend_;
@@ -172,9 +168,8 @@ class ProcessGroup final {
 /// (non-zero exit or signal) the others get `grace` to exit on their own,
 /// then SIGTERM and, 2 s later, SIGKILL. Returns OK only if every child
 /// exited 0; otherwise Internal listing each failed or killed rank.
-absl::Status launch_local(
-    int nproc, const std::vector<std::string>& argv, int master_port,
-    std::chrono::milliseconds grace = std::chrono::seconds(10));
+absl::Status launch_local(int nproc, const std::vector<std::string>& argv, int master_port,
+                          std::chrono::milliseconds grace = std::chrono::seconds(10));
 
 }  // namespace peft::trainers
 

@@ -1,4 +1,3 @@
-// File: trainers/loss.h
 //
 // The training and evaluation loss of a causal LM on a batch: per-sample mean
 // next-token cross-entropy (what reweighting consumes). When the model's

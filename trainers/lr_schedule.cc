@@ -26,8 +26,8 @@ absl::Status ScheduleOptions::validate() const {
     return absl::InvalidArgumentError(absl::StrCat("ScheduleOptions.warmup_steps must be >= 0, got ", warmup_steps));
   }
   if (total_steps < warmup_steps) {
-    return absl::InvalidArgumentError(absl::StrCat("ScheduleOptions.total_steps (", total_steps,
-                                                   ") must be >= warmup_steps (", warmup_steps, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScheduleOptions.total_steps (", total_steps, ") must be >= warmup_steps (", warmup_steps, ")"));
   }
   if (decay != LrDecay::kCosine && decay != LrDecay::kLinear && decay != LrDecay::kConstant) {
     return absl::InvalidArgumentError(
@@ -49,12 +49,9 @@ double learning_rate(const ScheduleOptions& o, int64_t step) {
   // Here warmup_steps <= step < total_steps, so the denominator is >= 1.
   const double p = static_cast<double>(step - o.warmup_steps) / static_cast<double>(o.total_steps - o.warmup_steps);
   switch (o.decay) {
-    case LrDecay::kCosine:
-      return floor + (peak - floor) * 0.5 * (1.0 + std::cos(kPi * p));
-    case LrDecay::kLinear:
-      return peak - (peak - floor) * p;
-    case LrDecay::kConstant:
-      return peak;
+    case LrDecay::kCosine: return floor + (peak - floor) * 0.5 * (1.0 + std::cos(kPi * p));
+    case LrDecay::kLinear: return peak - (peak - floor) * p;
+    case LrDecay::kConstant: return peak;
   }
   return peak;  // unreachable for validated options
 }

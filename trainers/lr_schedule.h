@@ -1,4 +1,3 @@
-// File: trainers/lr_schedule.h
 //
 // Learning-rate schedules as pure functions of the optimizer step: a linear
 // warm-up followed by a cosine decay, a linear decay or a constant rate. No
@@ -52,12 +51,12 @@ enum class LrDecay {
 /// Options of a schedule. peak_lr and total_steps are required (no useful
 /// default); the rest default to "no warm-up, cosine to zero".
 struct ScheduleOptions {
-  double peak_lr = 0;               ///< rate at the end of the warm-up; > 0
-  int64_t total_steps = 0;          ///< S: optimizer steps of the run; ≥ warmup_steps
-  int64_t warmup_steps = 0;         ///< W ≥ 0; 0 = start at peak_lr
+  double peak_lr = 0;        ///< rate at the end of the warm-up; > 0
+  int64_t total_steps = 0;   ///< S: optimizer steps of the run; ≥ warmup_steps
+  int64_t warmup_steps = 0;  ///< W ≥ 0; 0 = start at peak_lr
   LrDecay decay = LrDecay::kCosine;
-  double min_lr_ratio = 0;          ///< floor of the decay as a fraction of peak_lr, in [0, 1]
-  double warmup_start_factor = 0;   ///< rate at step 0 as a fraction of peak_lr, in [0, 1]
+  double min_lr_ratio = 0;         ///< floor of the decay as a fraction of peak_lr, in [0, 1]
+  double warmup_start_factor = 0;  ///< rate at step 0 as a fraction of peak_lr, in [0, 1]
 
   /// OK, or InvalidArgument naming the first bad field and its value:
   /// non-finite or non-positive peak_lr, negative step counts, total_steps <

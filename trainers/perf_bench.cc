@@ -8,18 +8,18 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/cuda.h>
-#include <torch/types.h>
 #include <torch/optim/adamw.h>
+#include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "models/model_io.h"
-#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/peft_model.h"
 #include "trainers/loss.h"
+#include "trainers/process_stats.h"
 #include "trainers/train_step.h"
 
 namespace peft::trainers {
@@ -107,9 +107,9 @@ absl::StatusOr<PerfResult> run_perf_benchmark(PerfOptions o) {
 
   // 1. The machine's matmul rate: the model's GEMMs (forward x·Wᵀ and the
   // input gradient) at this batch, the head's chunks, and a square.
-  const std::vector<std::array<int64_t, 3>> shapes = {
-      {rows, o.hidden, o.hidden}, {rows, o.hidden, o.ffn}, {rows, o.ffn, o.hidden},
-      {256, o.hidden, o.vocab},   {256, o.vocab, o.hidden}, {2048, 2048, 2048}};
+  const std::vector<std::array<int64_t, 3>> shapes = {{rows, o.hidden, o.hidden}, {rows, o.hidden, o.ffn},
+                                                      {rows, o.ffn, o.hidden},    {256, o.hidden, o.vocab},
+                                                      {256, o.vocab, o.hidden},   {2048, 2048, 2048}};
   std::vector<std::array<int64_t, 3>> all_shapes = shapes;
   if (device.is_cuda()) all_shapes.push_back({8192, 8192, 8192});  // what a GPU's peak needs
   for (const auto& s : all_shapes) {

@@ -1,4 +1,3 @@
-// File: trainers/perf_bench.h
 //
 // The training-speed benchmark behind `peft bench --suite=perf` and
 // bazel-bin/tests/trainers/train_perf_bench: the target configuration
@@ -46,7 +45,7 @@ struct PerfOptions {
   /// where a step takes milliseconds. The result holds the values used.
   int warmup_steps = -1;
   int steps = 0;
-  bool bf16 = true;    ///< bf16 autocast with fp32 master weights, else fp32
+  bool bf16 = true;        ///< bf16 autocast with fp32 master weights, else fp32
   bool fused_loss = true;  ///< fused head + cross-entropy (false: logits path)
   int64_t batch = 8, seq = 256;
   int64_t hidden = 512, layers = 8, heads = 8, ffn = 1376, vocab = 32000;
@@ -77,7 +76,7 @@ struct PerfResult {
   double tokens_per_second = 0;
   double achieved_gflops = 0;
   double mfu = 0;
-  double peak_rss_mb = 0;  ///< of this process (run one configuration per process)
+  double peak_rss_mb = 0;     ///< of this process (run one configuration per process)
   double peak_device_mb = 0;  ///< CUDA: the caching allocator's peak allocated bytes
   double first_loss = 0, last_loss = 0;
 };

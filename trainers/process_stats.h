@@ -1,4 +1,3 @@
-// File: trainers/process_stats.h
 //
 // Wall-clock seconds and memory figures of this process, shared by the
 // trainer, the benchmarks and their programs.

@@ -1,4 +1,3 @@
-// File: trainers/progress.h
 //
 // The text pieces of the trainer's progress line: on a terminal
 //

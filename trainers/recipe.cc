@@ -49,17 +49,19 @@ constexpr bool kCudaBuild = false;
 
 absl::Status check_device(const proto::Recipe& r) {
   if (r.training().device() == proto::TrainingConfig::CUDA && !torch::cuda::is_available()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("recipe: training.device: CUDA requested but no CUDA device is available (this LibTorch has CUDA: ",
-                     kCudaBuild ? "yes" : "no", ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "recipe: training.device: CUDA requested but no CUDA device is available (this LibTorch has CUDA: ",
+        kCudaBuild ? "yes" : "no", ")"));
   }
   if (r.distributed().backend() == proto::DistributedConfig::NCCL) {
     if (!kCudaBuild) {
-      return absl::UnimplementedError("distributed.backend NCCL needs a CUDA build; this trainer runs on the CPU (gloo)");
+      return absl::UnimplementedError(
+          "distributed.backend NCCL needs a CUDA build; this trainer runs on the CPU (gloo)");
     }
     if (resolved_device(r) != proto::TrainingConfig::CUDA) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "recipe: distributed.backend: NCCL needs training.device CUDA (it reduces CUDA tensors), but training.device ",
+          "recipe: distributed.backend: NCCL needs training.device CUDA (it reduces CUDA tensors), but "
+          "training.device ",
           proto::TrainingConfig::Device_Name(r.training().device()), " runs on the CPU; use GLOO or AUTO"));
     }
   }
@@ -129,8 +131,8 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
     const pb::Reflection* refl = msg->GetReflection();
     if (f->is_repeated()) {
       if (i + 2 >= parts.size() || !is_index(parts[i + 1])) {
-        return absl::InvalidArgumentError(absl::StrCat("--set: repeated field '", walked, "' needs an index (", walked,
-                                                       ".0.…)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--set: repeated field '", walked, "' needs an index (", walked, ".0.…)"));
       }
       PEFT_ASSIGN_OR_RETURN(const int idx, list_index(*msg, f, parts[++i], walked));
       walked += "." + parts[i];
@@ -144,7 +146,8 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
     const std::string list_path = path.substr(0, path.rfind('.'));
     const pb::FieldDescriptor* list = msg->GetDescriptor()->FindFieldByName(parts[parts.size() - 2]);
     if (list == nullptr || !list->is_repeated() || list->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-      return absl::InvalidArgumentError(absl::StrCat("--set: '", list_path, "' is not a list of messages of the recipe"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--set: '", list_path, "' is not a list of messages of the recipe"));
     }
     PEFT_ASSIGN_OR_RETURN(const int idx, list_index(*msg, list, parts.back(), list_path));
     const size_t close = value.rfind('}');
@@ -191,7 +194,8 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
 }
 
 absl::Status validate_recipe(const proto::Recipe& r) {
-  if (r.model().empty()) return absl::InvalidArgumentError("recipe: model is required (a Hugging Face model directory)");
+  if (r.model().empty())
+    return absl::InvalidArgumentError("recipe: model is required (a Hugging Face model directory)");
   if (r.output_dir().empty()) return absl::InvalidArgumentError("recipe: output_dir is required");
   if (r.data().train_file().empty()) return absl::InvalidArgumentError("recipe: data.train_file is required");
   PEFT_RETURN_IF_ERROR(positive("data.seq_len", r.data().seq_len()));
@@ -212,7 +216,8 @@ absl::Status validate_recipe(const proto::Recipe& r) {
   PEFT_RETURN_IF_ERROR(non_negative("optimizer.weight_decay", r.optimizer().weight_decay()));
   for (const auto& [name, v] : {std::pair<const char*, float>{"optimizer.beta1", r.optimizer().beta1()},
                                 {"optimizer.beta2", r.optimizer().beta2()}}) {
-    if (!(v >= 0 && v < 1)) return absl::InvalidArgumentError(absl::StrCat("recipe: ", name, " must be in [0, 1), got ", v));
+    if (!(v >= 0 && v < 1))
+      return absl::InvalidArgumentError(absl::StrCat("recipe: ", name, " must be in [0, 1), got ", v));
   }
   PEFT_RETURN_IF_ERROR(positive("optimizer.eps", r.optimizer().eps()));
   PEFT_RETURN_IF_ERROR(non_negative("optimizer.max_grad_norm", r.optimizer().max_grad_norm()));
@@ -257,19 +262,17 @@ absl::Status validate_recipe(const proto::Recipe& r) {
 
 proto::TrainingConfig::Device resolved_device(const proto::Recipe& r) {
   switch (r.training().device()) {
-    case proto::TrainingConfig::CUDA:
-      return proto::TrainingConfig::CUDA;
+    case proto::TrainingConfig::CUDA: return proto::TrainingConfig::CUDA;
     case proto::TrainingConfig::AUTO:
       return torch::cuda::is_available() ? proto::TrainingConfig::CUDA : proto::TrainingConfig::CPU;
-    default:
-      return proto::TrainingConfig::CPU;
+    default: return proto::TrainingConfig::CPU;
   }
 }
 
 proto::DistributedConfig::Backend resolved_backend(const proto::Recipe& r) {
   if (r.distributed().backend() != proto::DistributedConfig::AUTO) return r.distributed().backend();
   return resolved_device(r) == proto::TrainingConfig::CUDA ? proto::DistributedConfig::NCCL
-                                                            : proto::DistributedConfig::GLOO;
+                                                           : proto::DistributedConfig::GLOO;
 }
 
 absl::StatusOr<proto::Recipe> read_recipe(const std::string& path) {
@@ -301,7 +304,7 @@ data::DataOptions data_options(const proto::Recipe& r) {
   o.validation_fraction = r.data().has_validation_file() ? 0.0 : r.data().validation_fraction();
   o.seed = r.training().seed();
   o.on_bad = r.data().on_bad_record() == proto::DataConfig::SKIP ? data::DataOptions::OnBadRecord::kSkip
-                                                                  : data::DataOptions::OnBadRecord::kStop;
+                                                                 : data::DataOptions::OnBadRecord::kStop;
   return o;
 }
 

@@ -1,4 +1,3 @@
-// File: trainers/recipe.h
 //
 // Reading training recipes: protobuf text format (trainers/proto/recipe.proto),
 // command-line overrides (`--set training.steps=200`,

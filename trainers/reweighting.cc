@@ -34,8 +34,8 @@ struct GlobalView {
   at::Tensor counts;         // [world·max_B] float64 n_i of every rank (0 for padding)
 };
 
-GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, const at::Tensor& counts,
-                            int64_t step, const DataParallelGroup& g) {
+GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, const at::Tensor& counts, int64_t step,
+                            const DataParallelGroup& g) {
   const int64_t b = losses.size(0);
   // [B, 2] rows (ℓ_i, n_i): one gather carries both, and n_i = 0 marks both
   // token-less samples and the padding of smaller local batches.
@@ -59,7 +59,7 @@ GlobalView gather_and_weigh(const ReweightOptions& o, const at::Tensor& losses, 
                 g.world_size * max_b * 2, "]");
     gathered = gathered.to(at::kDouble).reshape({g.world_size * max_b, 2});
   }
-  const at::Tensor valid = gathered.select(1, 1) > 0;  // [world·max_B] bool
+  const at::Tensor valid = gathered.select(1, 1) > 0;                          // [world·max_B] bool
   const at::Tensor valid_losses = gathered.select(1, 0).masked_select(valid);  // [N]
   GlobalView v;
   v.num_valid = valid_losses.size(0);
@@ -103,14 +103,10 @@ at::Tensor normalize_losses(const at::Tensor& losses, double delta) {
 
 at::Tensor strategy_scores(ReweightStrategy strategy, const at::Tensor& x, double delta) {
   switch (strategy) {
-    case ReweightStrategy::kUniform:
-      return at::zeros_like(x);
-    case ReweightStrategy::kLinUpper:
-      return (x + delta).clamp_max(delta);
-    case ReweightStrategy::kQuadratic:
-      return 1 - x * x / (delta * delta);
-    case ReweightStrategy::kExtremes:
-      return x.abs();
+    case ReweightStrategy::kUniform: return at::zeros_like(x);
+    case ReweightStrategy::kLinUpper: return (x + delta).clamp_max(delta);
+    case ReweightStrategy::kQuadratic: return 1 - x * x / (delta * delta);
+    case ReweightStrategy::kExtremes: return x.abs();
   }
   TORCH_CHECK(false, "strategy_scores: unknown strategy ", static_cast<int>(strategy));
 }
@@ -160,9 +156,7 @@ ReweightedLoss reweighted_loss(const ReweightOptions& o, const at::Tensor& losse
         // Σ_local n_j = 0 only when every local n_i is 0 (weights 0 too).
         out.coefficients = num * v.local_weights * n / n.sum().clamp_min(1.0) / accum;
         break;
-      case TokenWeighting::kSamples:
-        out.coefficients = world * v.local_weights / accum;
-        break;
+      case TokenWeighting::kSamples: out.coefficients = world * v.local_weights / accum; break;
     }
     out.local_weights = v.local_weights;
     out.global_weights = v.weights;
@@ -195,8 +189,8 @@ PerSampleLoss per_sample_token_loss(const at::Tensor& logits, const at::Tensor& 
                                     int64_t chunk_len) {
   TORCH_CHECK(logits.dim() == 3, "per_sample_token_loss: logits must be [B, T, V], got shape ", logits.sizes());
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) && labels.size(1) == logits.size(1),
-              "per_sample_token_loss: labels must be [B, T] = [", logits.size(0), ", ", logits.size(1),
-              "], got shape ", labels.sizes());
+              "per_sample_token_loss: labels must be [B, T] = [", logits.size(0), ", ", logits.size(1), "], got shape ",
+              labels.sizes());
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "per_sample_token_loss: logits must be floating point, got ",
               logits.scalar_type());
   TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && labels.scalar_type() != at::kBool,
@@ -210,8 +204,8 @@ PerSampleLoss per_sample_token_loss(const at::Tensor& logits, const at::Tensor& 
   at::Tensor total = at::zeros({b}, logits.options().dtype(at::kFloat));  // [B]
   for (int64_t t0 = 0; t0 < t; t0 += step_len) {
     const int64_t len = std::min(step_len, t - t0);
-    const at::Tensor x = logits.narrow(1, t0, len).to(at::kFloat).reshape({b * len, v});  // [B·len, V]
-    const at::Tensor y = target.narrow(1, t0, len).reshape({b * len});                     // [B·len]
+    const at::Tensor x = logits.narrow(1, t0, len).to(at::kFloat).reshape({b * len, v});        // [B·len, V]
+    const at::Tensor y = target.narrow(1, t0, len).reshape({b * len});                          // [B·len]
     const at::Tensor ce = at::cross_entropy_loss(x, y, {}, at::Reduction::None, ignore_index);  // [B·len], 0 if ignored
     total = total + ce.view({b, len}).sum(1);
   }

@@ -1,4 +1,3 @@
-// File: trainers/reweighting.h
 //
 // Dynamic loss-based sample reweighting (Sow et al., "Dynamic Loss-Based
 // Sample Reweighting for Improved Large Language Model Pretraining",
@@ -97,9 +96,9 @@ enum class ReweightStrategy {
 /// How per-sample losses are combined into the scalar (the file comment;
 /// docs/methods.md, "Loss reweighting").
 enum class TokenWeighting {
-  kTokens,             ///< L = N·world·Σ_local w_i n_i ℓ_i / T; uniform w ⇒ the step's token-mean CE
-  kSamples,            ///< L = world·Σ_local w_i ℓ_i / a; uniform w ⇒ sample-mean loss
-  kTokensMicroBatch,   ///< L = N·Σ_local w_i (n_i/Σ_local n_j) ℓ_i / a (the GPT-2 repository's)
+  kTokens,            ///< L = N·world·Σ_local w_i n_i ℓ_i / T; uniform w ⇒ the step's token-mean CE
+  kSamples,           ///< L = world·Σ_local w_i ℓ_i / a; uniform w ⇒ sample-mean loss
+  kTokensMicroBatch,  ///< L = N·Σ_local w_i (n_i/Σ_local n_j) ℓ_i / a (the GPT-2 repository's)
 };
 
 /// Options, mirroring recipe.proto `ReweightingConfig`. The defaults are the
@@ -199,10 +198,9 @@ at::Tensor sample_weights(const ReweightOptions& options, const at::Tensor& loss
 ///  - `grad_accum`: a, micro-batches per optimizer step (kSamples,
 ///    kTokensMicroBatch); ≥ 1.
 /// Options must validate; tensor and group mismatches are TORCH_CHECK errors.
-ReweightedLoss reweighted_loss(const ReweightOptions& options, const at::Tensor& losses,
-                               const at::Tensor& token_counts, int64_t step,
-                               const DataParallelGroup& group = DataParallelGroup(), int64_t step_tokens = 0,
-                               int64_t grad_accum = 1);
+ReweightedLoss reweighted_loss(const ReweightOptions& options, const at::Tensor& losses, const at::Tensor& token_counts,
+                               int64_t step, const DataParallelGroup& group = DataParallelGroup(),
+                               int64_t step_tokens = 0, int64_t grad_accum = 1);
 
 /// Metrics of a weight vector [N] (e.g. ReweightedLoss::global_weights).
 /// Synchronises with the device (reads scalars); call only when logging.
@@ -221,8 +219,8 @@ struct PerSampleLoss {
 /// `chunk_len` positions, so only one float32 chunk copy of the logits
 /// exists at a time beyond what autograd keeps (the float32 log-probs);
 /// chunk_len ≤ 0 means one chunk. TORCH_CHECKs shapes and label range.
-PerSampleLoss per_sample_token_loss(const at::Tensor& logits, const at::Tensor& labels,
-                                    int64_t ignore_index = -100, int64_t chunk_len = 128);
+PerSampleLoss per_sample_token_loss(const at::Tensor& logits, const at::Tensor& labels, int64_t ignore_index = -100,
+                                    int64_t chunk_len = 128);
 
 }  // namespace peft::trainers
 

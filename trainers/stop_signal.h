@@ -1,4 +1,3 @@
-// File: trainers/stop_signal.h
 //
 // Graceful stop on SIGINT/SIGTERM (Ctrl-C, `scancel`, a Kubernetes pod
 // eviction, a preempted spot machine). While a StopSignals guard lives, the

@@ -1,11 +1,13 @@
 #include "trainers/train_step.h"
 
+#include <torch/types.h>  // first: torch/nn/utils/clip_grad.h is not self-contained
+
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include <ATen/ATen.h>
-#include <torch/nn/utils/clip_grad.h>
+#include <torch/nn/utils/clip_grad.h>  // needs torch/types.h above
 #include <torch/optim/optimizer.h>
 
 #include "absl/strings/str_cat.h"
@@ -51,8 +53,8 @@ int64_t schedule_step(int64_t step) { return std::max<int64_t>(step - 1, 0); }
 absl::StatusOr<StepResult> train_step(StepContext& ctx, const StepOptions& o,
                                       const std::vector<data::Batch>& micro_batches, int64_t step, double lr) {
   if (static_cast<int64_t>(micro_batches.size()) != o.grad_accum) {
-    return absl::InvalidArgumentError(absl::StrCat("train_step: ", micro_batches.size(), " micro-batches for grad_accum ",
-                                                   o.grad_accum));
+    return absl::InvalidArgumentError(
+        absl::StrCat("train_step: ", micro_batches.size(), " micro-batches for grad_accum ", o.grad_accum));
   }
   PeftModel& pm = ctx.pm;
   const int64_t world = ctx.group.world_size;
@@ -110,13 +112,11 @@ absl::StatusOr<StepResult> train_step(StepContext& ctx, const StepOptions& o,
   if (!result.applied) {
     ctx.optimizer.zero_grad();
   } else {
-    PEFT_RETURN_IF_ERROR(status_from_torch_error("regulariser", [&] {
-      sorsa_regularizer_step_(pm, proto::SorsaOptions::OFFICIAL, o.peak_lr, o.grad_accum);
-    }));
+    PEFT_RETURN_IF_ERROR(status_from_torch_error(
+        "regulariser", [&] { sorsa_regularizer_step_(pm, proto::SorsaOptions::OFFICIAL, o.peak_lr, o.grad_accum); }));
     ctx.optimizer.step();
-    PEFT_RETURN_IF_ERROR(status_from_torch_error("regulariser", [&] {
-      sorsa_regularizer_step_(pm, proto::SorsaOptions::DECOUPLED, o.peak_lr, o.grad_accum);
-    }));
+    PEFT_RETURN_IF_ERROR(status_from_torch_error(
+        "regulariser", [&] { sorsa_regularizer_step_(pm, proto::SorsaOptions::DECOUPLED, o.peak_lr, o.grad_accum); }));
   }
   // Evaluation between steps sees the schedule of the next step.
   pm.on_step(schedule_step(step + 1));

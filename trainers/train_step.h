@@ -1,4 +1,3 @@
-// File: trainers/train_step.h
 //
 // One optimizer step of the trainer, the only copy of it: `peft train`, the
 // speed benchmark (trainers/perf_bench) and the custom-loop example call it,
@@ -46,10 +45,10 @@ class ProcessGroup;
 /// What the step needs from a recipe.
 struct StepOptions {
   int64_t grad_accum = 1;
-  bool bf16 = false;           ///< autocast to bf16 (fp32 master weights)
-  double max_grad_norm = 0;    ///< ≤ 0: no clipping (the norm is still measured)
-  double peak_lr = 1e-3;       ///< η₀ of SORSA's OFFICIAL regulariser (> 0)
-  bool fused_loss = true;      ///< fused head + cross-entropy (trainers/loss.h)
+  bool bf16 = false;         ///< autocast to bf16 (fp32 master weights)
+  double max_grad_norm = 0;  ///< ≤ 0: no clipping (the norm is still measured)
+  double peak_lr = 1e-3;     ///< η₀ of SORSA's OFFICIAL regulariser (> 0)
+  bool fused_loss = true;    ///< fused head + cross-entropy (trainers/loss.h)
   ReweightOptions reweight;
 };
 

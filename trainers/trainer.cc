@@ -1,5 +1,7 @@
 #include "trainers/trainer.h"
 
+#include <torch/types.h>  // first: torch/nn/utils/clip_grad.h is not self-contained
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,12 +18,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/cuda.h>
-#include <torch/types.h>
-#include <torch/nn/utils/clip_grad.h>
+#include <torch/nn/utils/clip_grad.h>  // needs torch/types.h above
 #include <torch/optim/adamw.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -30,7 +31,6 @@
 #include "data/tokenizer.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
-#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/peft_model.h"
@@ -39,6 +39,7 @@
 #include "trainers/distributed.h"
 #include "trainers/loss.h"
 #include "trainers/lr_schedule.h"
+#include "trainers/process_stats.h"
 #include "trainers/progress.h"
 #include "trainers/recipe.h"
 #include "trainers/reweighting.h"
@@ -89,7 +90,7 @@ ScheduleOptions schedule_options(const proto::Recipe& r) {
   s.min_lr_ratio = r.schedule().min_lr_ratio();
   s.decay = r.schedule().kind() == proto::ScheduleConfig::LINEAR     ? LrDecay::kLinear
             : r.schedule().kind() == proto::ScheduleConfig::CONSTANT ? LrDecay::kConstant
-                                                                      : LrDecay::kCosine;
+                                                                     : LrDecay::kCosine;
   return s;
 }
 
@@ -133,7 +134,8 @@ std::string loss_svg(const std::vector<std::pair<int64_t, double>>& train,
     std::string p;
     for (const auto& [x, y] : s) {
       if (!std::isfinite(y)) continue;
-      absl::StrAppendFormat(&p, "%.1f,%.1f ", m + (w - 2 * m) * x / xmax, h - m - (h - 2 * m) * (y - ymin) / (ymax - ymin));
+      absl::StrAppendFormat(&p, "%.1f,%.1f ", m + (w - 2 * m) * x / xmax,
+                            h - m - (h - 2 * m) * (y - ymin) / (ymax - ymin));
     }
     return p;
   };
@@ -202,8 +204,8 @@ std::function<void(int64_t, int64_t)> data_progress(const std::function<void(con
     if (now - *last < 5.0 || done <= 0 || total <= 0) return;
     *last = now;
     const double rate = static_cast<double>(done) / std::max(now - start, 1e-9);
-    log(absl::StrFormat("data: %s %.0f%% (%.0f of %.0f MB, %.1f MB/s, ETA %s)", name, 100.0 * done / total,
-                        done / 1e6, total / 1e6, rate / 1e6, clock_text(static_cast<double>(total - done) / rate)));
+    log(absl::StrFormat("data: %s %.0f%% (%.0f of %.0f MB, %.1f MB/s, ETA %s)", name, 100.0 * done / total, done / 1e6,
+                        total / 1e6, rate / 1e6, clock_text(static_cast<double>(total - done) / rate)));
   };
 }
 
@@ -248,7 +250,8 @@ class TrainingRun {
       device_guard_.emplace(device_);
     }
     backend_ = resolved_backend(recipe_) == proto::DistributedConfig::NCCL ? Backend::kNccl : Backend::kGloo;
-    PEFT_ASSIGN_OR_RETURN(pg_, ProcessGroup::create(env_, backend_, std::chrono::seconds(recipe_.distributed().timeout_s())));
+    PEFT_ASSIGN_OR_RETURN(
+        pg_, ProcessGroup::create(env_, backend_, std::chrono::seconds(recipe_.distributed().timeout_s())));
     summary_.rank = env_.rank;
     if (!main_rank()) log_ = [](const std::string&) {};
     return absl::OkStatus();
@@ -277,9 +280,9 @@ class TrainingRun {
           seen.push_back(absl::StrCat("rank ", r, ": ", s < 0 ? std::string("no checkpoint") : absl::StrCat("step ", s),
                                       all[r][1].item<int64_t>() ? ", finished" : ""));
         }
-        return absl::FailedPreconditionError(absl::StrCat(
-            "the ranks see different run directories at ", run_, " (", absl::StrJoin(seen, "; "),
-            "): every rank must see the same output_dir, on a filesystem the job shares"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("the ranks see different run directories at ", run_, " (", absl::StrJoin(seen, "; "),
+                         "): every rank must see the same output_dir, on a filesystem the job shares"));
       }
     }
     if (latest_ && !options_.resume) {
@@ -346,8 +349,8 @@ class TrainingRun {
         with_context(data::load_tokenizer(recipe_.has_tokenizer() ? recipe_.tokenizer() : recipe_.model()),
                      recipe_.has_tokenizer() ? "tokenizer" : "tokenizer (from model)"));
     if (tok->vocab_size() > lm->config().vocab_size()) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ",
-                                                     lm->config().vocab_size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ", lm->config().vocab_size()));
     }
     data::DataOptions dopts = data_options(recipe_);
     dopts.threads = tc_.threads();  // 0: every core, as for training
@@ -379,8 +382,8 @@ class TrainingRun {
     // Adapters are built on the CPU (the same initial values on every
     // device) and move with the model.
     if (!device_.is_cpu()) {
-      PEFT_RETURN_IF_ERROR(status_from_torch_error("moving the model to the training device",
-                                                   [&] { lm->module().to(device_); }));
+      PEFT_RETURN_IF_ERROR(
+          status_from_torch_error("moving the model to the training device", [&] { lm->module().to(device_); }));
     }
     trainable_ = pm_->trainable_parameters();
     int64_t n_trainable = 0;
@@ -415,7 +418,8 @@ class TrainingRun {
     std::error_code ec;
     fs::create_directories(run_, ec);
     if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run_, ": ", ec.message()));
-    if (main_rank()) PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/recipe.textproto", recipe_to_text(recipe_)));
+    if (main_rank())
+      PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/recipe.textproto", recipe_to_text(recipe_)));
     return absl::OkStatus();
   }
 
@@ -488,8 +492,11 @@ class TrainingRun {
     }
     if (state_.step == 0 && std::isfinite(summary_.initial_eval_loss)) {
       eval_curve_.emplace_back(0, summary_.initial_eval_loss);
-      metrics_ << json{{"step", 0}, {"eval_loss", summary_.initial_eval_loss},
-                       {"eval_perplexity", std::exp(summary_.initial_eval_loss)}}.dump() << "\n";
+      metrics_ << json{{"step", 0},
+                       {"eval_loss", summary_.initial_eval_loss},
+                       {"eval_perplexity", std::exp(summary_.initial_eval_loss)}}
+                      .dump()
+               << "\n";
     }
     return absl::OkStatus();
   }
@@ -514,8 +521,8 @@ class TrainingRun {
       PEFT_ASSIGN_OR_RETURN(const StepResult r, train_step(ctx, step_opts_, micro_batches, step, lr));
       if (!r.applied) {
         if (tc_.on_nonfinite() == proto::TrainingConfig::STOP_RUN) {
-          return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step + 1,
-                                                  " (training.on_nonfinite = STOP_RUN)"));
+          return absl::DataLossError(
+              absl::StrCat("non-finite loss or gradient at step ", step + 1, " (training.on_nonfinite = STOP_RUN)"));
         }
         log_(absl::StrCat("warning: non-finite loss or gradient at step ", step + 1, "; step skipped"));
         ++summary_.skipped_steps;
@@ -555,8 +562,11 @@ class TrainingRun {
     if (!main_rank()) return absl::OkStatus();  // rank 0 writes the outputs
     if (std::isfinite(summary_.final_eval_loss)) {
       eval_curve_.emplace_back(state_.step, summary_.final_eval_loss);
-      metrics_ << json{{"step", state_.step}, {"eval_loss", summary_.final_eval_loss},
-                       {"eval_perplexity", std::exp(summary_.final_eval_loss)}}.dump() << "\n";
+      metrics_ << json{{"step", state_.step},
+                       {"eval_loss", summary_.final_eval_loss},
+                       {"eval_perplexity", std::exp(summary_.final_eval_loss)}}
+                      .dump()
+               << "\n";
     }
     metrics_.close();
     PeftModel& pm = *pm_;
@@ -589,8 +599,8 @@ class TrainingRun {
     if (device_.is_cuda()) j["peak_cuda_mb"] = peak_cuda_mb(device_);
     PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/summary.json", j.dump(2) + "\n"));
     // One readable line for people (the CLI's stdout JSON is for programs).
-    std::string done = absl::StrFormat("done: step %d in %s (%.0f tok/s)", s.steps, clock_text(now_seconds() - t_start_),
-                                       s.tokens_per_second);
+    std::string done = absl::StrFormat("done: step %d in %s (%.0f tok/s)", s.steps,
+                                       clock_text(now_seconds() - t_start_), s.tokens_per_second);
     if (std::isfinite(s.initial_eval_loss) && std::isfinite(s.final_eval_loss)) {
       absl::StrAppendFormat(&done, "; eval loss %.4f -> %.4f (perplexity %.2f -> %.2f)", s.initial_eval_loss,
                             s.final_eval_loss, std::exp(s.initial_eval_loss), std::exp(s.final_eval_loss));
@@ -627,8 +637,12 @@ class TrainingRun {
     if (std::isnan(summary_.first_train_loss)) summary_.first_train_loss = r.loss;
     summary_.final_train_loss = r.loss;
     train_curve_.emplace_back(step + 1, r.loss);
-    json m = {{"step", step + 1},         {"loss", r.loss},     {"lr", lr},
-              {"grad_norm", r.grad_norm}, {"tokens", r.tokens}, {"tokens_per_s", r.tokens / std::max(seconds, 1e-9)},
+    json m = {{"step", step + 1},
+              {"loss", r.loss},
+              {"lr", lr},
+              {"grad_norm", r.grad_norm},
+              {"tokens", r.tokens},
+              {"tokens_per_s", r.tokens / std::max(seconds, 1e-9)},
               {"peak_rss_mb", peak_rss_mb()}};
     if (device_.is_cuda()) m["peak_cuda_mb"] = peak_cuda_mb(device_);
     if (has_sorsa_) m["orthonormality"] = sorsa_orthonormality(*pm_);  // calc_ortho, without gamma

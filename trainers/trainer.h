@@ -1,4 +1,3 @@
-// File: trainers/trainer.h
 //
 // train() runs a recipe end to end: model and tokenizer, adapters (or full
 // fine-tuning when the recipe has none), the data pipeline, AdamW with

@@ -11,11 +11,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -23,10 +23,10 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -37,11 +37,11 @@
 #include "examples/cli/command.h"
 #include "models/generate.h"
 #include "models/model_io.h"
-#include "trainers/process_stats.h"
 #include "peft/core/status.h"
 #include "peft/hsm/prune.h"
 #include "peft/peft_model.h"
 #include "trainers/perf_bench.h"
+#include "trainers/process_stats.h"
 #include "trainers/recipe.h"
 #include "trainers/trainer.h"
 
@@ -78,14 +78,14 @@ const std::vector<BenchMethod>& bench_methods() {
       {"full", "full fine-tuning", "", 1e-3, "full fine-tuning moves every weight: 10x lower lr"},
       {"lora", "LoRA r=8", R"(adapters { name: "default" lora { r: 8 alpha: 16 } target { preset: "all_linear" } })",
        1e-2, ""},
-      {"nora", "NoRA r=32, r'=8", R"(adapters { name: "default" nora { r: 32 r_inner: 8 } target { preset: "all_linear" } })",
-       1e-2, ""},
+      {"nora", "NoRA r=32, r'=8",
+       R"(adapters { name: "default" nora { r: 32 r_inner: 8 } target { preset: "all_linear" } })", 1e-2, ""},
       {"sorsa", "SORSA r=8",
        R"(adapters { name: "default" sorsa { r: 8 gamma: 4e-4 } target { preset: "all_linear" } })", 1e-2, ""},
       {"bone", "Bone (Bat) r=32", R"(adapters { name: "default" bone { r: 32 } target { preset: "all_linear" } })",
        1e-2, ""},
-      {"compacter", "Compacter n=4, k=d/8", R"(adapters { name: "default" compacter { phm_dim: 4 reduction_factor: 8 } })",
-       1e-2, ""},
+      {"compacter", "Compacter n=4, k=d/8",
+       R"(adapters { name: "default" compacter { phm_dim: 4 reduction_factor: 8 } })", 1e-2, ""},
       {"compacter++", "Compacter++ n=4, k=d/8",
        R"(adapters { name: "default" compacter { phm_dim: 4 reduction_factor: 8 plus_plus: true } })", 1e-2, ""},
       {"hsm", "HSM (PAT) D=3H/4 + LoRA r=8",
@@ -118,8 +118,8 @@ absl::StatusOr<std::vector<Variant>> parse_variants(const std::string& methods, 
       auto it = std::find_if(bench_methods().begin(), bench_methods().end(),
                              [&](const BenchMethod& m) { return m.name == name; });
       if (it == bench_methods().end()) {
-        return absl::InvalidArgumentError(absl::StrCat("--methods: unknown method '", name, "' (known: all, ",
-                                                       absl::StrJoin(known, ", "), ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--methods: unknown method '", name, "' (known: all, ", absl::StrJoin(known, ", "), ")"));
       }
       if (std::find(chosen.begin(), chosen.end(), &*it) != chosen.end()) {
         return absl::InvalidArgumentError(absl::StrCat("--methods: '", name, "' given twice"));
@@ -230,8 +230,8 @@ absl::StatusOr<json> read_json(const std::string& path) {
 
 // Greedy decoding speed: new tokens per second over `prompts`, 32 new tokens
 // each with no stop id (the same work for every model), best of `rounds`.
-absl::StatusOr<double> generation_tokens_per_second(models::CausalLm& lm, const std::vector<std::vector<int64_t>>& prompts,
-                                                    int rounds) {
+absl::StatusOr<double> generation_tokens_per_second(models::CausalLm& lm,
+                                                    const std::vector<std::vector<int64_t>>& prompts, int rounds) {
   torch::NoGradGuard no_grad;
   lm.module().eval();
   models::GenerateOptions o;
@@ -270,7 +270,8 @@ absl::Status run_variant(const Settings& s, const Variant& v) {
 
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(recipe.model()));
   const bool full = recipe.adapters_size() == 0;
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::load_model(full ? run + "/model" : recipe.model()));
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
+                        models::load_model(full ? run + "/model" : recipe.model()));
   const int64_t base_params = task::count_parameters(*lm);
   PEFT_ASSIGN_OR_RETURN(const task::Prompting prompting, task::make_prompting(recipe, *tok, lm->config()));
   PeftModel pm(lm);
@@ -454,15 +455,18 @@ std::string table(const json& base, const json& rows) {
   std::vector<std::string> notes;
   for (const json& r : rows) {
     const json& m = r["merge"];
-    const std::string merge = m["seconds"].is_number() ? absl::StrFormat("%.1f", 1e3 * m["seconds"].get<double>()) : "n/a";
+    const std::string merge =
+        m["seconds"].is_number() ? absl::StrFormat("%.1f", 1e3 * m["seconds"].get<double>()) : "n/a";
     absl::StrAppendFormat(&t, "| %s | %s | %s | %.2f | %.3f | %s | %.0f | %.4f | %s | %s | %s |\n",
                           r["label"].get<std::string>(), r["reweighting"] == "off" ? "off" : "LinUpper",
                           fmt_int(r["trainable_parameters"].get<int64_t>()), r["trainable_percent"].get<double>(),
-                          r["step_seconds"].get<double>(), fmt_int(static_cast<int64_t>(r["tokens_per_second"].get<double>())),
+                          r["step_seconds"].get<double>(),
+                          fmt_int(static_cast<int64_t>(r["tokens_per_second"].get<double>())),
                           r["peak_rss_mb"].get<double>(), r["final_eval_loss"].get<double>(),
                           pct(r["accuracy"].get<double>()), pct(r["control_accuracy"].get<double>()), merge);
     if (!m["mergeable"].get<bool>()) {
-      const std::string note = absl::StrCat(r["label"].get<std::string>(), ": merge n/a (", m["note"].get<std::string>(), ")");
+      const std::string note =
+          absl::StrCat(r["label"].get<std::string>(), ": merge n/a (", m["note"].get<std::string>(), ")");
       if (std::find(notes.begin(), notes.end(), note) == notes.end()) notes.push_back(note);
     }
     if (r["hsm"].is_object()) {
@@ -564,7 +568,7 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
       {"word_length", absl::StrCat(s.task.min_len, "-", s.task.max_len)},
   };
   const json m = machine(s.threads);
-  const json out = {{"suite", "methods"}, {"machine", m},   {"settings", settings},
+  const json out = {{"suite", "methods"}, {"machine", m},     {"settings", settings},
                     {"base", base_j},     {"variants", rows}, {"total_seconds", now_seconds() - t_start}};
   const std::string tbl = table(base_j, rows);
   std::string md = absl::StrFormat(
@@ -586,7 +590,6 @@ absl::Status run_methods_suite(const ParsedFlags& f, const std::vector<FlagSpec>
   say(absl::StrFormat("bench: %s/bench.md and bench.json (%.0f s)", s.out_dir, now_seconds() - t_start));
   return absl::OkStatus();
 }
-
 
 // ---- The perf suite: the training speed and memory targets --------------------------
 
@@ -657,16 +660,16 @@ std::string python_with_torch(const std::string& python, const std::string& log)
 
 std::string perf_table(const std::vector<PerfRun>& runs, const std::string& device) {
   const bool cuda = device == "cuda";
-  std::string t = absl::StrCat(
-      "| implementation | precision | tokens/s | s/step | ", cuda ? "peak CUDA MB" : "peak RSS MB",
-      " | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+  std::string t =
+      absl::StrCat("| implementation | precision | tokens/s | s/step | ", cuda ? "peak CUDA MB" : "peak RSS MB",
+                   " | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (const PerfRun& r : runs) {
     const json& o = r.ours;
-    absl::StrAppendFormat(&t, "| peft-cpp | %s | %s | %.3f | %.0f | %.0f | %.0f | %.1f%% |\n", r.precision,
-                          fmt_int(static_cast<int64_t>(o["tokens_per_s"].get<double>())), o["step_s_median"].get<double>(),
-                          cuda ? o["peak_device_mb"].get<double>() : o["peak_rss_mb"].get<double>(),
-                          o["achieved_gflops"].get<double>(), o["peak_matmul_gflops"].get<double>(),
-                          100 * o["mfu"].get<double>());
+    absl::StrAppendFormat(
+        &t, "| peft-cpp | %s | %s | %.3f | %.0f | %.0f | %.0f | %.1f%% |\n", r.precision,
+        fmt_int(static_cast<int64_t>(o["tokens_per_s"].get<double>())), o["step_s_median"].get<double>(),
+        cuda ? o["peak_device_mb"].get<double>() : o["peak_rss_mb"].get<double>(), o["achieved_gflops"].get<double>(),
+        o["peak_matmul_gflops"].get<double>(), 100 * o["mfu"].get<double>());
     if (r.eager.is_object()) {
       const json& e = r.eager;
       absl::StrAppendFormat(&t, "| %s | %s | %s | %.3f | %.0f | - | - | %.1f%% |\n", e["impl"].get<std::string>(),
@@ -712,7 +715,8 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
     return absl::FailedPreconditionError("--device=cuda: no CUDA device is available to this LibTorch");
   }
   if (f.has("internal_variant")) {
-    return run_perf_child(f, threads, f.get("internal_variant"), out_dir + "/work/perf_" + f.get("internal_variant") + ".json");
+    return run_perf_child(f, threads, f.get("internal_variant"),
+                          out_dir + "/work/perf_" + f.get("internal_variant") + ".json");
   }
   std::error_code ec;
   const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
@@ -733,7 +737,8 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
   } else {
     python = python_with_torch(f.get("python"), work + "/python_check.log");
     if (python.empty()) {
-      eager_note = absl::StrCat("no python (--python=", f.get("python"), ") imports torch; Debian: apt-get install python3-torch");
+      eager_note = absl::StrCat("no python (--python=", f.get("python"),
+                                ") imports torch; Debian: apt-get install python3-torch");
     }
   }
 
@@ -749,7 +754,8 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
     say(absl::StrCat("bench: peft-cpp ", p, " on ", device, " (", threads, " threads) ..."));
     PEFT_ASSIGN_OR_RETURN(int code, run_child(child, log));
     if (code != 0) {
-      return absl::InternalError(absl::StrCat("perf ", p, " failed (exit ", code, "): ", last_line(log), " (log: ", log, ")"));
+      return absl::InternalError(
+          absl::StrCat("perf ", p, " failed (exit ", code, "): ", last_line(log), " (log: ", log, ")"));
     }
     PEFT_ASSIGN_OR_RETURN(run.ours, read_json(absl::StrCat(work, "/perf_", p, ".json")));
     say(absl::StrFormat("  %.0f tokens/s, MFU %.1f%%", run.ours["tokens_per_s"].get<double>(),
@@ -782,9 +788,13 @@ absl::Status run_perf_suite(const ParsedFlags& f, const std::vector<FlagSpec>& s
   const json m = machine(threads);
   json rows = json::array();
   for (const PerfRun& r : runs) {
-    rows.push_back({{"precision", r.precision}, {"peft_cpp", r.ours}, {"eager", r.eager}, {"eager_note", r.eager_note}});
+    rows.push_back(
+        {{"precision", r.precision}, {"peft_cpp", r.ours}, {"eager", r.eager}, {"eager_note", r.eager_note}});
   }
-  const json out = {{"suite", "perf"}, {"machine", m}, {"device", device}, {"runs", rows},
+  const json out = {{"suite", "perf"},
+                    {"machine", m},
+                    {"device", device},
+                    {"runs", rows},
                     {"total_seconds", now_seconds() - t_start}};
   const json& o0 = runs[0].ours;
   const std::string tbl = perf_table(runs, device);
@@ -827,16 +837,22 @@ std::vector<FlagSpec> bench_flags() {
        "which benchmark: methods (every PEFT method on the built-in task) or perf (training speed and memory of "
        "the target model beside eager PyTorch)",
        "methods"},
-      {"methods", "comma-separated subset of full, lora, nora, sorsa, bone, compacter, compacter++, hsm; or all", "all"},
+      {"methods", "comma-separated subset of full, lora, nora, sorsa, bone, compacter, compacter++, hsm; or all",
+       "all"},
       {"reweighting", "both, off or on: each method without and/or with LinUpper sample reweighting", "both"},
       {"out_dir", "bench.md, bench.json, and work/ (data, cached base, one run directory per variant)", "runs/bench"},
-      {"steps", "training steps of every variant (0 = the quickstart recipe's training.steps); perf: measured steps (0 = 6 on cpu, 20 on cuda)", "0"},
-      {"threads", "LibTorch threads (0 = all cores); the built-in model is fastest on one; perf: all cores unless given", "1"},
+      {"steps",
+       "training steps of every variant (0 = the quickstart recipe's training.steps); perf: measured steps (0 = 6 on "
+       "cpu, 20 on cuda)",
+       "0"},
+      {"threads",
+       "LibTorch threads (0 = all cores); the built-in model is fastest on one; perf: all cores unless given", "1"},
       {"precisions", "perf: comma-separated bf16, fp32", "bf16,fp32"},
       {"device", "perf: cpu or cuda", "cpu"},
       {"perf_model", "perf: target (LLaMA hidden 512 x 8 layers, batch 8 x 256) or tiny (a smoke test)", "target"},
       {"eager_script", "perf: the eager PyTorch reference, or off", "scripts/eager_reference.py"},
-      {"python", "perf: the python that runs the eager reference (needs torch); auto: python3, then /usr/bin/python3", "auto"},
+      {"python", "perf: the python that runs the eager reference (needs torch); auto: python3, then /usr/bin/python3",
+       "auto"},
       {"internal_variant", "internal: run one variant in this process (the parent starts these)", ""},
   };
   for (FlagSpec& s : task::task_flags()) specs.push_back(std::move(s));

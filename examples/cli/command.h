@@ -1,4 +1,3 @@
-// File: examples/cli/command.h
 //
 // The `peft` command-line tool's subcommands. Each is a name, a one-line
 // summary, its flags and a function from parsed flags to a Status; main.cc

@@ -95,8 +95,10 @@ std::string usage(const std::string& command, const std::string& summary, const 
   std::string u = absl::StrCat("usage: peft ", command, " [flags]\n", summary, "\n\nflags:\n");
   for (const FlagSpec& s : specs) {
     absl::StrAppend(&u, "  --", s.name, s.is_bool ? "" : "=VALUE", "\n      ", s.help);
-    if (s.required) absl::StrAppend(&u, " (required)");
-    else if (!s.default_value.empty()) absl::StrAppend(&u, " (default: ", s.default_value, ")");
+    if (s.required)
+      absl::StrAppend(&u, " (required)");
+    else if (!s.default_value.empty())
+      absl::StrAppend(&u, " (default: ", s.default_value, ")");
     absl::StrAppend(&u, "\n");
   }
   return u;

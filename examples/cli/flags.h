@@ -1,4 +1,3 @@
-// File: examples/cli/flags.h
 //
 // A strict flag parser for the `peft` subcommands: `--name=value`,
 // `--name value`, bare `--flag` for booleans. Unknown flags, missing required

@@ -17,7 +17,9 @@ std::vector<peft::cli::Command> all_commands() {
 }
 
 void print_help(const std::vector<peft::cli::Command>& commands) {
-  std::fprintf(stdout, "peft: parameter-efficient fine-tuning for LLaMA and GPT-2 in C++\n\nusage: peft <command> [flags]\n\ncommands:\n");
+  std::fprintf(stdout,
+               "peft: parameter-efficient fine-tuning for LLaMA and GPT-2 in C++\n\nusage: peft <command> "
+               "[flags]\n\ncommands:\n");
   for (const auto& c : commands) {
     std::fprintf(stdout, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
     // launch takes a command line, not flags, so it is not a Command; list it after train.
@@ -50,8 +52,8 @@ int main(int argc, char** argv) {
     }
     absl::StatusOr<peft::cli::ParsedFlags> flags = peft::cli::parse_flags(args, c.flags);
     if (!flags.ok()) {
-      std::fprintf(stderr, "peft %s: %s (see peft %s --help)\n", name.c_str(), std::string(flags.status().message()).c_str(),
-                   name.c_str());
+      std::fprintf(stderr, "peft %s: %s (see peft %s --help)\n", name.c_str(),
+                   std::string(flags.status().message()).c_str(), name.c_str());
       return 2;
     }
     absl::Status st;

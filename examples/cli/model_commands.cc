@@ -104,8 +104,9 @@ absl::StatusOr<std::vector<int64_t>> parse_id_list(const std::string& s) {
 
 absl::Status check_vocab(const data::Tokenizer& tok, const models::CausalLm& lm) {
   if (tok.vocab_size() > lm.config().vocab_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok.vocab_size(), " ids but the model's vocabulary has ",
-                                                   lm.config().vocab_size(), ": wrong tokenizer for this model?"));
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tok.vocab_size(),
+                                                   " ids but the model's vocabulary has ", lm.config().vocab_size(),
+                                                   ": wrong tokenizer for this model?"));
   }
   return absl::OkStatus();
 }
@@ -138,8 +139,11 @@ absl::Status run_convert(const ParsedFlags& f) {
   int64_t params = 0;
   for (const auto& p : lm->hf_parameters()) params += p.tensor.numel();
   std::fprintf(stdout, "%s\n",
-               dump({{"output", f.get("output")}, {"model_type", lm->config().model_type()}, {"parameters", params},
-                     {"dtype", f.get("dtype")}, {"seconds", secs}})
+               dump({{"output", f.get("output")},
+                     {"model_type", lm->config().model_type()},
+                     {"parameters", params},
+                     {"dtype", f.get("dtype")},
+                     {"seconds", secs}})
                    .c_str());
   return absl::OkStatus();
 }
@@ -182,7 +186,8 @@ absl::Status run_generate(const ParsedFlags& f) {
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens and the tokenizer has no BOS");
   if (static_cast<int64_t>(prompt.size()) >= lm->config().max_positions()) {
-    return absl::InvalidArgumentError(absl::StrCat("the prompt is ", prompt.size(), " tokens, longer than the model's context of ",
+    return absl::InvalidArgumentError(absl::StrCat("the prompt is ", prompt.size(),
+                                                   " tokens, longer than the model's context of ",
                                                    lm->config().max_positions(), " positions"));
   }
 
@@ -229,7 +234,7 @@ absl::Status run_generate(const ParsedFlags& f) {
 // Sequences of an eval file: JSON lines with "text" (tokenized) or "ids"
 // (used as given), or plain text (one document).
 absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
-                                                                  bool add_bos) {
+                                                                 bool add_bos) {
   PEFT_ASSIGN_OR_RETURN(const std::string all, with_context(io::read_file(path), "--data"));
   std::vector<std::vector<int64_t>> seqs;
   const bool jsonl = fs::path(path).extension() == ".jsonl" || (!all.empty() && all[0] == '{');
@@ -250,15 +255,18 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::stri
       if (j.contains("ids") && j["ids"].is_array()) {
         std::vector<int64_t> ids;
         for (const json& x : j["ids"]) {
-          if (!x.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"ids\" must hold integers"));
+          if (!x.is_number_integer())
+            return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"ids\" must hold integers"));
           ids.push_back(x.get<int64_t>());
         }
         seqs.push_back(std::move(ids));
       } else if (j.contains("text") && j["text"].is_string()) {
-        if (tok == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"text\" needs a tokenizer"));
+        if (tok == nullptr)
+          return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"text\" needs a tokenizer"));
         seqs.push_back(encode_prompt(*tok, j["text"].get<std::string>(), add_bos));
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": expected a \"text\" string or an \"ids\" list"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ":", lineno, ": expected a \"text\" string or an \"ids\" list"));
       }
     }
   }
@@ -279,7 +287,8 @@ absl::Status run_eval(const ParsedFlags& f) {
     return t.status();
   }
   PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
-  PEFT_ASSIGN_OR_RETURN(auto seqs, read_eval_data(f.get("data"), tok.get(), tok && tok->add_bos_by_default() && !no_bos));
+  PEFT_ASSIGN_OR_RETURN(auto seqs,
+                        read_eval_data(f.get("data"), tok.get(), tok && tok->add_bos_by_default() && !no_bos));
   auto t0 = std::chrono::steady_clock::now();
   double sum = 0;
   int64_t tokens = 0;
@@ -293,8 +302,11 @@ absl::Status run_eval(const ParsedFlags& f) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double loss = sum / static_cast<double>(tokens);
   std::fprintf(stdout, "%s\n",
-               dump({{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", tokens},
-                     {"sequences", seqs.size()}, {"seconds", secs}})
+               dump({{"loss", loss},
+                     {"perplexity", std::exp(loss)},
+                     {"tokens", tokens},
+                     {"sequences", seqs.size()},
+                     {"seconds", secs}})
                    .c_str());
   return absl::OkStatus();
 }
@@ -362,10 +374,10 @@ absl::Status run_init(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(models::save_model(*lm, f.get("output"), so));
   int64_t params = 0;
   for (const auto& p : lm->hf_parameters()) params += p.tensor.numel();
-  std::fprintf(stdout, "%s\n",
-               dump({{"output", f.get("output")}, {"model_type", arch}, {"parameters", params},
-                     {"dtype", f.get("dtype")}})
-                   .c_str());
+  std::fprintf(
+      stdout, "%s\n",
+      dump({{"output", f.get("output")}, {"model_type", arch}, {"parameters", params}, {"dtype", f.get("dtype")}})
+          .c_str());
   return absl::OkStatus();
 }
 
@@ -406,8 +418,11 @@ absl::Status run_merge(const ParsedFlags& f) {
   int64_t params = 0;
   for (const auto& p : out->hf_parameters()) params += p.tensor.numel();
   std::fprintf(stdout, "%s\n",
-               dump({{"output", f.get("output")}, {"parameters", params}, {"hidden_size", out->config().hidden_size()},
-                     {"dtype", dtype}, {"merge_seconds", merge_s}})
+               dump({{"output", f.get("output")},
+                     {"parameters", params},
+                     {"hidden_size", out->config().hidden_size()},
+                     {"dtype", dtype},
+                     {"merge_seconds", merge_s}})
                    .c_str());
   return absl::OkStatus();
 }
@@ -434,7 +449,8 @@ absl::Status run_to_lora(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(pm.save_adapter(f.get("output"), "default", overwrite, base_name, /*convert_to_lora=*/true));
   const proto::AdapterConfig& was = *pm.config("default");
   std::fprintf(stdout, "%s\n",
-               dump({{"output", f.get("output")}, {"init", proto::LoraOptions::Init_Name(was.lora().init())},
+               dump({{"output", f.get("output")},
+                     {"init", proto::LoraOptions::Init_Name(was.lora().init())},
                      {"r", 2 * was.lora().r()}})
                    .c_str());
   return absl::OkStatus();
@@ -442,9 +458,7 @@ absl::Status run_to_lora(const ParsedFlags& f) {
 
 }  // namespace
 
-FlagSpec threads_flag() {
-  return {"threads", "LibTorch intra-op threads (0 = all cores)", "0"};
-}
+FlagSpec threads_flag() { return {"threads", "LibTorch intra-op threads (0 = all cores)", "0"}; }
 
 absl::Status apply_threads(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(int64_t n, f.get_int("threads"));
@@ -458,8 +472,8 @@ absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags
   if (f.has("tokenizer")) return data::load_tokenizer(f.get("tokenizer"));
   absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = data::load_tokenizer(model_dir);
   if (!t.ok()) {
-    return absl::Status(t.status().code(),
-                        absl::StrCat("no usable tokenizer in ", model_dir, " (pass --tokenizer=FILE): ", t.status().message()));
+    return absl::Status(t.status().code(), absl::StrCat("no usable tokenizer in ", model_dir,
+                                                        " (pass --tokenizer=FILE): ", t.status().message()));
   }
   return t;
 }
@@ -475,27 +489,30 @@ std::vector<Command> model_commands() {
                 {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
                 {"overwrite", "replace a non-empty output directory", "false", false, true}},
                run_convert});
-  c.push_back({"init",
-               "Write a randomly initialised LLaMA or GPT-2 model directory (for tests and benchmarks).",
-               {{"arch", "llama or gpt2", "llama"},
-                {"output", "the model directory to write", "", true},
-                {"vocab_size", "vocabulary size", "32000"},
-                {"hidden_size", "hidden size", "512"},
-                {"intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", "0"},
-                {"num_layers", "number of blocks", "8"},
-                {"num_heads", "attention heads", "8"},
-                {"num_kv_heads", "key/value heads for LLaMA (0 = num_heads)", "0"},
-                {"max_positions", "context length", "2048"},
-                {"tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)", "false", false, true},
-                {"seed", "initialisation seed", "0"},
-                {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
-                {"max_shard_mb", "shard the safetensors above this size", "5120"},
-                {"overwrite", "replace a non-empty output directory", "false", false, true}},
-               run_init});
+  c.push_back(
+      {"init",
+       "Write a randomly initialised LLaMA or GPT-2 model directory (for tests and benchmarks).",
+       {{"arch", "llama or gpt2", "llama"},
+        {"output", "the model directory to write", "", true},
+        {"vocab_size", "vocabulary size", "32000"},
+        {"hidden_size", "hidden size", "512"},
+        {"intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", "0"},
+        {"num_layers", "number of blocks", "8"},
+        {"num_heads", "attention heads", "8"},
+        {"num_kv_heads", "key/value heads for LLaMA (0 = num_heads)", "0"},
+        {"max_positions", "context length", "2048"},
+        {"tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)", "false", false, true},
+        {"seed", "initialisation seed", "0"},
+        {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
+        {"max_shard_mb", "shard the safetensors above this size", "5120"},
+        {"overwrite", "replace a non-empty output directory", "false", false, true}},
+       run_init});
   c.push_back({"merge",
                "Merge an adapter into its base model and write a Hugging Face model directory.",
                {{"model", "the base model directory", "", true},
-                {"adapter", "adapter directory, or several separated by commas, all active (ours or Hugging Face PEFT LoRA/MiSS)", "", true},
+                {"adapter",
+                 "adapter directory, or several separated by commas, all active (ours or Hugging Face PEFT LoRA/MiSS)",
+                 "", true},
                 {"output", "the merged model directory to write", "", true},
                 {"prune", "apply the HSM structural prune (a smaller hidden size)", "false", false, true},
                 {"dtype", "storage dtype (default: the base model's)", ""},

@@ -28,8 +28,8 @@ absl::Status run_train(const ParsedFlags& f) {
   if (s.rank != 0) return absl::OkStatus();  // rank 0 alone reports, as it alone logs
   if (o.dry_run) {
     std::fprintf(stdout, "%s\n",
-                 nlohmann::ordered_json({{"dry_run", true}, {"run_dir", s.run_dir},
-                                         {"trainable_parameters", s.trainable_parameters}})
+                 nlohmann::ordered_json(
+                     {{"dry_run", true}, {"run_dir", s.run_dir}, {"trainable_parameters", s.trainable_parameters}})
                      .dump()
                      .c_str());
     return absl::OkStatus();
@@ -56,8 +56,9 @@ int run_launch(const std::vector<std::string>& args) {
   const std::vector<std::string> flag_args(args.begin(), dash);
   std::vector<std::string> command(dash == args.end() ? args.end() : dash + 1, args.end());
   if (std::find(flag_args.begin(), flag_args.end(), "--help") != flag_args.end() || command.empty()) {
-    std::fputs(usage("launch -- COMMAND...", "Run COMMAND in N local processes for data-parallel training.", specs).c_str(),
-               command.empty() ? stderr : stdout);
+    std::fputs(
+        usage("launch -- COMMAND...", "Run COMMAND in N local processes for data-parallel training.", specs).c_str(),
+        command.empty() ? stderr : stdout);
     return command.empty() ? 2 : 0;
   }
   absl::StatusOr<ParsedFlags> f = parse_flags(flag_args, specs);
@@ -83,21 +84,22 @@ int run_launch(const std::vector<std::string>& args) {
 }
 
 std::vector<Command> train_commands() {
-  return {{"train",
-           "Fine-tune as a recipe (protobuf text format) says; see examples/recipes/.",
-           {{"recipe", "the recipe file (.textproto)", "", true},
-            {"set",
-             "override one recipe field (repeatable): --set=training.steps=200, a list "
-             "--set=adapters.0.target.modules=q_proj,v_proj, a whole message --set='reweighting={ strategy: QUADRATIC }'",
-             "", false, false, true},
-            {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
-            {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
-            {"dry_run", "check the recipe, model, tokenizer, data and adapters, then stop without training or writing",
-             "false", false, true},
-            {"merge_on_finish",
-             "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)",
-             "false", false, true}},
-           run_train}};
+  return {
+      {"train",
+       "Fine-tune as a recipe (protobuf text format) says; see examples/recipes/.",
+       {{"recipe", "the recipe file (.textproto)", "", true},
+        {"set",
+         "override one recipe field (repeatable): --set=training.steps=200, a list "
+         "--set=adapters.0.target.modules=q_proj,v_proj, a whole message --set='reweighting={ strategy: QUADRATIC }'",
+         "", false, false, true},
+        {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
+        {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
+        {"dry_run", "check the recipe, model, tokenizer, data and adapters, then stop without training or writing",
+         "false", false, true},
+        {"merge_on_finish",
+         "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)", "false",
+         false, true}},
+       run_train}};
 }
 
 }  // namespace peft::cli

@@ -31,7 +31,7 @@ BatLinearImpl::BatLinearImpl(const proto::BoneOptions& o, int64_t out, int64_t i
 
 at::Tensor BatLinearImpl::adapted_weight(const at::Tensor& weight) const {
   return options.kernel() == proto::BoneOptions::REFERENCE ? kernels::block_affine_weight_ref(weight, bone_block)
-                                                            : kernels::block_affine_weight(weight, bone_block);
+                                                           : kernels::block_affine_weight(weight, bone_block);
 }
 
 at::Tensor BatLinearImpl::forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -48,14 +48,14 @@ at::Tensor BatLinearImpl::merged_weight(const at::Tensor& weight) const {
   // allows, which keeps the later unmerge within ~1 ulp of W.
   const at::Tensor t = bone_block.detach().to(at::kDouble), w = weight.to(at::kDouble);
   const at::Tensor w2 = options.kernel() == proto::BoneOptions::REFERENCE ? kernels::block_affine_weight_ref(w, t)
-                                                                           : kernels::block_affine_weight(w, t);
+                                                                          : kernels::block_affine_weight(w, t);
   return w2.to(at::kFloat);
 }
 
 at::Tensor BatLinearImpl::unmerged_weight(const at::Tensor& merged) const {
   const at::Tensor t = bone_block.detach();
   const at::Tensor w = options.kernel() == proto::BoneOptions::REFERENCE ? kernels::block_affine_unmerge_ref(merged, t)
-                                                                          : kernels::block_affine_unmerge(merged, t);
+                                                                         : kernels::block_affine_unmerge(merged, t);
   return w.to(at::kFloat);
 }
 
@@ -106,7 +106,8 @@ AdapterMethod bone_method() {
   m.accepted_peft_types = {"BONE", "MISS"};
   m.validate = [](const proto::AdapterConfig& c) -> absl::Status {
     const proto::BoneOptions& o = c.bone();
-    if (o.r() <= 0) return absl::InvalidArgumentError(absl::StrCat("bone.r (block size) must be positive, got ", o.r()));
+    if (o.r() <= 0)
+      return absl::InvalidArgumentError(absl::StrCat("bone.r (block size) must be positive, got ", o.r()));
     if (!(o.dropout() >= 0 && o.dropout() < 1)) {
       return absl::InvalidArgumentError(absl::StrCat("bone.dropout must be in [0, 1), got ", o.dropout()));
     }
@@ -152,7 +153,8 @@ AdapterMethod bone_method() {
   m.parse_config_json = [](const std::string& text, proto::AdapterConfig* c) -> absl::Status {
     json j = json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("adapter_config.json: not a JSON object");
-    const std::string type = j.contains("peft_type") && j["peft_type"].is_string() ? j["peft_type"].get<std::string>() : "";
+    const std::string type =
+        j.contains("peft_type") && j["peft_type"].is_string() ? j["peft_type"].get<std::string>() : "";
     if (type != "BONE" && type != "MISS") {
       return absl::InvalidArgumentError(
           absl::StrCat("adapter_config.json: peft_type '", type, "' is not a Bone/MiSS adapter"));

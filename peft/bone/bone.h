@@ -1,4 +1,3 @@
-// File: peft/bone/bone.h
 //
 // Bone: block-affine adaptation (Kang & Yin, arXiv 2409.15371; docs/methods.md
 // §5). The block size r cuts the base weight W [out, in] into r×r

@@ -5,9 +5,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/nn/modules/container/modulelist.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -52,8 +52,7 @@ CompacterAdapterImpl::CompacterAdapterImpl(const proto::CompacterOptions& o, int
 
 at::Tensor CompacterAdapterImpl::forward(HookPoint point, int64_t layer, const at::Tensor& h) {
   switch (point) {
-    case HookPoint::kEmbedding:
-      return h;
+    case HookPoint::kEmbedding: return h;
     case HookPoint::kAttentionOutput:
       if (attn.empty()) return h;
       TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(attn.size()), "Compacter: no adapter for block ", layer);

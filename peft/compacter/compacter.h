@@ -1,4 +1,3 @@
-// File: peft/compacter/compacter.h
 //
 // Compacter and Compacter++ (Karimi Mahabadi, Henderson & Ruder, "Compacter:
 // Efficient Low-Rank Hypercomplex Adapter Layers", NeurIPS 2021): bottleneck
@@ -82,9 +81,9 @@ class CompacterAdapterImpl final : public torch::nn::Module, public StreamAdapte
   std::vector<PhmLinearImpl*> phm_layers();
 
   const proto::CompacterOptions options;
-  const int64_t d;  // model width
-  const int64_t k;  // bottleneck width d / reduction_factor
-  at::Tensor phm_rule;  // [n, n, n]: THE shared rule of every PHM layer
+  const int64_t d;                        // model width
+  const int64_t k;                        // bottleneck width d / reduction_factor
+  at::Tensor phm_rule;                    // [n, n, n]: THE shared rule of every PHM layer
   std::vector<CompacterBottleneck> attn;  // per block; empty for Compacter++
   std::vector<CompacterBottleneck> mlp;   // per block
 };

@@ -1,4 +1,3 @@
-// File: peft/compacter/phm.h
 //
 // One PHM (parameterized hypercomplex multiplication) layer of Compacter
 // (Karimi Mahabadi, Henderson & Ruder, NeurIPS 2021, eqs. 3-5):

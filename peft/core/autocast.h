@@ -1,4 +1,3 @@
-// File: peft/core/autocast.h
 //
 // Device-generic autocast queries and an RAII scope over the two LibTorch
 // APIs: 1.13 has one function per device (is_cpu_enabled, is_enabled for

@@ -1,4 +1,3 @@
-// File: peft/core/rng_state.h
 //
 // This process's default random generators as raw bytes: the CPU one and,
 // for a CUDA device, that device's. Training checkpoints save them (every

@@ -1,4 +1,3 @@
-// File: peft/core/status.h
 //
 // The two project macros for early return on error (the installed abseil
 // 20220623 lacks them) and the one place where c10::Error becomes a Status.
@@ -20,10 +19,10 @@
 #include "absl/status/statusor.h"
 
 /// Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define PEFT_RETURN_IF_ERROR(expr)                   \
-  do {                                               \
-    ::absl::Status peft_status_ = (expr);            \
-    if (!peft_status_.ok()) return peft_status_;     \
+#define PEFT_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status peft_status_ = (expr);        \
+    if (!peft_status_.ok()) return peft_status_; \
   } while (0)
 
 #define PEFT_STATUS_CONCAT_INNER_(a, b) a##b

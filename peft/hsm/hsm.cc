@@ -6,9 +6,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/nn/modules/container/modulelist.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -78,14 +78,12 @@ HsmModuleImpl::HsmModuleImpl(int64_t hidden, int64_t bottleneck, bool with_scale
   if (with_scale) scale = register_parameter("scale", at::ones({hidden}));
 }
 
-at::Tensor HsmModuleImpl::channel_factor(const at::Tensor& gate) const {
-  return scale.defined() ? gate * scale : gate;
-}
+at::Tensor HsmModuleImpl::channel_factor(const at::Tensor& gate) const { return scale.defined() ? gate * scale : gate; }
 
 at::Tensor HsmModuleImpl::forward(const at::Tensor& h, const at::Tensor& gate) {
   const at::Tensor x = h.to(A.scalar_type());
   at::Tensor z = x + at::linear(at::linear(x, A), B);  // x (I + B A)ᵀ
-  z = z * gate.to(x.scalar_type());                     // mask first, then scale (official order)
+  z = z * gate.to(x.scalar_type());                    // mask first, then scale (official order)
   if (scale.defined()) z = z * scale;
   return z.to(h.scalar_type());
 }
@@ -176,13 +174,13 @@ AdapterMethod hsm_method() {
   m.make_stream = [](const proto::AdapterConfig& c, models::CausalLm& lm,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<StreamAdapter>> {
     if (lm.config().arch != models::Architecture::kLlama) {
-      return absl::UnimplementedError(absl::StrCat("hsm (PAT) supports LLaMA models only, not ",
-                                                   lm.config().model_type()));
+      return absl::UnimplementedError(
+          absl::StrCat("hsm (PAT) supports LLaMA models only, not ", lm.config().model_type()));
     }
     const int64_t h = lm.config().hidden_size();
     if (c.hsm().target_hidden() > h) {
-      return absl::InvalidArgumentError(absl::StrCat("hsm.target_hidden = ", c.hsm().target_hidden(),
-                                                     " exceeds the model's hidden size ", h));
+      return absl::InvalidArgumentError(
+          absl::StrCat("hsm.target_hidden = ", c.hsm().target_hidden(), " exceeds the model's hidden size ", h));
     }
     return std::make_shared<HsmAdapterImpl>(c.hsm(), h, lm.config().num_layers(), seed);
   };

@@ -1,4 +1,3 @@
-// File: peft/hsm/hsm.h
 //
 // The Hybrid Sparsification Modules of PAT, Pruning-Aware Tuning (Liu et al.,
 // "PAT: Pruning-Aware Tuning for Large Language Models", AAAI 2025,

@@ -47,8 +47,8 @@ at::Tensor fold_cols(const HsmModuleImpl& s, const at::Tensor& f, const at::Tens
 }
 
 void assign(at::Tensor& dst, const at::Tensor& value, const char* what) {
-  TORCH_CHECK(dst.sizes() == value.sizes(), "prune_hsm: ", what, " has shape ", value.sizes(), ", the pruned model needs ",
-              dst.sizes());
+  TORCH_CHECK(dst.sizes() == value.sizes(), "prune_hsm: ", what, " has shape ", value.sizes(),
+              ", the pruned model needs ", dst.sizes());
   dst.copy_(value);
 }
 
@@ -71,9 +71,10 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_hsm(PeftModel& pm, const
   auto* src = dynamic_cast<models::LlamaForCausalLMImpl*>(&pm.model().module());
   if (src == nullptr) return absl::UnimplementedError("prune_hsm: only LLaMA models can be pruned");
   if (!hsm->hard_gate()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "prune_hsm: adapter '", name, "' must use the hard gate (set_hard_gate_(true)) so that the pruned channels are "
-        "exactly zero"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("prune_hsm: adapter '", name,
+                     "' must use the hard gate (set_hard_gate_(true)) so that the pruned channels are "
+                     "exactly zero"));
   }
   bool active = false;
   for (const auto& [a, w] : pm.active()) {
@@ -94,8 +95,8 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_hsm(PeftModel& pm, const
   const at::ScalarType dtype = src->model->embed_tokens->weight.scalar_type();
   const at::ScalarType cd = dtype == at::kDouble ? at::kDouble : at::kFloat;
   torch::NoGradGuard no_grad;
-  const at::Tensor g = hsm->gate().detach();                   // [H], 0/1
-  const at::Tensor keep = at::nonzero(g > 0.5).view({-1});     // K
+  const at::Tensor g = hsm->gate().detach();                // [H], 0/1
+  const at::Tensor keep = at::nonzero(g > 0.5).view({-1});  // K
   const int64_t Hp = keep.numel();
   if (Hp == 0) return absl::FailedPreconditionError("prune_hsm: the hard gate keeps no channel (every m_c <= 0)");
   const double ratio = static_cast<double>(H) / static_cast<double>(Hp);

@@ -1,4 +1,3 @@
-// File: peft/hsm/prune.h
 //
 // PAT's structural export (Liu et al., AAAI 2025, arXiv 2408.14721; official
 // script/merge_dimdown.py; docs/methods.md §7 "Merge and export"): turns a

@@ -29,14 +29,11 @@ std::string base_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-absl::Status errno_status(int err, const std::string& what) {
-  return absl::ErrnoToStatus(err, what);
-}
+absl::Status errno_status(int err, const std::string& what) { return absl::ErrnoToStatus(err, what); }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::create(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::create(const std::string& path) {
   std::string base = base_of(path);
   if (base.empty() || base == "." || base == "..") {
     return absl::InvalidArgumentError("not a file path: '" + path + "'");
@@ -50,12 +47,10 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::create(
   mode_t mask = umask(0);
   umask(mask);
   fchmod(fd, 0666 & ~mask);
-  return std::unique_ptr<AtomicFileWriter>(
-      new AtomicFileWriter(path, std::move(temp), fd));
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temp), fd));
 }
 
-AtomicFileWriter::AtomicFileWriter(std::string path, std::string temp_path,
-                                   int fd)
+AtomicFileWriter::AtomicFileWriter(std::string path, std::string temp_path, int fd)
     : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
 
 AtomicFileWriter::~AtomicFileWriter() {
@@ -75,8 +70,7 @@ void AtomicFileWriter::abort() {
 
 absl::Status AtomicFileWriter::write(const void* data, size_t size) {
   if (fd_ < 0) {
-    return absl::FailedPreconditionError("write after commit/failure: '" +
-                                         path_ + "'");
+    return absl::FailedPreconditionError("write after commit/failure: '" + path_ + "'");
   }
   const char* p = static_cast<const char*>(data);
   while (size > 0) {
@@ -97,8 +91,7 @@ absl::Status AtomicFileWriter::write(const void* data, size_t size) {
 
 absl::Status AtomicFileWriter::commit() {
   if (fd_ < 0) {
-    return absl::FailedPreconditionError("commit after commit/failure: '" +
-                                         path_ + "'");
+    return absl::FailedPreconditionError("commit after commit/failure: '" + path_ + "'");
   }
   if (fsync(fd_) != 0) {
     int err = errno;
@@ -129,10 +122,8 @@ absl::Status AtomicFileWriter::commit() {
   return absl::OkStatus();
 }
 
-absl::Status write_file_atomically(const std::string& path,
-                                   std::string_view contents) {
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> writer,
-                        AtomicFileWriter::create(path));
+absl::Status write_file_atomically(const std::string& path, std::string_view contents) {
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> writer, AtomicFileWriter::create(path));
   PEFT_RETURN_IF_ERROR(writer->write(contents.data(), contents.size()));
   return writer->commit();
 }
@@ -182,7 +173,8 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
     std::error_code ec2;
     if (!old.empty()) fs::rename(old, target, ec2);
     fs::remove_all(tmp, ec2);
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
   }
   if (!old.empty()) fs::remove_all(old, ec);
   return absl::OkStatus();

@@ -1,4 +1,3 @@
-// File: peft/io/atomic_file.h
 //
 // Crash-safe file replacement: write to a temporary name in the destination's
 // directory, fsync, then rename() over the destination and fsync the
@@ -16,8 +15,8 @@
 #define PEFT_IO_ATOMIC_FILE_H_
 
 #include <cstddef>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -32,8 +31,7 @@ namespace peft::io {
 class AtomicFileWriter final {
  public:
   /// Creates the temp file next to `path` (the directory must exist).
-  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> create(
-      const std::string& path);
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> create(const std::string& path);
 
   ~AtomicFileWriter();
   AtomicFileWriter(const AtomicFileWriter&) = delete;
@@ -61,8 +59,7 @@ class AtomicFileWriter final {
 
 /// Writes `contents` to `path` atomically (temp + fsync + rename). Useful for
 /// config.json, adapter_config.json and the like.
-absl::Status write_file_atomically(const std::string& path,
-                                   std::string_view contents);
+absl::Status write_file_atomically(const std::string& path, std::string_view contents);
 
 /// Runs `write(tmp_dir)` into a fresh temporary sibling of `dir` and renames
 /// it to `dir` on success; removes the temporary on failure, so `dir` is

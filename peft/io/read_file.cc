@@ -18,9 +18,7 @@ struct FileCloser {
 
 }  // namespace
 
-absl::StatusOr<std::string> read_file(const std::string& path) {
-  return read_file_prefix(path, std::string::npos);
-}
+absl::StatusOr<std::string> read_file(const std::string& path) { return read_file_prefix(path, std::string::npos); }
 
 absl::StatusOr<std::string> read_file_prefix(const std::string& path, size_t max_bytes) {
   std::error_code ec;

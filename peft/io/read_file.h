@@ -1,4 +1,3 @@
-// File: peft/io/read_file.h
 //
 // The one whole-file reader of the project (tokenizers, datasets, configs,
 // recipes, adapter files): a file's bytes with absl::Status errors that name

@@ -25,8 +25,7 @@
 #include "peft/io/read_file.h"
 
 // The format is little-endian; tensors are written and mapped as raw bytes.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "peft::io safetensors support assumes a little-endian host");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "peft::io safetensors support assumes a little-endian host");
 
 namespace peft::io {
 namespace {
@@ -124,34 +123,27 @@ size_t first_invalid_utf8(const uint8_t* s, size_t n) {
 
 // Parses JSON text, rejecting duplicate keys in any object (nlohmann keeps
 // one silently). `what` prefixes error messages.
-absl::StatusOr<Json> parse_json_strict(const char* begin, const char* end,
-                                       const std::string& what) {
+absl::StatusOr<Json> parse_json_strict(const char* begin, const char* end, const std::string& what) {
   // nlohmann's lexer takes a NUL byte for the end of input and would ignore
   // everything after it; valid JSON never contains a raw NUL.
   if (const void* nul = std::memchr(begin, '\0', end - begin)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " is not valid JSON: raw NUL byte at offset ",
-                     static_cast<const char*>(nul) - begin));
+        absl::StrCat(what, " is not valid JSON: raw NUL byte at offset ", static_cast<const char*>(nul) - begin));
   }
   std::vector<std::set<std::string>> keys;  // one key set per open object
   std::string duplicate;
-  auto callback = [&](int /*depth*/, Json::parse_event_t event,
-                      Json& parsed) -> bool {
+  auto callback = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) -> bool {
     switch (event) {
-      case Json::parse_event_t::object_start:
-        keys.emplace_back();
-        break;
+      case Json::parse_event_t::object_start: keys.emplace_back(); break;
       case Json::parse_event_t::object_end:
         if (!keys.empty()) keys.pop_back();
         break;
       case Json::parse_event_t::key:
-        if (!keys.empty() && duplicate.empty() &&
-            !keys.back().insert(parsed.get<std::string>()).second) {
+        if (!keys.empty() && duplicate.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
           duplicate = parsed.get<std::string>();
         }
         break;
-      default:
-        break;
+      default: break;
     }
     return true;
   };
@@ -160,13 +152,11 @@ absl::StatusOr<Json> parse_json_strict(const char* begin, const char* end,
     j = Json::parse(begin, end, callback, /*allow_exceptions=*/true,
                     /*ignore_comments=*/false);
   } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " is not valid JSON: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(what, " is not valid JSON: ", e.what()));
   }
   if (!duplicate.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " has a duplicate key '", duplicate,
-                     "' (duplicate tensor names are not allowed)"));
+        absl::StrCat(what, " has a duplicate key '", duplicate, "' (duplicate tensor names are not allowed)"));
   }
   return j;
 }
@@ -187,8 +177,7 @@ std::string escape_json(const std::string& s) {
 }
 
 absl::Status invalid(const std::string& path, const std::string& msg) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("invalid safetensors file '", path, "': ", msg));
+  return absl::InvalidArgumentError(absl::StrCat("invalid safetensors file '", path, "': ", msg));
 }
 
 size_t page_size() {
@@ -201,17 +190,14 @@ size_t page_size() {
 // ---------------------------------------------------------------------------
 // dtype helpers
 
-absl::StatusOr<c10::ScalarType> scalar_type_from_safetensors(
-    std::string_view dtype) {
+absl::StatusOr<c10::ScalarType> scalar_type_from_safetensors(std::string_view dtype) {
   const DtypeSpec* d = find_dtype(dtype);
   if (d == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown safetensors dtype '", std::string(dtype), "'"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown safetensors dtype '", std::string(dtype), "'"));
   }
   if (d->type == kNone) {
     return absl::UnimplementedError(
-        absl::StrCat("safetensors dtype ", std::string(dtype),
-                     " has no LibTorch equivalent here"));
+        absl::StrCat("safetensors dtype ", std::string(dtype), " has no LibTorch equivalent here"));
   }
   return d->type;
 }
@@ -220,8 +206,7 @@ absl::StatusOr<std::string> safetensors_dtype_name(c10::ScalarType t) {
   const DtypeSpec* d = find_dtype(t);
   if (d == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("torch dtype ", c10::toString(t),
-                     " cannot be stored in safetensors by peft::io"));
+        absl::StrCat("torch dtype ", c10::toString(t), " cannot be stored in safetensors by peft::io"));
   }
   return std::string(d->name);
 }
@@ -229,8 +214,7 @@ absl::StatusOr<std::string> safetensors_dtype_name(c10::ScalarType t) {
 absl::StatusOr<int> safetensors_dtype_bits(std::string_view dtype) {
   const DtypeSpec* d = find_dtype(dtype);
   if (d == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown safetensors dtype '", std::string(dtype), "'"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown safetensors dtype '", std::string(dtype), "'"));
   }
   return d->bits;
 }
@@ -250,8 +234,7 @@ SafetensorsFile::~SafetensorsFile() = default;
 
 uint64_t SafetensorsFile::file_size() const { return mapping_->size; }
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return absl::ErrnoToStatus(errno, "cannot open '" + path + "'");
@@ -287,32 +270,27 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
   uint64_t n = 0;
   std::memcpy(&n, base, 8);  // little-endian host (static_assert above)
   if (n > kMaxHeaderBytes) {
-    return invalid(
-        path, absl::StrCat("header length ", n, " exceeds the ",
-                           kMaxHeaderBytes, "-byte limit (HeaderTooLarge)"));
+    return invalid(path,
+                   absl::StrCat("header length ", n, " exceeds the ", kMaxHeaderBytes, "-byte limit (HeaderTooLarge)"));
   }
   // n <= 1e8, so 8 + n cannot overflow.
   if (8 + n > file_size) {
-    return invalid(
-        path, absl::StrCat("header length ", n, " runs past the end of the ",
-                           file_size, "-byte file (InvalidHeaderLength)"));
+    return invalid(path, absl::StrCat("header length ", n, " runs past the end of the ", file_size,
+                                      "-byte file (InvalidHeaderLength)"));
   }
   const uint8_t* header = base + 8;
   size_t bad = first_invalid_utf8(header, n);
   if (bad != n) {
-    return invalid(path, absl::StrCat("header is not valid UTF-8 at byte ",
-                                      8 + bad, " of the file (InvalidHeader)"));
+    return invalid(path, absl::StrCat("header is not valid UTF-8 at byte ", 8 + bad, " of the file (InvalidHeader)"));
   }
   if (n == 0 || header[0] != '{') {
     return invalid(path, "header does not start with '{' (InvalidHeaderStart)");
   }
   const std::string what = "header of '" + path + "'";
   absl::StatusOr<Json> parsed =
-      parse_json_strict(reinterpret_cast<const char*>(header),
-                        reinterpret_cast<const char*>(header + n), what);
+      parse_json_strict(reinterpret_cast<const char*>(header), reinterpret_cast<const char*>(header + n), what);
   if (!parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid safetensors file: ", parsed.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("invalid safetensors file: ", parsed.status().message()));
   }
   const Json& j = *parsed;
   if (!j.is_object()) {
@@ -331,17 +309,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          return invalid(path, absl::StrCat("__metadata__ value of '", key,
-                                            "' is not a string (got ",
-                                            value.type_name(), ")"));
+          return invalid(
+              path, absl::StrCat("__metadata__ value of '", key, "' is not a string (got ", value.type_name(), ")"));
         }
         file->metadata_[key] = value.get<std::string>();
       }
       continue;
     }
-    auto bad_entry = [&](const std::string& msg) {
-      return invalid(path, absl::StrCat("tensor '", name, "': ", msg));
-    };
+    auto bad_entry = [&](const std::string& msg) { return invalid(path, absl::StrCat("tensor '", name, "': ", msg)); };
     if (!entry.is_object()) return bad_entry("entry is not a JSON object");
     // Unknown extra keys are ignored, as the reference reader does.
     auto dtype_it = entry.find("dtype");
@@ -353,8 +328,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
     if (shape_it == entry.end() || !shape_it->is_array()) {
       return bad_entry("\"shape\" missing or not an array");
     }
-    if (offsets_it == entry.end() || !offsets_it->is_array() ||
-        offsets_it->size() != 2) {
+    if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2) {
       return bad_entry("\"data_offsets\" missing or not a [begin, end] pair");
     }
     TensorInfo info;
@@ -370,43 +344,33 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
     bool overflow = false;
     for (const Json& d : *shape_it) {
       uint64_t dim = 0;
-      if (!get_uint(d,
-                    static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
-                    &dim)) {
+      if (!get_uint(d, static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), &dim)) {
         return bad_entry(absl::StrCat("shape ", shape_it->dump(),
                                       " has an entry that is not a "
                                       "non-negative 64-bit integer"));
       }
       info.shape.push_back(static_cast<int64_t>(dim));
-      if (!overflow && __builtin_mul_overflow(bits, dim, &bits))
-        overflow = true;
+      if (!overflow && __builtin_mul_overflow(bits, dim, &bits)) overflow = true;
     }
     if (overflow) {
-      return bad_entry(absl::StrCat("shape ", shape_it->dump(), " x ",
-                                    spec->bits,
-                                    " bits overflows (ValidationOverflow)"));
+      return bad_entry(
+          absl::StrCat("shape ", shape_it->dump(), " x ", spec->bits, " bits overflows (ValidationOverflow)"));
     }
-    if (!get_uint((*offsets_it)[0], std::numeric_limits<uint64_t>::max(),
-                  &info.begin) ||
-        !get_uint((*offsets_it)[1], std::numeric_limits<uint64_t>::max(),
-                  &info.end)) {
-      return bad_entry(absl::StrCat("data_offsets ", offsets_it->dump(),
-                                    " are not non-negative integers"));
+    if (!get_uint((*offsets_it)[0], std::numeric_limits<uint64_t>::max(), &info.begin) ||
+        !get_uint((*offsets_it)[1], std::numeric_limits<uint64_t>::max(), &info.end)) {
+      return bad_entry(absl::StrCat("data_offsets ", offsets_it->dump(), " are not non-negative integers"));
     }
     if (info.end < info.begin) {
-      return bad_entry(absl::StrCat("data_offsets ", offsets_it->dump(),
-                                    " end before they begin (InvalidOffset)"));
+      return bad_entry(absl::StrCat("data_offsets ", offsets_it->dump(), " end before they begin (InvalidOffset)"));
     }
     if (bits % 8 != 0) {
-      return bad_entry(absl::StrCat(
-          "shape ", shape_it->dump(), " of ", info.dtype, " is ", bits,
-          " bits, not a whole number of bytes (MisalignedSlice)"));
+      return bad_entry(absl::StrCat("shape ", shape_it->dump(), " of ", info.dtype, " is ", bits,
+                                    " bits, not a whole number of bytes (MisalignedSlice)"));
     }
     if (bits / 8 != info.end - info.begin) {
-      return bad_entry(absl::StrCat(
-          "size mismatch: ", info.dtype, " ", shape_it->dump(), " needs ",
-          bits / 8, " bytes but data_offsets ", offsets_it->dump(), " span ",
-          info.end - info.begin, " (TensorInvalidInfo)"));
+      return bad_entry(absl::StrCat("size mismatch: ", info.dtype, " ", shape_it->dump(), " needs ", bits / 8,
+                                    " bytes but data_offsets ", offsets_it->dump(), " span ", info.end - info.begin,
+                                    " (TensorInvalidInfo)"));
     }
     file->tensors_.push_back(std::move(info));
   }
@@ -416,48 +380,37 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(
   std::vector<const TensorInfo*> by_offset;
   by_offset.reserve(file->tensors_.size());
   for (const TensorInfo& t : file->tensors_) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) {
-              return std::tie(a->begin, a->end, a->name) <
-                     std::tie(b->begin, b->end, b->name);
-            });
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return std::tie(a->begin, a->end, a->name) < std::tie(b->begin, b->end, b->name);
+  });
   uint64_t expected = 0;
   for (const TensorInfo* t : by_offset) {
     if (t->begin != expected) {
-      return invalid(
-          path, absl::StrCat("tensor '", t->name, "' data_offsets [", t->begin,
-                             ", ", t->end, "] ",
-                             t->begin > expected ? "leave a gap" : "overlap",
-                             ": expected it to begin at data offset ", expected,
-                             " (InvalidOffset)"));
+      return invalid(path, absl::StrCat("tensor '", t->name, "' data_offsets [", t->begin, ", ", t->end, "] ",
+                                        t->begin > expected ? "leave a gap" : "overlap",
+                                        ": expected it to begin at data offset ", expected, " (InvalidOffset)"));
     }
     expected = t->end;
   }
   const uint64_t data_len = file_size - file->data_start_;
   if (expected != data_len) {
-    return invalid(
-        path,
-        expected < data_len
-            ? absl::StrCat("tensors cover ", expected,
-                           " data bytes but the file has ", data_len,
-                           " (trailing bytes after the last tensor; "
-                           "MetadataIncompleteBuffer)")
-            : absl::StrCat("tensors need ", expected,
-                           " data bytes but the file has only ", data_len,
-                           " (truncated file; MetadataIncompleteBuffer)"));
+    return invalid(path, expected < data_len
+                             ? absl::StrCat("tensors cover ", expected, " data bytes but the file has ", data_len,
+                                            " (trailing bytes after the last tensor; "
+                                            "MetadataIncompleteBuffer)")
+                             : absl::StrCat("tensors need ", expected, " data bytes but the file has only ", data_len,
+                                            " (truncated file; MetadataIncompleteBuffer)"));
   }
   file->data_bytes_ = data_len;
-  std::sort(
-      file->tensors_.begin(), file->tensors_.end(),
-      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  std::sort(file->tensors_.begin(), file->tensors_.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   file->mapping_ = std::move(mapping);
   return file;
 }
 
 const TensorInfo* SafetensorsFile::find(std::string_view name) const {
-  auto it = std::lower_bound(
-      tensors_.begin(), tensors_.end(), name,
-      [](const TensorInfo& t, std::string_view n) { return t.name < n; });
+  auto it = std::lower_bound(tensors_.begin(), tensors_.end(), name,
+                             [](const TensorInfo& t, std::string_view n) { return t.name < n; });
   if (it == tensors_.end() || it->name != name) return nullptr;
   return &*it;
 }
@@ -465,18 +418,15 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 absl::StatusOr<at::Tensor> SafetensorsFile::view(std::string_view name) const {
   const TensorInfo* info = find(name);
   if (info == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no tensor '", std::string(name), "' in '", path_, "'"));
+    return absl::NotFoundError(absl::StrCat("no tensor '", std::string(name), "' in '", path_, "'"));
   }
   if (info->scalar_type == kNone) {
-    return absl::UnimplementedError(
-        absl::StrCat("tensor '", info->name, "' in '", path_, "' has dtype ",
-                     info->dtype, ", which peft::io cannot load"));
+    return absl::UnimplementedError(absl::StrCat("tensor '", info->name, "' in '", path_, "' has dtype ", info->dtype,
+                                                 ", which peft::io cannot load"));
   }
   at::Tensor out;
   absl::Status s = status_from_torch_error("safetensors view", [&] {
-    at::TensorOptions options =
-        at::TensorOptions().dtype(info->scalar_type).device(at::kCPU);
+    at::TensorOptions options = at::TensorOptions().dtype(info->scalar_type).device(at::kCPU);
     const uint8_t* data = mapping_->base + data_start_ + info->begin;
     const size_t itemsize = c10::elementSize(info->scalar_type);
     if (info->nbytes() == 0) {
@@ -496,8 +446,7 @@ absl::StatusOr<at::Tensor> SafetensorsFile::view(std::string_view name) const {
   return out;
 }
 
-absl::StatusOr<at::Tensor> SafetensorsFile::load(
-    std::string_view name, std::optional<c10::ScalarType> dtype) const {
+absl::StatusOr<at::Tensor> SafetensorsFile::load(std::string_view name, std::optional<c10::ScalarType> dtype) const {
   PEFT_ASSIGN_OR_RETURN(at::Tensor v, view(name));
   at::Tensor out;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("safetensors load", [&] {
@@ -519,19 +468,16 @@ void SafetensorsFile::release(std::string_view name) const {
   to = std::min<uint64_t>(to, (mapping_->size + page - 1) / page * page);
   // Read-only private mapping with no private writes: dropped pages are
   // re-read from the file if touched again.
-  madvise(const_cast<uint8_t*>(mapping_->base) + from, to - from,
-          MADV_DONTNEED);
+  madvise(const_cast<uint8_t*>(mapping_->base) + from, to - from, MADV_DONTNEED);
 }
 
-absl::Status SafetensorsFile::read_into(std::string_view name,
-                                        const at::Tensor& dst) const {
+absl::Status SafetensorsFile::read_into(std::string_view name, const at::Tensor& dst) const {
   PEFT_ASSIGN_OR_RETURN(at::Tensor src, view(name));
   const TensorInfo* info = find(name);
-  if (!dst.defined() || !dst.is_contiguous() || !dst.device().is_cpu() ||
-      dst.sizes() != src.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "read_into '", std::string(name), "': destination must be a contiguous CPU tensor of "
-        "the tensor's shape"));
+  if (!dst.defined() || !dst.is_contiguous() || !dst.device().is_cpu() || dst.sizes() != src.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat("read_into '", std::string(name),
+                                                   "': destination must be a contiguous CPU tensor of "
+                                                   "the tensor's shape"));
   }
   const int64_t n = src.numel();
   if (n == 0) return absl::OkStatus();
@@ -549,12 +495,10 @@ absl::Status SafetensorsFile::read_into(std::string_view name,
       // straddling the next chunk stays until that chunk is done.
       const uint64_t from = (base + static_cast<uint64_t>(i * item)) / page * page;
       const uint64_t done = base + static_cast<uint64_t>((i + len) * item);
-      const uint64_t to = i + len == n ? (done + page - 1) / page * page
-                                       : done / page * page;
+      const uint64_t to = i + len == n ? (done + page - 1) / page * page : done / page * page;
       if (to > from) {
         madvise(const_cast<uint8_t*>(mapping_->base) + from,
-                std::min<uint64_t>(to, (mapping_->size + page - 1) / page * page) - from,
-                MADV_DONTNEED);
+                std::min<uint64_t>(to, (mapping_->size + page - 1) / page * page) - from, MADV_DONTNEED);
       }
     }
   });
@@ -567,23 +511,20 @@ void SafetensorsFile::release_all() const {
 // ---------------------------------------------------------------------------
 // CheckpointReader
 
-absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
-    const std::string& dir_or_file) {
+absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(const std::string& dir_or_file) {
   std::unique_ptr<CheckpointReader> reader(new CheckpointReader());
   std::error_code ec;
   fs::file_status st = fs::status(dir_or_file, ec);
   if (ec || !fs::exists(st)) {
-    return absl::NotFoundError("checkpoint '" + dir_or_file +
-                               "' does not exist");
+    return absl::NotFoundError("checkpoint '" + dir_or_file + "' does not exist");
   }
   auto add_file = [&](std::unique_ptr<SafetensorsFile> f) -> absl::Status {
     for (const TensorInfo& t : f->tensors()) {
       auto [it, inserted] = reader->index_.emplace(t.name, f.get());
       if (!inserted) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("checkpoint '", dir_or_file, "': tensor '", t.name,
-                         "' is present in two shards, '", it->second->path(),
-                         "' and '", f->path(), "'"));
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", dir_or_file, "': tensor '", t.name,
+                                                       "' is present in two shards, '", it->second->path(), "' and '",
+                                                       f->path(), "'"));
       }
     }
     reader->files_.push_back(std::move(f));
@@ -591,8 +532,7 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
   };
 
   if (!fs::is_directory(st)) {
-    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f,
-                          SafetensorsFile::open(dir_or_file));
+    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::open(dir_or_file));
     PEFT_RETURN_IF_ERROR(add_file(std::move(f)));
     return reader;
   }
@@ -602,22 +542,18 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
     const std::string single = dir_or_file + "/" + kSingleName;
     if (!fs::exists(single, ec)) {
       return absl::NotFoundError(
-          absl::StrCat("checkpoint directory '", dir_or_file, "' has neither ",
-                       kIndexName, " nor ", kSingleName));
+          absl::StrCat("checkpoint directory '", dir_or_file, "' has neither ", kIndexName, " nor ", kSingleName));
     }
-    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f,
-                          SafetensorsFile::open(single));
+    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::open(single));
     PEFT_RETURN_IF_ERROR(add_file(std::move(f)));
     return reader;
   }
 
   PEFT_ASSIGN_OR_RETURN(std::string text, read_file(index_path));
-  PEFT_ASSIGN_OR_RETURN(
-      Json index, parse_json_strict(text.data(), text.data() + text.size(),
-                                    "index '" + index_path + "'"));
+  PEFT_ASSIGN_OR_RETURN(Json index,
+                        parse_json_strict(text.data(), text.data() + text.size(), "index '" + index_path + "'"));
   auto bad_index = [&](const std::string& msg) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid index '", index_path, "': ", msg));
+    return absl::InvalidArgumentError(absl::StrCat("invalid index '", index_path, "': ", msg));
   };
   if (!index.is_object()) return bad_index("not a JSON object");
   auto wm = index.find("weight_map");
@@ -628,17 +564,15 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
   std::set<std::string> shards;
   for (const auto& [name, shard] : wm->items()) {
     if (!shard.is_string()) {
-      return bad_index(absl::StrCat("weight_map entry '", name,
-                                    "' is not a file name string"));
+      return bad_index(absl::StrCat("weight_map entry '", name, "' is not a file name string"));
     }
     const std::string file = shard.get<std::string>();
     fs::path rel(file);
     bool escapes = file.empty() || rel.is_absolute();
     for (const fs::path& part : rel) escapes |= (part == "..");
     if (escapes) {
-      return bad_index(absl::StrCat("weight_map entry '", name,
-                                    "' names shard '", file,
-                                    "' outside the checkpoint directory"));
+      return bad_index(
+          absl::StrCat("weight_map entry '", name, "' names shard '", file, "' outside the checkpoint directory"));
     }
     weight_map[name] = file;
     shards.insert(file);
@@ -647,18 +581,15 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::open(
   for (const std::string& shard : shards) {
     const std::string shard_path = dir_or_file + "/" + shard;
     if (!fs::exists(shard_path, ec)) {
-      return absl::NotFoundError(absl::StrCat(
-          "index '", index_path, "' names missing shard '", shard, "'"));
+      return absl::NotFoundError(absl::StrCat("index '", index_path, "' names missing shard '", shard, "'"));
     }
-    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f,
-                          SafetensorsFile::open(shard_path));
+    PEFT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::open(shard_path));
     shard_files[shard] = f.get();
     PEFT_RETURN_IF_ERROR(add_file(std::move(f)));
   }
   for (const auto& [name, shard] : weight_map) {
     if (shard_files.at(shard)->find(name) == nullptr) {
-      return bad_index(absl::StrCat("weight_map maps '", name, "' to '", shard,
-                                    "', which has no such tensor"));
+      return bad_index(absl::StrCat("weight_map maps '", name, "' to '", shard, "', which has no such tensor"));
     }
   }
   return reader;
@@ -684,24 +615,20 @@ const TensorInfo* CheckpointReader::find(std::string_view name) const {
 absl::StatusOr<at::Tensor> CheckpointReader::view(std::string_view name) const {
   const SafetensorsFile* f = file_of(name);
   if (f == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no tensor '", std::string(name), "' in the checkpoint"));
+    return absl::NotFoundError(absl::StrCat("no tensor '", std::string(name), "' in the checkpoint"));
   }
   return f->view(name);
 }
 
-absl::StatusOr<at::Tensor> CheckpointReader::load(
-    std::string_view name, std::optional<c10::ScalarType> dtype) const {
+absl::StatusOr<at::Tensor> CheckpointReader::load(std::string_view name, std::optional<c10::ScalarType> dtype) const {
   const SafetensorsFile* f = file_of(name);
   if (f == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no tensor '", std::string(name), "' in the checkpoint"));
+    return absl::NotFoundError(absl::StrCat("no tensor '", std::string(name), "' in the checkpoint"));
   }
   return f->load(name, dtype);
 }
 
-absl::Status CheckpointReader::read_into(std::string_view name,
-                                         const at::Tensor& dst) const {
+absl::Status CheckpointReader::read_into(std::string_view name, const at::Tensor& dst) const {
   const SafetensorsFile* f = file_of(name);
   if (f == nullptr) {
     return absl::NotFoundError(absl::StrCat("no tensor named '", std::string(name), "'"));
@@ -731,47 +658,40 @@ struct PlannedTensor {
   uint64_t nbytes;
 };
 
-absl::StatusOr<std::vector<PlannedTensor>> plan_tensors(
-    const std::string& path, const std::vector<NamedTensor>& tensors) {
+absl::StatusOr<std::vector<PlannedTensor>> plan_tensors(const std::string& path,
+                                                        const std::vector<NamedTensor>& tensors) {
   std::vector<PlannedTensor> plan;
   plan.reserve(tensors.size());
   std::set<std::string_view> seen;
   for (const NamedTensor& t : tensors) {
     if (!seen.insert(t.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot save '", path, "': duplicate tensor name '", t.name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot save '", path, "': duplicate tensor name '", t.name, "'"));
     }
     if (t.name == "__metadata__") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot save '", path, "': '__metadata__' is reserved"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot save '", path, "': '__metadata__' is reserved"));
     }
     if (!t.tensor.defined()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot save '", path, "': tensor '", t.name, "' is undefined"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot save '", path, "': tensor '", t.name, "' is undefined"));
     }
     const DtypeSpec* spec = find_dtype(t.tensor.scalar_type());
     if (spec == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot save '", path, "': tensor '", t.name, "' has torch dtype ",
-          c10::toString(t.tensor.scalar_type()),
-          ", which has no safetensors name here"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot save '", path, "': tensor '", t.name, "' has torch dtype ",
+                                                     c10::toString(t.tensor.scalar_type()),
+                                                     ", which has no safetensors name here"));
     }
     plan.push_back({&t, spec, static_cast<uint64_t>(t.tensor.nbytes())});
   }
   // The reference writer's order: dtype alignment descending, then name
   // (byte-wise, as std::string compares).
-  std::sort(plan.begin(), plan.end(),
-            [](const PlannedTensor& a, const PlannedTensor& b) {
-              if (a.spec->rank != b.spec->rank)
-                return a.spec->rank > b.spec->rank;
-              return a.source->name < b.source->name;
-            });
+  std::sort(plan.begin(), plan.end(), [](const PlannedTensor& a, const PlannedTensor& b) {
+    if (a.spec->rank != b.spec->rank) return a.spec->rank > b.spec->rank;
+    return a.source->name < b.source->name;
+  });
   return plan;
 }
 
-absl::StatusOr<std::string> build_header(
-    const std::string& path, const std::vector<PlannedTensor>& plan,
-    const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<std::string> build_header(const std::string& path, const std::vector<PlannedTensor>& plan,
+                                         const std::map<std::string, std::string>& metadata) {
   // Written by hand (not via a Json object, which would sort the keys) so the
   // bytes match the reference: compact, __metadata__ first, and each entry as
   // {"dtype","shape","data_offsets"}.
@@ -812,16 +732,15 @@ absl::StatusOr<std::string> build_header(
       h += "]}";
     }
   } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot save '", path,
-        "': a tensor name or metadata string is not valid UTF-8: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot save '", path, "': a tensor name or metadata string is not valid UTF-8: ", e.what()));
   }
   h += '}';
   h.append((8 - h.size() % 8) % 8, ' ');
   if (h.size() > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot save '", path, "': header of ", h.size(), " bytes exceeds the ",
-        kMaxHeaderBytes, "-byte limit readers accept"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot save '", path, "': header of ", h.size(),
+                                                   " bytes exceeds the ", kMaxHeaderBytes,
+                                                   "-byte limit readers accept"));
   }
   return h;
 }
@@ -838,21 +757,17 @@ absl::Status write_tensor_data(AtomicFileWriter& out, const PlannedTensor& p) {
 }
 
 bool is_checkpoint_file_name(const std::string& name) {
-  static const std::regex pattern(
-      R"(model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)");
+  static const std::regex pattern(R"(model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)");
   return std::regex_match(name, pattern);
 }
 
 }  // namespace
 
-absl::Status save_safetensors(
-    const std::string& path, const std::vector<NamedTensor>& tensors,
-    const std::map<std::string, std::string>& metadata) {
-  PEFT_ASSIGN_OR_RETURN(std::vector<PlannedTensor> plan,
-                        plan_tensors(path, tensors));
+absl::Status save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  PEFT_ASSIGN_OR_RETURN(std::vector<PlannedTensor> plan, plan_tensors(path, tensors));
   PEFT_ASSIGN_OR_RETURN(std::string header, build_header(path, plan, metadata));
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
-                        AtomicFileWriter::create(path));
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out, AtomicFileWriter::create(path));
   const uint64_t n = header.size();
   PEFT_RETURN_IF_ERROR(out->write(&n, 8));  // little-endian host
   PEFT_RETURN_IF_ERROR(out->write(header.data(), header.size()));
@@ -862,15 +777,12 @@ absl::Status save_safetensors(
   return out->commit();
 }
 
-absl::Status save_checkpoint(
-    const std::string& dir, const std::vector<NamedTensor>& tensors,
-    uint64_t max_shard_bytes,
-    const std::map<std::string, std::string>& metadata) {
+absl::Status save_checkpoint(const std::string& dir, const std::vector<NamedTensor>& tensors, uint64_t max_shard_bytes,
+                             const std::map<std::string, std::string>& metadata) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot create checkpoint directory '", dir, "': ", ec.message()));
+    return absl::InvalidArgumentError(absl::StrCat("cannot create checkpoint directory '", dir, "': ", ec.message()));
   }
   // Validate everything (names, dtypes) before the first file is written.
   PEFT_RETURN_IF_ERROR(plan_tensors(dir, tensors).status());
@@ -900,24 +812,19 @@ absl::Status save_checkpoint(
 
   std::set<std::string> written;
   if (shards.size() == 1) {
-    PEFT_RETURN_IF_ERROR(
-        save_safetensors(dir + "/" + kSingleName, shards[0], metadata));
+    PEFT_RETURN_IF_ERROR(save_safetensors(dir + "/" + kSingleName, shards[0], metadata));
     written.insert(kSingleName);
   } else {
     Json weight_map = Json::object();
     for (size_t i = 0; i < shards.size(); ++i) {
-      const std::string name = absl::StrFormat("model-%05d-of-%05d.safetensors",
-                                               i + 1, shards.size());
-      PEFT_RETURN_IF_ERROR(
-          save_safetensors(dir + "/" + name, shards[i], metadata));
+      const std::string name = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
+      PEFT_RETURN_IF_ERROR(save_safetensors(dir + "/" + name, shards[i], metadata));
       written.insert(name);
       for (const NamedTensor& t : shards[i]) weight_map[t.name] = name;
     }
-    Json index = {{"metadata", {{"total_size", total_bytes}}},
-                  {"weight_map", std::move(weight_map)}};
+    Json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", std::move(weight_map)}};
     // Same shape as huggingface_hub: sorted keys, 2-space indent, newline.
-    PEFT_RETURN_IF_ERROR(
-        write_file_atomically(dir + "/" + kIndexName, index.dump(2) + "\n"));
+    PEFT_RETURN_IF_ERROR(write_file_atomically(dir + "/" + kIndexName, index.dump(2) + "\n"));
     written.insert(kIndexName);
   }
 
@@ -932,16 +839,14 @@ absl::Status save_checkpoint(
     }
   }
   if (ec) {
-    return absl::InternalError(absl::StrCat(
-        "cannot list '", dir, "' to remove stale shards: ", ec.message()));
+    return absl::InternalError(absl::StrCat("cannot list '", dir, "' to remove stale shards: ", ec.message()));
   }
   std::stable_partition(stale.begin(), stale.end(), [](const std::string& s) {
     return s.size() >= 11 && s.compare(s.size() - 11, 11, ".index.json") == 0;
   });
   for (const std::string& name : stale) {
     if (!fs::remove(dir + "/" + name, ec) && ec) {
-      return absl::InternalError(absl::StrCat("cannot remove stale '", dir, "/",
-                                              name, "': ", ec.message()));
+      return absl::InternalError(absl::StrCat("cannot remove stale '", dir, "/", name, "': ", ec.message()));
     }
   }
   return absl::OkStatus();

@@ -1,4 +1,3 @@
-// File: peft/io/safetensors.h
 //
 // Reading and writing Hugging Face safetensors files and (sharded) checkpoint
 // directories, byte-compatible with the reference `safetensors` library
@@ -87,8 +86,7 @@ class SafetensorsFile final {
   /// (interop.md 1.3). Errors name the file and the offending tensor or byte
   /// offset: kNotFound / kPermissionDenied etc. for I/O, kInvalidArgument for
   /// a malformed file.
-  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> open(
-      const std::string& path);
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> open(const std::string& path);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -99,9 +97,7 @@ class SafetensorsFile final {
   /// The entry named `name`, or nullptr if absent.
   const TensorInfo* find(std::string_view name) const;
   /// The `__metadata__` map (empty when the file has none).
-  const std::map<std::string, std::string>& metadata() const {
-    return metadata_;
-  }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   /// CPU tensor over the mapped bytes: no copy, and the memory is read-only
   /// (writing through it crashes): callers copy_ from it, never write. When
@@ -113,9 +109,7 @@ class SafetensorsFile final {
   absl::StatusOr<at::Tensor> view(std::string_view name) const;
 
   /// Owned, contiguous CPU copy, converted to `dtype` when given.
-  absl::StatusOr<at::Tensor> load(
-      std::string_view name,
-      std::optional<c10::ScalarType> dtype = std::nullopt) const;
+  absl::StatusOr<at::Tensor> load(std::string_view name, std::optional<c10::ScalarType> dtype = std::nullopt) const;
 
   /// Drops the pages of `name` from this process's memory (madvise
   /// MADV_DONTNEED) after the caller copied it, so loading a model never holds
@@ -160,8 +154,7 @@ class SafetensorsFile final {
 /// weight_map entries are kept (as transformers does). Immutable after open().
 class CheckpointReader final {
  public:
-  static absl::StatusOr<std::unique_ptr<CheckpointReader>> open(
-      const std::string& dir_or_file);
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> open(const std::string& dir_or_file);
 
   /// All tensor names, sorted.
   std::vector<std::string> names() const;
@@ -170,9 +163,7 @@ class CheckpointReader final {
   /// See SafetensorsFile::view().
   absl::StatusOr<at::Tensor> view(std::string_view name) const;
   /// See SafetensorsFile::load().
-  absl::StatusOr<at::Tensor> load(
-      std::string_view name,
-      std::optional<c10::ScalarType> dtype = std::nullopt) const;
+  absl::StatusOr<at::Tensor> load(std::string_view name, std::optional<c10::ScalarType> dtype = std::nullopt) const;
   /// See SafetensorsFile::release().
   void release(std::string_view name) const;
   /// See SafetensorsFile::read_into().
@@ -181,9 +172,7 @@ class CheckpointReader final {
   uint64_t total_bytes() const;
 
   /// The opened files (one, or one per shard in file-name order).
-  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const {
-    return files_;
-  }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   /// The file holding `name`, or nullptr.
   const SafetensorsFile* file_of(std::string_view name) const;
 
@@ -209,9 +198,8 @@ struct NamedTensor {
 /// duplicate *name*, the name "__metadata__", an undefined tensor, a dtype
 /// with no safetensors name or a name/metadata string that is not valid UTF-8
 /// is kInvalidArgument and leaves `path` untouched.
-absl::Status save_safetensors(
-    const std::string& path, const std::vector<NamedTensor>& tensors,
-    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+absl::Status save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
 /// Writes `model.safetensors`, or, when the data exceeds `max_shard_bytes`,
 /// shards `model-00001-of-0000N.safetensors` plus
@@ -225,15 +213,13 @@ absl::Status save_safetensors(
 /// previous save in `dir` (matching `model(-\d{5}-of-\d{5})?.safetensors
 /// (.index.json)?`) are removed only after the new files are complete, index
 /// first.
-absl::Status save_checkpoint(
-    const std::string& dir, const std::vector<NamedTensor>& tensors,
-    uint64_t max_shard_bytes = 5ull << 30,
-    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+absl::Status save_checkpoint(const std::string& dir, const std::vector<NamedTensor>& tensors,
+                             uint64_t max_shard_bytes = 5ull << 30,
+                             const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
 /// "F32" -> at::kFloat etc. kUnimplemented for a valid spec dtype without a
 /// LibTorch 1.13 equivalent; kInvalidArgument for an unknown string.
-absl::StatusOr<c10::ScalarType> scalar_type_from_safetensors(
-    std::string_view dtype);
+absl::StatusOr<c10::ScalarType> scalar_type_from_safetensors(std::string_view dtype);
 
 /// at::kFloat -> "F32" etc. kInvalidArgument for types safetensors (or this
 /// library) cannot store (quantized, complex, ...).

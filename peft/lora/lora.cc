@@ -6,8 +6,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "peft/core/autocast.h"
@@ -61,9 +61,7 @@ LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, 
       a.uniform_(-bound, bound, gen);
       break;
     }
-    case proto::LoraOptions::GAUSSIAN:
-      a.normal_(0.0, 1.0 / static_cast<double>(r), gen);
-      break;
+    case proto::LoraOptions::GAUSSIAN: a.normal_(0.0, 1.0 / static_cast<double>(r), gen); break;
     case proto::LoraOptions::PISSA: {
       // W = U S Vᵀ; A = sqrt(S_r/s) V_rᵀ, B = U_r sqrt(S_r/s), so s·B A = U_r S_r V_rᵀ.
       at::Tensor w = weight.to(at::kFloat);
@@ -83,8 +81,7 @@ LoraLinearImpl::LoraLinearImpl(const proto::LoraOptions& o, at::Tensor& weight, 
       weight.copy_(w - scaling * at::matmul(b, a));
       break;
     }
-    default:
-      TORCH_CHECK(false, "unknown LoRA init ", static_cast<int>(o.init()));
+    default: TORCH_CHECK(false, "unknown LoRA init ", static_cast<int>(o.init()));
   }
   if (residual_init(o)) {
     // Copies: register_parameter keeps (and trains) the tensors it is given.
@@ -144,8 +141,8 @@ absl::Status check_patterns(const google::protobuf::RepeatedPtrField<Entry>& ent
     try {
       std::regex re(e.key());
     } catch (const std::regex_error& err) {
-      return absl::InvalidArgumentError(absl::StrCat("lora.", field, " key '", e.key(),
-                                                     "' is not a valid regular expression: ", err.what()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora.", field, " key '", e.key(), "' is not a valid regular expression: ", err.what()));
     }
   }
   return absl::OkStatus();
@@ -175,8 +172,8 @@ absl::Status read_pattern(const ordered_json& j, const char* name, bool integer,
   if (!j.contains(name) || j[name].is_null()) return absl::OkStatus();
   const ordered_json& p = j[name];
   if (!p.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: '", name, "' must be an object {pattern: ",
-                                                   integer ? "rank" : "alpha", "}"));
+    return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: '", name,
+                                                   "' must be an object {pattern: ", integer ? "rank" : "alpha", "}"));
   }
   for (const auto& item : p.items()) {
     if (integer ? !item.value().is_number_integer() : !item.value().is_number()) {
@@ -221,7 +218,8 @@ AdapterMethod lora_method() {
   m.validate = [](const proto::AdapterConfig& c) -> absl::Status {
     const proto::LoraOptions& o = c.lora();
     if (o.r() <= 0) return absl::InvalidArgumentError(absl::StrCat("lora.r must be positive, got ", o.r()));
-    if (!(o.alpha() > 0)) return absl::InvalidArgumentError(absl::StrCat("lora.alpha must be positive, got ", o.alpha()));
+    if (!(o.alpha() > 0))
+      return absl::InvalidArgumentError(absl::StrCat("lora.alpha must be positive, got ", o.alpha()));
     if (!(o.dropout() >= 0 && o.dropout() < 1)) {
       return absl::InvalidArgumentError(absl::StrCat("lora.dropout must be in [0, 1), got ", o.dropout()));
     }
@@ -239,9 +237,7 @@ AdapterMethod lora_method() {
     }
     return absl::OkStatus();
   };
-  m.rewrites_base = [](const proto::AdapterConfig& c) {
-    return residual_init(c.lora());
-  };
+  m.rewrites_base = [](const proto::AdapterConfig& c) { return residual_init(c.lora()); };
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
     return std::make_shared<LoraLinearImpl>(lora_options_for(c.lora(), t.path), t.linear->weight, seed);
@@ -294,28 +290,38 @@ AdapterMethod lora_method() {
       const ordered_json& i = j["init_lora_weights"];
       if (i.is_string()) {
         const std::string s = i.get<std::string>();
-        if (s == "gaussian") o->set_init(proto::LoraOptions::GAUSSIAN);
-        else if (s == "pissa") o->set_init(proto::LoraOptions::PISSA);
-        else if (s == "olora") o->set_init(proto::LoraOptions::OLORA);
-        else return absl::UnimplementedError(absl::StrCat("adapter_config.json: init_lora_weights '", s, "' is not supported"));
+        if (s == "gaussian")
+          o->set_init(proto::LoraOptions::GAUSSIAN);
+        else if (s == "pissa")
+          o->set_init(proto::LoraOptions::PISSA);
+        else if (s == "olora")
+          o->set_init(proto::LoraOptions::OLORA);
+        else
+          return absl::UnimplementedError(
+              absl::StrCat("adapter_config.json: init_lora_weights '", s, "' is not supported"));
       }
     }
     if (j.contains("bias") && j["bias"].is_string()) {
       const std::string b = j["bias"].get<std::string>();
-      if (b == "all") o->set_bias(proto::LoraOptions::ALL);
-      else if (b == "lora_only") o->set_bias(proto::LoraOptions::LORA_ONLY);
-      else if (b != "none") return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: bias '", b, "'"));
+      if (b == "all")
+        o->set_bias(proto::LoraOptions::ALL);
+      else if (b == "lora_only")
+        o->set_bias(proto::LoraOptions::LORA_ONLY);
+      else if (b != "none")
+        return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: bias '", b, "'"));
     }
-    PEFT_RETURN_IF_ERROR(read_pattern(j, "rank_pattern", /*integer=*/true, [&](const std::string& k, const ordered_json& v) {
-      auto* e = o->add_rank_pattern();
-      e->set_key(k);
-      e->set_value(v.get<int>());
-    }));
-    PEFT_RETURN_IF_ERROR(read_pattern(j, "alpha_pattern", /*integer=*/false, [&](const std::string& k, const ordered_json& v) {
-      auto* e = o->add_alpha_pattern();
-      e->set_key(k);
-      e->set_value(v.get<float>());
-    }));
+    PEFT_RETURN_IF_ERROR(
+        read_pattern(j, "rank_pattern", /*integer=*/true, [&](const std::string& k, const ordered_json& v) {
+          auto* e = o->add_rank_pattern();
+          e->set_key(k);
+          e->set_value(v.get<int>());
+        }));
+    PEFT_RETURN_IF_ERROR(
+        read_pattern(j, "alpha_pattern", /*integer=*/false, [&](const std::string& k, const ordered_json& v) {
+          auto* e = o->add_alpha_pattern();
+          e->set_key(k);
+          e->set_value(v.get<float>());
+        }));
     if (j.value("use_dora", false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
     return absl::OkStatus();
   };

@@ -1,4 +1,3 @@
-// File: peft/lora/lora.h
 //
 // LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
 // eq. 3) as Hugging Face PEFT implements it: y = x Wᵀ + b + s · B A dropout(x),

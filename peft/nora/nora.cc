@@ -5,8 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -45,8 +45,7 @@ NoraLinearImpl::NoraLinearImpl(const proto::NoraOptions& o, const at::Tensor& we
       a_outer = sq.unsqueeze(1) * vr;
       break;
     }
-    default:
-      TORCH_CHECK(false, "NoRA: unknown sigma_side ", static_cast<int>(o.sigma_side()));
+    default: TORCH_CHECK(false, "NoRA: unknown sigma_side ", static_cast<int>(o.sigma_side()));
   }
 
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -55,8 +54,7 @@ NoraLinearImpl::NoraLinearImpl(const proto::NoraOptions& o, const at::Tensor& we
                                                    1.0 / std::sqrt(static_cast<double>(r)), gen);
   at::Tensor b_inner = at::zeros({r, ri});
   switch (o.inner_init()) {
-    case proto::NoraOptions::ZERO_B:
-      break;
+    case proto::NoraOptions::ZERO_B: break;
     case proto::NoraOptions::RANDN:
       a_inner.normal_(0.0, 1.0, gen);
       b_inner.normal_(0.0, 1.0, gen);
@@ -64,8 +62,7 @@ NoraLinearImpl::NoraLinearImpl(const proto::NoraOptions& o, const at::Tensor& we
     case proto::NoraOptions::KAIMING:
       b_inner.uniform_(-1.0 / std::sqrt(static_cast<double>(ri)), 1.0 / std::sqrt(static_cast<double>(ri)), gen);
       break;
-    default:
-      TORCH_CHECK(false, "NoRA: unknown inner_init ", static_cast<int>(o.inner_init()));
+    default: TORCH_CHECK(false, "NoRA: unknown inner_init ", static_cast<int>(o.inner_init()));
   }
 
   nora_A_outer = register_buffer("nora_A_outer", a_outer.contiguous());
@@ -80,7 +77,7 @@ NoraLinearImpl::NoraLinearImpl(const proto::NoraOptions& o, const at::Tensor& we
 at::Tensor NoraLinearImpl::forward_delta(const at::Tensor& x, const at::Tensor& /*weight*/) {
   at::Tensor h = x.to(nora_A.scalar_type());
   if (options.dropout() > 0 && is_training()) h = at::dropout(h, options.dropout(), /*train=*/true);
-  const at::Tensor u = at::linear(h, nora_A_outer);       // [..., r]
+  const at::Tensor u = at::linear(h, nora_A_outer);          // [..., r]
   at::Tensor v = at::linear(at::linear(u, nora_A), nora_B);  // [..., r]
   if (nora_M_init.defined()) v = v - at::linear(u, nora_M_init);
   return (at::linear(v, nora_B_outer) * scaling).to(x.scalar_type());
@@ -101,10 +98,8 @@ at::Tensor NoraLinearImpl::merged_weight(const at::Tensor& weight) const { retur
 at::Tensor NoraLinearImpl::unmerged_weight(const at::Tensor& merged) const { return merged - delta_weight(); }
 
 std::vector<AdapterTensor> NoraLinearImpl::state() {
-  std::vector<AdapterTensor> s = {{"nora_A_outer", nora_A_outer},
-                                  {"nora_B_outer", nora_B_outer},
-                                  {"nora_A", nora_A},
-                                  {"nora_B", nora_B}};
+  std::vector<AdapterTensor> s = {
+      {"nora_A_outer", nora_A_outer}, {"nora_B_outer", nora_B_outer}, {"nora_A", nora_A}, {"nora_B", nora_B}};
   if (nora_M_init.defined()) s.push_back({"nora_M_init", nora_M_init});
   return s;
 }
@@ -168,9 +163,9 @@ AdapterMethod nora_method() {
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
     if (c.nora().svd_mode() == proto::NoraOptions::ACTIVATION_AWARE) {
-      return absl::UnimplementedError(absl::StrCat(
-          "nora.svd_mode = ACTIVATION_AWARE needs calibration activations for ", t.path,
-          ", which peft-cpp does not collect yet; use svd_mode PLAIN"));
+      return absl::UnimplementedError(
+          absl::StrCat("nora.svd_mode = ACTIVATION_AWARE needs calibration activations for ", t.path,
+                       ", which peft-cpp does not collect yet; use svd_mode PLAIN"));
     }
     return std::make_shared<NoraLinearImpl>(c.nora(), t.linear->weight, seed);
   };

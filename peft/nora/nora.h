@@ -1,4 +1,3 @@
-// File: peft/nora/nora.h
 //
 // NoRA, Nested Low-Rank Adaptation (arXiv 2408.10280, 2024;
 // ICCV 2025 "Efficient Fine-Tuning of Large Models via Nested Low-Rank
@@ -81,7 +80,7 @@ class NoraLinearImpl final : public torch::nn::Module, public LinearAdapter {
   at::Tensor delta_weight() const;
 
   const proto::NoraOptions options;
-  const double scaling;  // s
+  const double scaling;     // s
   at::Tensor nora_A_outer;  // [r, in]   buffer
   at::Tensor nora_B_outer;  // [out, r]  buffer
   at::Tensor nora_A;        // [r', r]   parameter

@@ -28,8 +28,7 @@ std::vector<SorsaLinearImpl*> sorsa_layers(PeftModel& pm, std::optional<proto::S
 
 }  // namespace
 
-double sorsa_regularizer_step_(PeftModel& pm, proto::SorsaOptions::RegMode mode, double peak_lr,
-                               int64_t grad_accum) {
+double sorsa_regularizer_step_(PeftModel& pm, proto::SorsaOptions::RegMode mode, double peak_lr, int64_t grad_accum) {
   TORCH_CHECK(mode != proto::SorsaOptions::OFFICIAL || peak_lr > 0,
               "sorsa_regularizer_step_: peak_lr must be positive, got ", peak_lr);
   TORCH_CHECK(grad_accum >= 1, "sorsa_regularizer_step_: grad_accum must be >= 1, got ", grad_accum);
@@ -50,8 +49,7 @@ double sorsa_regularizer_step_(PeftModel& pm, proto::SorsaOptions::RegMode mode,
     (reg / (peak_lr * static_cast<double>(grad_accum))).backward();
     return value;
   }
-  TORCH_CHECK(mode == proto::SorsaOptions::DECOUPLED, "sorsa_regularizer_step_: unknown mode ",
-              static_cast<int>(mode));
+  TORCH_CHECK(mode == proto::SorsaOptions::DECOUPLED, "sorsa_regularizer_step_: unknown mode ", static_cast<int>(mode));
   std::vector<at::Tensor> params;
   for (auto& [name, p] : pm.trainable_parameters()) params.push_back(p);
   const std::vector<at::Tensor> grads = torch::autograd::grad({reg}, params, /*grad_outputs=*/{},

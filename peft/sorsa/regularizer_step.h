@@ -1,4 +1,3 @@
-// File: peft/sorsa/regularizer_step.h
 //
 // The two ways SORSA's orthonormal regulariser R (= γ · calc_ortho, the mean
 // over the adapted layers of SorsaLinearImpl::regularizer(); see

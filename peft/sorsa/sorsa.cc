@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -96,8 +96,8 @@ AdapterMethod sorsa_method() {
     }
     if (!t.linear->options.owns_weight) {
       // The residual would be written into the tied embedding as well.
-      return absl::InvalidArgumentError(absl::StrCat("sorsa cannot target ", t.path,
-                                                     ": its weight is tied to the embedding"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sorsa cannot target ", t.path, ": its weight is tied to the embedding"));
     }
     return absl::OkStatus();
   };

@@ -1,4 +1,3 @@
-// File: peft/sorsa/sorsa.h
 //
 // SORSA, "Singular Values and Orthonormal Regularized Singular Vectors
 // Adaptation of Large Language Models" (arXiv 2409.00055; official code
@@ -76,9 +75,9 @@ class SorsaLinearImpl final : public torch::nn::Module, public LinearAdapter {
 
   const proto::SorsaOptions options;
   const double scaling;  // s
-  at::Tensor sorsa_A;  // [r, in]   V_pᵀ
-  at::Tensor sorsa_B;  // [out, r]  U_p
-  at::Tensor sorsa_S;  // [r]       S_p
+  at::Tensor sorsa_A;    // [r, in]   V_pᵀ
+  at::Tensor sorsa_B;    // [out, r]  U_p
+  at::Tensor sorsa_S;    // [r]       S_p
 };
 
 /// The registry entry for "sorsa" (peft_type "SORSA"; read from peft-cpp's

@@ -32,8 +32,7 @@ using ::peft::testing::shared_assets_dir;
 using json = nlohmann::json;
 
 constexpr int32_t kEndOfText = 50256;
-constexpr const char* kGpt2Regex =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Regex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // Shared across tests: parsing encoder.json takes a few tens of milliseconds.
 class BpeTokenizerTest : public ::testing::Test {
@@ -41,8 +40,7 @@ class BpeTokenizerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(shared_assets_dir());
     if (dir_->empty()) return;
-    auto tok = BpeTokenizer::create(*dir_ + "/gpt2_bpe/encoder.json",
-                                                          *dir_ + "/gpt2_bpe/vocab.bpe");
+    auto tok = BpeTokenizer::create(*dir_ + "/gpt2_bpe/encoder.json", *dir_ + "/gpt2_bpe/vocab.bpe");
     ASSERT_TRUE(tok.ok()) << tok.status();
     gpt2_ = tok->release();
     records_ = new std::vector<ReferenceRecord>(read_reference_jsonl(*dir_ + "/gpt2_bpe/reference_encodings.jsonl"));
@@ -77,19 +75,29 @@ class BpeTokenizerTest : public ::testing::Test {
         {"version", "1.0"},
         {"truncation", nullptr},
         {"padding", nullptr},
-        {"added_tokens",
-         json::array({{{"id", kEndOfText}, {"content", "<|endoftext|>"}, {"single_word", false},
-                       {"lstrip", false}, {"rstrip", false}, {"normalized", true}, {"special", true}}})},
+        {"added_tokens", json::array({{{"id", kEndOfText},
+                                       {"content", "<|endoftext|>"},
+                                       {"single_word", false},
+                                       {"lstrip", false},
+                                       {"rstrip", false},
+                                       {"normalized", true},
+                                       {"special", true}}})},
         {"normalizer", nullptr},
-        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
-                           {"use_regex", true}}},
-        {"post_processor", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false},
-                            {"use_regex", true}}},
-        {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
-                     {"use_regex", true}}},
-        {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-                   {"continuing_subword_prefix", ""}, {"end_of_word_suffix", ""}, {"fuse_unk", false},
-                   {"byte_fallback", false}, {"vocab", vocab}, {"merges", merges}}},
+        {"pre_tokenizer",
+         {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+        {"post_processor",
+         {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
+        {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+        {"model",
+         {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", nullptr},
+          {"continuing_subword_prefix", ""},
+          {"end_of_word_suffix", ""},
+          {"fuse_unk", false},
+          {"byte_fallback", false},
+          {"vocab", vocab},
+          {"merges", merges}}},
     };
   }
 
@@ -132,8 +140,8 @@ TEST_F(BpeTokenizerTest, UnicodeClassEdgeCasesMatchEncoderPy) {
   const char* srcdir = getenv("TEST_SRCDIR");
   const char* workspace = getenv("TEST_WORKSPACE");
   ASSERT_NE(srcdir, nullptr);
-  const std::string path = std::string(srcdir) + "/" + (workspace ? workspace : "__main__") +
-                           "/tests/data/testdata/gpt2_edge_cases.jsonl";
+  const std::string path =
+      std::string(srcdir) + "/" + (workspace ? workspace : "__main__") + "/tests/data/testdata/gpt2_edge_cases.jsonl";
   std::vector<ReferenceRecord> records = read_reference_jsonl(path);
   ASSERT_GT(records.size(), 90u);
   CheckResult enc = check_encodings(*gpt2_, records);
@@ -162,8 +170,16 @@ TEST_F(BpeTokenizerTest, SpecialIdsAndPieces) {
 TEST_F(BpeTokenizerTest, ArbitraryBytesRoundTrip) {
   std::mt19937 rng(7);
   std::vector<std::string> texts = {
-      "\xFF", "\xC3", "abc\xC3", "\xE2\x82", "\xED\xA0\x80 surrogate", "\xC0\xAF overlong", "\xF4\x90\x80\x80",
-      std::string("nul\0inside", 10), "caf\xC3\xA9\xFF\xFE done", "\x80\x80\x80 'll \xF0\x9F\x98\x80",
+      "\xFF",
+      "\xC3",
+      "abc\xC3",
+      "\xE2\x82",
+      "\xED\xA0\x80 surrogate",
+      "\xC0\xAF overlong",
+      "\xF4\x90\x80\x80",
+      std::string("nul\0inside", 10),
+      "caf\xC3\xA9\xFF\xFE done",
+      "\x80\x80\x80 'll \xF0\x9F\x98\x80",
   };
   for (int i = 0; i < 50; ++i) {
     std::string s(rng() % 80, '\0');
@@ -219,12 +235,12 @@ TEST_F(BpeTokenizerTest, TokenizerJsonPipelineVariants) {
   const std::vector<std::string> texts = {"Hello world", " leading", "It's 2024!  Done\n\n", "naïve café 😀"};
   // Split(GPT-2 regex, Isolated) + ByteLevel(use_regex=false), as Llama 3 / Qwen lay it out.
   json split = gpt2_tokenizer_json(false);
-  split["pre_tokenizer"] = {{"type", "Sequence"},
-                            {"pretokenizers",
-                             json::array({{{"type", "Split"}, {"pattern", {{"Regex", kGpt2Regex}}},
-                                           {"behavior", "Isolated"}, {"invert", false}},
-                                          {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                                           {"use_regex", false}}})}};
+  split["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       json::array(
+           {{{"type", "Split"}, {"pattern", {{"Regex", kGpt2Regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
   auto tok = from_json(split);
   ASSERT_NE(tok, nullptr);
   for (const std::string& t : texts) EXPECT_EQ(tok->encode(t), gpt2_->encode(t)) << t;
@@ -277,8 +293,16 @@ TEST_F(BpeTokenizerTest, UnsupportedOrBrokenTokenizerJsonIsInvalidArgument) {
   };
   std::vector<Case> cases = {
       {"wordpiece", [](json* j) { (*j)["model"]["type"] = "WordPiece"; }, "not BPE"},
-      {"normalizer", [](json* j) { (*j)["normalizer"] = {{"type", "NFC"}}; }, "normalizer"},
-      {"metaspace", [](json* j) { (*j)["pre_tokenizer"] = {{"type", "Metaspace"}}; }, "Metaspace"},
+      {"normalizer",
+       [](json* j) {
+         (*j)["normalizer"] = {{"type", "NFC"}};
+       },
+       "normalizer"},
+      {"metaspace",
+       [](json* j) {
+         (*j)["pre_tokenizer"] = {{"type", "Metaspace"}};
+       },
+       "Metaspace"},
       {"no_pre_tokenizer", [](json* j) { (*j)["pre_tokenizer"] = nullptr; }, "byte-level"},
       {"suffix", [](json* j) { (*j)["model"]["end_of_word_suffix"] = "</w>"; }, "end_of_word_suffix"},
       {"bad_merge", [](json* j) { (*j)["model"]["merges"][3] = "a b c"; }, "merge #3"},
@@ -287,7 +311,9 @@ TEST_F(BpeTokenizerTest, UnsupportedOrBrokenTokenizerJsonIsInvalidArgument) {
       {"huge_id", [](json* j) { (*j)["model"]["vocab"]["hello"] = 2000000000; }, "out of range"},
       {"dup_id", [](json* j) { (*j)["model"]["vocab"]["zzzq"] = 7; }, "is used by both"},
       {"huge_added_id",
-       [](json* j) { (*j)["added_tokens"].push_back({{"id", 1999999999}, {"content", "<x>"}, {"special", true}}); },
+       [](json* j) {
+         (*j)["added_tokens"].push_back({{"id", 1999999999}, {"content", "<x>"}, {"special", true}});
+       },
        "malformed added_tokens"},
       {"no_byte_symbols",
        [](json* j) {
@@ -295,14 +321,16 @@ TEST_F(BpeTokenizerTest, UnsupportedOrBrokenTokenizerJsonIsInvalidArgument) {
          (*j)["model"]["merges"] = json::array();
        },
        "not a byte-level BPE vocabulary"},
-      {"bad_regex", [](json* j) {
+      {"bad_regex",
+       [](json* j) {
          (*j)["pre_tokenizer"] = {{"type", "Sequence"},
                                   {"pretokenizers", json::array({{{"type", "Split"},
                                                                   {"pattern", {{"Regex", "(unclosed"}}},
                                                                   {"behavior", "Isolated"},
                                                                   {"invert", false}},
                                                                  {{"type", "ByteLevel"}}})}};
-       }, "regex"},
+       },
+       "regex"},
   };
   json base = gpt2_tokenizer_json(false);
   for (const Case& c : cases) {

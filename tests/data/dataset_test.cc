@@ -252,7 +252,7 @@ TEST(DatasetTest, ShuffleIsDeterministicPerSeedAndEpoch) {
     for (int64_t i = 0; i < d1.train.size(); ++i) EXPECT_EQ(sorted[i], i);
   }
   EXPECT_NE(d1.train.epoch_order(0), d1.train.epoch_order(1));  // reshuffled per epoch
-  EXPECT_NE(texts(d1.train), texts(d3.train));                   // another seed, another split
+  EXPECT_NE(texts(d1.train), texts(d3.train));                  // another seed, another split
   // Same seed: the same batches, tensor for tensor.
   absl::StatusOr<Batch> b1 = d1.train.batch(3, 4, 0, 1), b2 = d2.train.batch(3, 4, 0, 1);
   ASSERT_TRUE(b1.ok() && b2.ok());
@@ -323,8 +323,8 @@ TEST(DatasetTest, RanksGetDisjointSlicesCoveringTheGlobalBatch) {
       EXPECT_EQ(std::set<int64_t>(joined.begin(), joined.end()).size(), joined.size());
     }
   }
-  EXPECT_FALSE(d.train.batch(0, 6, 0, 4).ok());   // 6 rows do not split over 4 ranks
-  EXPECT_FALSE(d.train.batch(0, 8, 4, 4).ok());   // rank out of range
+  EXPECT_FALSE(d.train.batch(0, 6, 0, 4).ok());  // 6 rows do not split over 4 ranks
+  EXPECT_FALSE(d.train.batch(0, 8, 4, 4).ok());  // rank out of range
   EXPECT_FALSE(d.train.batch(0, 8, -1, 4).ok());
   EXPECT_FALSE(d.train.batch(-1, 8, 0, 4).ok());
   EXPECT_FALSE(d.train.batch(std::numeric_limits<int64_t>::max(), 8, 0, 1).ok());
@@ -373,10 +373,10 @@ TEST(DatasetTest, EpochsWrapAndPositionsResumeExactly) {
 }
 
 struct BadCase {
-  std::string name;        // file name (its extension picks the format)
-  std::string good;        // a valid first line
-  std::string bad;         // the line at line 3
-  std::string phrase;      // expected in the message
+  std::string name;    // file name (its extension picks the format)
+  std::string good;    // a valid first line
+  std::string bad;     // the line at line 3
+  std::string phrase;  // expected in the message
   BadRecord kind;
   bool pack = true;
 };
@@ -537,8 +537,7 @@ TEST(DatasetTest, SkipModeCountsSkippedRecordsByReason) {
     SCOPED_TRACE(c.bad);
     DataOptions o = options(8, c.pack);
     o.on_bad = DataOptions::OnBadRecord::kSkip;
-    const std::string path =
-        write_file(c.name, c.good + "\n\n" + c.bad + "\n\n" + c.good + "\n\n" + c.bad + "\n");
+    const std::string path = write_file(c.name, c.good + "\n\n" + c.bad + "\n\n" + c.good + "\n\n" + c.bad + "\n");
     absl::StatusOr<DataSplits> d = load_dataset(path, tok, o);
     ASSERT_TRUE(d.ok()) << d.status();
     EXPECT_EQ(d->stats.records, 4);
@@ -592,8 +591,7 @@ TEST(DatasetTest, EmptyOrUnusableFilesAreErrors) {
 
   absl::StatusOr<DataSplits> short_data = load_dataset_from_memory("{\"text\": \"ab\"}\n", "s.jsonl", tok, options(8));
   ASSERT_FALSE(short_data.ok());
-  EXPECT_NE(short_data.status().message().find("fewer than seq_len + 1 = 9"), std::string::npos)
-      << short_data.status();
+  EXPECT_NE(short_data.status().message().find("fewer than seq_len + 1 = 9"), std::string::npos) << short_data.status();
 }
 
 TEST(DatasetTest, OptionsAndExamplesAreValidated) {
@@ -607,11 +605,11 @@ TEST(DatasetTest, OptionsAndExamplesAreValidated) {
 
   using Order = Dataset::Order;
   EXPECT_TRUE(Dataset::create({}, 4, 0, 0, Order::kShuffled).ok());
-  EXPECT_FALSE(Dataset::create({{{1}, {0}}}, 4, 0, 0, Order::kShuffled).ok());                // too short
+  EXPECT_FALSE(Dataset::create({{{1}, {0}}}, 4, 0, 0, Order::kShuffled).ok());  // too short
   EXPECT_FALSE(Dataset::create({{{1, 2, 3, 4, 5, 6}, {0, 1, 1, 1, 1, 1}}}, 4, 0, 0, Order::kShuffled).ok());
-  EXPECT_FALSE(Dataset::create({{{1, 2}, {0}}}, 4, 0, 0, Order::kShuffled).ok());             // size mismatch
-  EXPECT_FALSE(Dataset::create({{{1, -2}, {0, 1}}}, 4, 0, 0, Order::kShuffled).ok());         // negative id
-  EXPECT_FALSE(Dataset::create({{{1, 2}, {0, 1}}}, 4, -1, 0, Order::kShuffled).ok());         // pad id
+  EXPECT_FALSE(Dataset::create({{{1, 2}, {0}}}, 4, 0, 0, Order::kShuffled).ok());      // size mismatch
+  EXPECT_FALSE(Dataset::create({{{1, -2}, {0, 1}}}, 4, 0, 0, Order::kShuffled).ok());  // negative id
+  EXPECT_FALSE(Dataset::create({{{1, 2}, {0, 1}}}, 4, -1, 0, Order::kShuffled).ok());  // pad id
   absl::StatusOr<Dataset> ok = Dataset::create({{{1, 2}, {0, 1}}}, 4, 0, 0, Order::kShuffled);
   ASSERT_TRUE(ok.ok());
   EXPECT_FALSE(ok->collate({1}).ok());

@@ -86,11 +86,13 @@ TEST_F(LoadTokenizerTest, DirectoriesFollowThePreferenceOrder) {
   expect_loads(assets_ + "/llama2_tokenizer", "sentencepiece", kLlama2Hello);
   expect_loads(assets_ + "/gpt2_bpe", "gpt2_bpe", kGpt2Hello);
   expect_loads(dir_with({{"tokenizer.bin", "llama2c_stories260K/tok512.bin"}}), "llama2c", kTok512Hello);
-  expect_loads(dir_with({{"vocab.json", "gpt2_bpe/encoder.json"}, {"merges.txt", "gpt2_bpe/vocab.bpe"},
+  expect_loads(dir_with({{"vocab.json", "gpt2_bpe/encoder.json"},
+                         {"merges.txt", "gpt2_bpe/vocab.bpe"},
                          {"tokenizer.bin", "llama2c_stories260K/tok512.bin"}}),
                "gpt2_bpe", kGpt2Hello);
   expect_loads(dir_with({{"tokenizer.model", "llama2c_stories260K/tok512.model"},
-                         {"encoder.json", "gpt2_bpe/encoder.json"}, {"vocab.bpe", "gpt2_bpe/vocab.bpe"}}),
+                         {"encoder.json", "gpt2_bpe/encoder.json"},
+                         {"vocab.bpe", "gpt2_bpe/vocab.bpe"}}),
                "sentencepiece", kTok512Hello);
 
   // tokenizer.json (a minimal byte-level BPE: the 256 byte symbols and one merge).
@@ -134,9 +136,10 @@ TEST_F(LoadTokenizerTest, DirectoriesFollowThePreferenceOrder) {
     }
     merges += "]";
   }
-  write_binary_file(gpt2_dir + "/tokenizer.json",
-                    "{\"model\": {\"type\": \"BPE\", \"vocab\": " + read_binary_file(assets_ + "/gpt2_bpe/encoder.json") +
-                        ", \"merges\": " + merges + "}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+  write_binary_file(
+      gpt2_dir + "/tokenizer.json",
+      "{\"model\": {\"type\": \"BPE\", \"vocab\": " + read_binary_file(assets_ + "/gpt2_bpe/encoder.json") +
+          ", \"merges\": " + merges + "}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
   expect_loads(gpt2_dir, "gpt2_bpe", kGpt2Hello);
   expect_loads(gpt2_dir + "/tokenizer.json", "gpt2_bpe", kGpt2Hello);
 }

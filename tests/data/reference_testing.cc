@@ -72,8 +72,7 @@ CheckResult check_encodings(const data::Tokenizer& tok, const std::vector<Refere
   CheckResult result;
   for (const ReferenceRecord& r : records) {
     ++result.total;
-    const std::vector<int32_t>& expected =
-        prefer_run_c_ids && r.llama2c_run_c_ids ? *r.llama2c_run_c_ids : r.ids;
+    const std::vector<int32_t>& expected = prefer_run_c_ids && r.llama2c_run_c_ids ? *r.llama2c_run_c_ids : r.ids;
     std::vector<int32_t> got = tok.encode(r.text);
     if (got == expected) {
       ++result.passed;

@@ -1,4 +1,3 @@
-// File: tests/data/reference_testing.h
 //
 // Helpers for the tokenizer tests: reading the reference_encodings*.jsonl
 // files of ../shared/assets, comparing a tokenizer against them with one

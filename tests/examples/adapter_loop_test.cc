@@ -8,8 +8,8 @@
 #include <string>
 
 #include <ATen/ATen.h>
-#include <gtest/gtest.h>
 #include <google/protobuf/text_format.h>
+#include <gtest/gtest.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "data/tokenizer.h"

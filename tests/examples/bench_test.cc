@@ -71,7 +71,8 @@ TEST_F(BenchTest, JsonHasEveryFieldForEveryVariant) {
   ASSERT_EQ(first_.code, 0) << first_.out << first_.err;
   const json& r = result_;
   EXPECT_EQ(r["suite"], "methods");
-  for (const char* k : {"cpu", "cores", "threads", "memory", "libtorch", "date"}) EXPECT_TRUE(r["machine"].contains(k)) << k;
+  for (const char* k : {"cpu", "cores", "threads", "memory", "libtorch", "date"})
+    EXPECT_TRUE(r["machine"].contains(k)) << k;
   EXPECT_EQ(r["machine"]["threads"], 1);
   EXPECT_EQ(r["settings"]["steps"], 3);
   EXPECT_EQ(r["settings"]["micro_batch"], 32);
@@ -130,9 +131,9 @@ TEST_F(BenchTest, MarkdownAndStdoutHoldTheTable) {
   const std::string md = slurp(out_ + "/bench.md");
   EXPECT_NE(md.find("Machine: "), std::string::npos) << md;
   EXPECT_NE(md.find("| method | reweighting | trainable |"), std::string::npos) << md;
-  for (const char* row : {"| base, no fine-tuning |", "| LoRA r=8 | off | 4,864 |", "| LoRA r=8 | LinUpper | 4,864 |",
-                          "| Compacter n=4, k=d/8 | off |", "| Compacter n=4, k=d/8 | LinUpper |",
-                          "Compacter n=4, k=d/8: merge n/a ("}) {
+  for (const char* row :
+       {"| base, no fine-tuning |", "| LoRA r=8 | off | 4,864 |", "| LoRA r=8 | LinUpper | 4,864 |",
+        "| Compacter n=4, k=d/8 | off |", "| Compacter n=4, k=d/8 | LinUpper |", "Compacter n=4, k=d/8: merge n/a ("}) {
     EXPECT_NE(md.find(row), std::string::npos) << row << "\n" << md;
     EXPECT_NE(first_.out.find(row), std::string::npos) << row << "\n" << first_.out;
   }

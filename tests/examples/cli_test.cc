@@ -38,7 +38,7 @@ class CliStoriesTest : public ::testing::Test {
     if (assets_.empty()) return;
     model_ = testing::make_temp_dir("cli") + "/stories260K";
     CliRun r = run({"convert", "--from=llama2c", "--input=" + assets_ + "/llama2c_stories260K/stories260K.bin",
-                 "--output=" + model_, "--tokenizer=" + assets_ + "/llama2c_stories260K/tok512.model"});
+                    "--output=" + model_, "--tokenizer=" + assets_ + "/llama2c_stories260K/tok512.model"});
     ASSERT_EQ(r.code, 0) << r.err;
   }
   void SetUp() override {
@@ -65,8 +65,9 @@ TEST_F(CliStoriesTest, GreedyGenerationMatchesRunC) {
   for (const json& c : ref["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     const std::vector<int64_t> expected = c["generated_ids"].get<std::vector<int64_t>>();
-    CliRun r = run({"generate", "--model=" + model_, "--prompt=" + (c["prompt"].is_string() ? c["prompt"].get<std::string>() : std::string()),
-                 "--max_new_tokens=" + std::to_string(expected.size()), "--format=json", "--threads=1"});
+    CliRun r = run({"generate", "--model=" + model_,
+                    "--prompt=" + (c["prompt"].is_string() ? c["prompt"].get<std::string>() : std::string()),
+                    "--max_new_tokens=" + std::to_string(expected.size()), "--format=json", "--threads=1"});
     ASSERT_EQ(r.code, 0) << r.err;
     json out = json::parse(r.out);
     EXPECT_EQ(out["prompt_ids"].get<std::vector<int64_t>>(), c["prompt_ids"].get<std::vector<int64_t>>());
@@ -79,7 +80,8 @@ TEST_F(CliStoriesTest, GreedyGenerationMatchesRunC) {
 }
 
 TEST_F(CliStoriesTest, TokenizeAndEval) {
-  CliRun r = run({"tokenize", "--tokenizer=" + model_}, "{\"text\": \"Hello world\"}\n{\"text\": \"Once upon a time\"}\n");
+  CliRun r =
+      run({"tokenize", "--tokenizer=" + model_}, "{\"text\": \"Hello world\"}\n{\"text\": \"Once upon a time\"}\n");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "{\"ids\":[346,306,414,263,304,341]}\n{\"ids\":[403,407,261,378]}\n");
   r = run({"tokenize", "--tokenizer=" + model_, "--add_bos"}, "{\"text\": \"Once upon a time\"}\n");
@@ -144,8 +146,8 @@ TEST_F(CliStoriesTest, BadInputFailsCleanly) {
 TEST(CliTest, HelpAndUnknownCommand) {
   CliRun r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* c :
-       {"  train ", "  launch ", "  convert ", "  generate ", "  tokenize ", "  eval ", "  merge ", "  init ", "  bench "}) {
+  for (const char* c : {"  train ", "  launch ", "  convert ", "  generate ", "  tokenize ", "  eval ", "  merge ",
+                        "  init ", "  bench "}) {
     EXPECT_NE(r.out.find(c), std::string::npos) << c;
   }
   r = run({"frobnicate"});

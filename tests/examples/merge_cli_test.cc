@@ -12,8 +12,8 @@
 #include <ATen/ATen.h>
 #include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "models/llama2c.h"
 #include "models/model_io.h"
@@ -35,8 +35,8 @@ struct Out {
 Out peft_cli(const std::string& args) {
   const std::string tmp = testing::make_temp_dir("mcli");
   const char* srcdir = getenv("TEST_SRCDIR");
-  const std::string cmd = std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft " + args + " >" + tmp +
-                          "/o 2>" + tmp + "/e";
+  const std::string cmd =
+      std::string(srcdir ? srcdir : ".") + "/__main__/examples/peft " + args + " >" + tmp + "/o 2>" + tmp + "/e";
   const int status = std::system(cmd.c_str());
   auto slurp = [](const std::string& p) {
     std::ifstream in(p);
@@ -150,9 +150,8 @@ TEST_F(MergeCliTest, CompacterMergeIsRefusedWithNoOutput) {
 }
 
 TEST_F(MergeCliTest, PatPruneWritesSmallerModelThatGeneratesLikeTheMaskedOne) {
-  const std::vector<std::string> ads = save_adapters(
-      {R"(hsm { target_hidden: 48 bottleneck: 8 global_step: 100 })",
-       R"(lora { r: 4 alpha: 8 } target { preset: "all_linear" })"});
+  const std::vector<std::string> ads = save_adapters({R"(hsm { target_hidden: 48 bottleneck: 8 global_step: 100 })",
+                                                      R"(lora { r: 4 alpha: 8 } target { preset: "all_linear" })"});
   const std::string both = ads[0] + "," + ads[1];
   const std::string gen = " --prompt='Once upon a time' --max_new_tokens=30 --format=json --threads=1";
   const std::vector<int64_t> masked = generated(peft_cli("generate --model=" + base_ + " --adapter=" + both + gen));

@@ -34,7 +34,9 @@ Outcome run(const std::vector<std::string>& args) {
 }
 
 // The tiny task (tests/testing/tiny_task.h) into `work_dir`.
-std::vector<std::string> tiny(const std::string& work_dir) { return testing::tiny_task_flags("--work_dir=" + work_dir); }
+std::vector<std::string> tiny(const std::string& work_dir) {
+  return testing::tiny_task_flags("--work_dir=" + work_dir);
+}
 
 using testing::kTinyBaseParameters;
 using testing::kTinyLoraParameters;
@@ -113,10 +115,11 @@ TEST_F(QuickstartTest, MergedExportAnswersLikeBasePlusAdapter) {
 
 TEST_F(QuickstartTest, WritesDataAdapterAndSelfContainedExport) {
   ASSERT_EQ(first_.code, 0) << first_.err;
-  for (const char* f : {"data/train.jsonl", "data/test.jsonl", "data/pretrain.jsonl", "base/config.json",
-                        "base/model.safetensors", "base/tokenizer.json", "base/quickstart_base.json",
-                        "lora/adapter/adapter_config.json", "lora/adapter/adapter_model.safetensors",
-                        "lora/metrics.jsonl", "merged/config.json", "merged/model.safetensors", "merged/tokenizer.json"}) {
+  for (const char* f :
+       {"data/train.jsonl", "data/test.jsonl", "data/pretrain.jsonl", "base/config.json", "base/model.safetensors",
+        "base/tokenizer.json", "base/quickstart_base.json", "lora/adapter/adapter_config.json",
+        "lora/adapter/adapter_model.safetensors", "lora/metrics.jsonl", "merged/config.json",
+        "merged/model.safetensors", "merged/tokenizer.json"}) {
     EXPECT_TRUE(fs::is_regular_file(work_ + "/" + f)) << f;
   }
   EXPECT_FALSE(fs::exists(work_ + "/base_init"));
@@ -170,8 +173,8 @@ TEST_F(QuickstartTest, SecondRunReusesTheCachedBase) {
 TEST_F(QuickstartTest, BaseFlagRunsTheSameRecipeOnAGivenModel) {
   ASSERT_EQ(first_.code, 0) << first_.err;
   const std::string other = testing::make_temp_dir("quickstart_base") + "/run";
-  const Outcome r = run({"--work_dir=" + other, "--base=" + work_ + "/base", "--train_examples=100", "--test_examples=5",
-                     "--steps=2", "--threads=1", "--set=training.micro_batch=4"});
+  const Outcome r = run({"--work_dir=" + other, "--base=" + work_ + "/base", "--train_examples=100",
+                         "--test_examples=5", "--steps=2", "--threads=1", "--set=training.micro_batch=4"});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   const json s = read_json(other + "/summary.json");
   EXPECT_EQ(s["base"]["source"], work_ + "/base");

@@ -40,8 +40,7 @@ std::set<std::string> list_dir(const std::string& dir) {
 std::vector<NamedTensor> make_tensors() {
   at::manual_seed(7);
   std::vector<NamedTensor> t;
-  for (const char* name :
-       {"layers.1.w", "layers.0.w", "embed", "layers.2.w", "norm", "head"}) {
+  for (const char* name : {"layers.1.w", "layers.0.w", "embed", "layers.2.w", "norm", "head"}) {
     t.push_back({name, at::randn({100})});
   }
   t.push_back({"big", at::randn({500})});
@@ -49,8 +48,7 @@ std::vector<NamedTensor> make_tensors() {
   return t;
 }
 
-void expect_same_contents(const CheckpointReader& r,
-                          const std::vector<NamedTensor>& tensors) {
+void expect_same_contents(const CheckpointReader& r, const std::vector<NamedTensor>& tensors) {
   std::vector<std::string> expected;
   for (const NamedTensor& t : tensors) expected.push_back(t.name);
   std::sort(expected.begin(), expected.end());
@@ -92,24 +90,19 @@ TEST(CheckpointTest, ShardedSaveWritesIndexAndLoadsTheSame) {
   // [embed, l2], big (2000 > limit) immediately gets a shard of its own while
   // [norm, head] stays open, and l0.half still fits there (exactly 1000).
   ASSERT_TRUE(save_checkpoint(dir, tensors, 1000).ok());
-  std::set<std::string> expected_files = {
-      "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
-      "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
-      "model.safetensors.index.json"};
+  std::set<std::string> expected_files = {"model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+                                          "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
+                                          "model.safetensors.index.json"};
   EXPECT_EQ(list_dir(dir), expected_files);
 
   std::string text = read_text(dir + "/model.safetensors.index.json");
   Json index = Json::parse(text);
-  EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(),
-            6 * 400u + 2000u + 200u);
-  Json expected_map = {{"layers.1.w", "model-00001-of-00004.safetensors"},
-                       {"layers.0.w", "model-00001-of-00004.safetensors"},
-                       {"embed", "model-00002-of-00004.safetensors"},
-                       {"layers.2.w", "model-00002-of-00004.safetensors"},
-                       {"big", "model-00003-of-00004.safetensors"},
-                       {"norm", "model-00004-of-00004.safetensors"},
-                       {"head", "model-00004-of-00004.safetensors"},
-                       {"layers.0.half", "model-00004-of-00004.safetensors"}};
+  EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), 6 * 400u + 2000u + 200u);
+  Json expected_map = {
+      {"layers.1.w", "model-00001-of-00004.safetensors"}, {"layers.0.w", "model-00001-of-00004.safetensors"},
+      {"embed", "model-00002-of-00004.safetensors"},      {"layers.2.w", "model-00002-of-00004.safetensors"},
+      {"big", "model-00003-of-00004.safetensors"},        {"norm", "model-00004-of-00004.safetensors"},
+      {"head", "model-00004-of-00004.safetensors"},       {"layers.0.half", "model-00004-of-00004.safetensors"}};
   EXPECT_EQ(index["weight_map"], expected_map);
   EXPECT_EQ(text, index.dump(2) + "\n");  // sorted keys, indent 2
 
@@ -139,15 +132,12 @@ TEST(CheckpointTest, ResaveRemovesStaleFilesOnlyOfTheCheckpoint) {
   std::string dir = testing::make_temp_dir("ckpt_stale");
   std::vector<NamedTensor> tensors = make_tensors();
   ASSERT_TRUE(write_file_atomically(dir + "/config.json", "{}\n").ok());
-  ASSERT_TRUE(
-      write_file_atomically(dir + "/model-extra.safetensors", "keep").ok());
+  ASSERT_TRUE(write_file_atomically(dir + "/model-extra.safetensors", "keep").ok());
   ASSERT_TRUE(save_checkpoint(dir, tensors, 1000).ok());
   EXPECT_EQ(list_dir(dir).size(), 7u);
   // Sharded -> single: the index and all shards go.
   ASSERT_TRUE(save_checkpoint(dir, tensors).ok());
-  EXPECT_EQ(list_dir(dir),
-            (std::set<std::string>{"config.json", "model-extra.safetensors",
-                                   "model.safetensors"}));
+  EXPECT_EQ(list_dir(dir), (std::set<std::string>{"config.json", "model-extra.safetensors", "model.safetensors"}));
   // Single -> fewer shards: model.safetensors goes.
   ASSERT_TRUE(save_checkpoint(dir, tensors, 2400).ok());
   std::set<std::string> files = list_dir(dir);
@@ -163,8 +153,7 @@ TEST(CheckpointTest, CreatesMissingDirectoryAndRejectsBadTensors) {
   std::string dir = testing::make_temp_dir("ckpt_mk") + "/a/b";
   ASSERT_TRUE(save_checkpoint(dir, {{"x", at::ones({2})}}).ok());
   EXPECT_TRUE(fs::exists(dir + "/model.safetensors"));
-  absl::Status dup =
-      save_checkpoint(dir, {{"x", at::ones({2})}, {"x", at::ones({3})}}, 4);
+  absl::Status dup = save_checkpoint(dir, {{"x", at::ones({2})}, {"x", at::ones({3})}}, 4);
   EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument);
   // Nothing was touched by the failed save.
   EXPECT_EQ(list_dir(dir), std::set<std::string>{"model.safetensors"});
@@ -174,56 +163,39 @@ class BadIndexTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = testing::make_temp_dir("ckpt_badindex");
-    ASSERT_TRUE(save_safetensors(dir_ + "/s1.safetensors",
-                                 {{"a", at::ones({2})}, {"b", at::ones({2})}})
-                    .ok());
-    ASSERT_TRUE(
-        save_safetensors(dir_ + "/s2.safetensors", {{"c", at::ones({2})}})
-            .ok());
+    ASSERT_TRUE(save_safetensors(dir_ + "/s1.safetensors", {{"a", at::ones({2})}, {"b", at::ones({2})}}).ok());
+    ASSERT_TRUE(save_safetensors(dir_ + "/s2.safetensors", {{"c", at::ones({2})}}).ok());
   }
   absl::Status open_with(const Json& weight_map) {
-    Json index = {{"metadata", {{"total_size", 0}}},
-                  {"weight_map", weight_map}};
-    EXPECT_TRUE(write_file_atomically(dir_ + "/model.safetensors.index.json",
-                                      index.dump())
-                    .ok());
+    Json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}};
+    EXPECT_TRUE(write_file_atomically(dir_ + "/model.safetensors.index.json", index.dump()).ok());
     return CheckpointReader::open(dir_).status();
   }
   std::string dir_;
 };
 
 TEST_F(BadIndexTest, ValidIndexOpens) {
-  EXPECT_TRUE(open_with({{"a", "s1.safetensors"},
-                         {"b", "s1.safetensors"},
-                         {"c", "s2.safetensors"}})
-                  .ok());
+  EXPECT_TRUE(open_with({{"a", "s1.safetensors"}, {"b", "s1.safetensors"}, {"c", "s2.safetensors"}}).ok());
 }
 
 TEST_F(BadIndexTest, IndexNamingAMissingShard) {
-  absl::Status s =
-      open_with({{"a", "s1.safetensors"}, {"z", "s9.safetensors"}});
+  absl::Status s = open_with({{"a", "s1.safetensors"}, {"z", "s9.safetensors"}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_NE(s.message().find("missing shard 's9.safetensors'"),
-            std::string::npos)
-      << s;
+  EXPECT_NE(s.message().find("missing shard 's9.safetensors'"), std::string::npos) << s;
 }
 
 TEST_F(BadIndexTest, IndexNamingATensorTheShardLacks) {
-  absl::Status s =
-      open_with({{"a", "s1.safetensors"}, {"c", "s1.safetensors"}});
+  absl::Status s = open_with({{"a", "s1.safetensors"}, {"c", "s1.safetensors"}});
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("'c'"), std::string::npos) << s;
   EXPECT_NE(s.message().find("no such tensor"), std::string::npos) << s;
 }
 
 TEST_F(BadIndexTest, TensorInTwoShards) {
-  ASSERT_TRUE(
-      save_safetensors(dir_ + "/s3.safetensors", {{"a", at::zeros({2})}}).ok());
-  absl::Status s =
-      open_with({{"a", "s1.safetensors"}, {"c", "s3.safetensors"}});
+  ASSERT_TRUE(save_safetensors(dir_ + "/s3.safetensors", {{"a", at::zeros({2})}}).ok());
+  absl::Status s = open_with({{"a", "s1.safetensors"}, {"c", "s3.safetensors"}});
   EXPECT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("'a' is present in two shards"), std::string::npos)
-      << s;
+  EXPECT_NE(s.message().find("'a' is present in two shards"), std::string::npos) << s;
 }
 
 TEST_F(BadIndexTest, MalformedIndexAndEscapingPaths) {
@@ -231,11 +203,10 @@ TEST_F(BadIndexTest, MalformedIndexAndEscapingPaths) {
   EXPECT_FALSE(open_with({{"a", "../s1.safetensors"}}).ok());
   EXPECT_FALSE(open_with({{"a", "/etc/passwd"}}).ok());
   EXPECT_FALSE(open_with(Json::array()).ok());
-  ASSERT_TRUE(
-      write_file_atomically(dir_ + "/model.safetensors.index.json",
-                            "{\"weight_map\": {\"a\": \"s1.safetensors\","
-                            " \"a\": \"s2.safetensors\"}}")
-          .ok());
+  ASSERT_TRUE(write_file_atomically(dir_ + "/model.safetensors.index.json",
+                                    "{\"weight_map\": {\"a\": \"s1.safetensors\","
+                                    " \"a\": \"s2.safetensors\"}}")
+                  .ok());
   absl::Status dup = CheckpointReader::open(dir_).status();
   EXPECT_NE(dup.message().find("duplicate"), std::string::npos) << dup;
 }
@@ -245,8 +216,7 @@ TEST(CheckpointTest, EmptyOrMissingDirectory) {
   absl::Status s = CheckpointReader::open(dir).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(s.message().find("model.safetensors"), std::string::npos) << s;
-  EXPECT_EQ(CheckpointReader::open(dir + "/nope").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(CheckpointReader::open(dir + "/nope").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

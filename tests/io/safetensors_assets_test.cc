@@ -60,10 +60,8 @@ TEST(SafetensorsAssetsTest, LlamaTinyF32) {
   const TensorInfo* embed = (*file)->find("model.embed_tokens.weight");
   ASSERT_NE(embed, nullptr);
   EXPECT_EQ(embed->shape, (std::vector<int64_t>{128, 64}));
-  EXPECT_EQ((*file)->find("model.layers.1.mlp.down_proj.weight")->shape,
-            (std::vector<int64_t>{64, 176}));
-  EXPECT_EQ((*file)->find("model.layers.0.self_attn.k_proj.weight")->shape,
-            (std::vector<int64_t>{32, 64}));
+  EXPECT_EQ((*file)->find("model.layers.1.mlp.down_proj.weight")->shape, (std::vector<int64_t>{64, 176}));
+  EXPECT_EQ((*file)->find("model.layers.0.self_attn.k_proj.weight")->shape, (std::vector<int64_t>{32, 64}));
   at::Tensor w = (*file)->load("model.norm.weight").value();
   EXPECT_EQ(w.sizes(), (at::IntArrayRef{64}));
   EXPECT_TRUE(at::isfinite(w).all().item<bool>());
@@ -99,12 +97,9 @@ TEST(SafetensorsAssetsTest, Gpt2Tiny) {
   auto ckpt = CheckpointReader::open(dir);
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   EXPECT_EQ((*ckpt)->names().size(), 28u);
-  EXPECT_EQ((*ckpt)->find("wte.weight")->shape,
-            (std::vector<int64_t>{128, 64}));
-  EXPECT_EQ((*ckpt)->find("h.0.attn.c_attn.weight")->shape,
-            (std::vector<int64_t>{64, 192}));  // Conv1D [in, out]
-  EXPECT_EQ((*ckpt)->find("h.1.mlp.c_proj.weight")->shape,
-            (std::vector<int64_t>{256, 64}));
+  EXPECT_EQ((*ckpt)->find("wte.weight")->shape, (std::vector<int64_t>{128, 64}));
+  EXPECT_EQ((*ckpt)->find("h.0.attn.c_attn.weight")->shape, (std::vector<int64_t>{64, 192}));  // Conv1D [in, out]
+  EXPECT_EQ((*ckpt)->find("h.1.mlp.c_proj.weight")->shape, (std::vector<int64_t>{256, 64}));
   EXPECT_EQ((*ckpt)->find("lm_head.weight"), nullptr);  // tied
   expect_resave_identical(path);
 }

@@ -31,8 +31,7 @@ int64_t status_kb(const char* field) {
   std::string line;
   const std::string prefix = std::string(field) + ":";
   while (std::getline(in, line)) {
-    if (line.rfind(prefix, 0) == 0)
-      return std::stoll(line.substr(prefix.size()));
+    if (line.rfind(prefix, 0) == 0) return std::stoll(line.substr(prefix.size()));
   }
   return -1;
 }
@@ -55,13 +54,11 @@ void drop_page_cache(const std::string& dir) {
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void run(const std::string& dir, std::vector<at::Tensor>& dst,
-         const std::vector<std::string>& names, bool release, bool cold,
-         double file_mb) {
+void run(const std::string& dir, std::vector<at::Tensor>& dst, const std::vector<std::string>& names, bool release,
+         bool cold, double file_mb) {
   if (cold) drop_page_cache(dir);
   for (at::Tensor& t : dst) t.zero_();
   reset_peak_rss();
@@ -69,8 +66,7 @@ void run(const std::string& dir, std::vector<at::Tensor>& dst,
   auto t0 = std::chrono::steady_clock::now();
   auto reader = peft::io::CheckpointReader::open(dir);
   if (!reader.ok()) {
-    std::fprintf(stderr, "open failed: %s\n",
-                 std::string(reader.status().message()).c_str());
+    std::fprintf(stderr, "open failed: %s\n", std::string(reader.status().message()).c_str());
     std::exit(1);
   }
   for (size_t i = 0; i < names.size(); ++i) {
@@ -85,9 +81,8 @@ void run(const std::string& dir, std::vector<at::Tensor>& dst,
   std::printf(
       "%-5s %-15s load %6.3f s (%6.0f MB/s)  peak RSS %7.1f MB = base %7.1f "
       "+ %6.1f MB (%.3f x file)\n",
-      cold ? "cold" : "warm", release ? "with release" : "without release",
-      secs, file_mb / secs, peak_kb / 1024.0, base_kb / 1024.0, extra_mb,
-      extra_mb / file_mb);
+      cold ? "cold" : "warm", release ? "with release" : "without release", secs, file_mb / secs, peak_kb / 1024.0,
+      base_kb / 1024.0, extra_mb, extra_mb / file_mb);
 }
 
 }  // namespace
@@ -95,8 +90,7 @@ void run(const std::string& dir, std::vector<at::Tensor>& dst,
 int main(int argc, char** argv) {
   const int64_t megabytes = argc > 1 ? std::atoll(argv[1]) : 640;
   const int64_t shard_mb = argc > 2 ? std::atoll(argv[2]) : 0;
-  at::set_num_threads(
-      static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))));
+  at::set_num_threads(static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))));
 
   const std::string dir = peft::testing::make_temp_dir("safetensors_bench");
   // 16 MiB tensors ([4096, 1024] F32), like mid-sized projection weights.
@@ -108,23 +102,19 @@ int main(int argc, char** argv) {
     at::manual_seed(0);
     for (int64_t i = 0; i < count; ++i) {
       char name[64];
-      std::snprintf(name, sizeof(name), "model.layers.%03ld.weight",
-                    static_cast<long>(i));
+      std::snprintf(name, sizeof(name), "model.layers.%03ld.weight", static_cast<long>(i));
       tensors.push_back({name, at::randn({4096, 1024})});
       names.push_back(name);
     }
     auto t0 = std::chrono::steady_clock::now();
-    absl::Status s = peft::io::save_checkpoint(
-        dir, tensors,
-        shard_mb > 0 ? static_cast<uint64_t>(shard_mb) << 20 : 5ull << 30);
+    absl::Status s =
+        peft::io::save_checkpoint(dir, tensors, shard_mb > 0 ? static_cast<uint64_t>(shard_mb) << 20 : 5ull << 30);
     if (!s.ok()) {
-      std::fprintf(stderr, "save failed: %s\n",
-                   std::string(s.message()).c_str());
+      std::fprintf(stderr, "save failed: %s\n", std::string(s.message()).c_str());
       return 1;
     }
-    std::printf("wrote %ld tensors, %.1f MB in %.2f s to %s\n",
-                static_cast<long>(count), count * 16.0, seconds_since(t0),
-                dir.c_str());
+    std::printf("wrote %ld tensors, %.1f MB in %.2f s to %s\n", static_cast<long>(count), count * 16.0,
+                seconds_since(t0), dir.c_str());
   }  // the source tensors are freed here
 
   uint64_t file_bytes = 0;
@@ -134,9 +124,7 @@ int main(int argc, char** argv) {
   const double file_mb = file_bytes / (1024.0 * 1024.0);
   // Preallocated, touched destinations (as a model's parameters would be).
   for (int64_t i = 0; i < count; ++i) dst.push_back(at::zeros({4096, 1024}));
-  std::printf(
-      "checkpoint files: %.1f MB; destinations allocated: RSS %.1f MB\n",
-      file_mb, status_kb("VmRSS") / 1024.0);
+  std::printf("checkpoint files: %.1f MB; destinations allocated: RSS %.1f MB\n", file_mb, status_kb("VmRSS") / 1024.0);
 
   run(dir, dst, names, /*release=*/true, /*cold=*/true, file_mb);
   run(dir, dst, names, /*release=*/true, /*cold=*/false, file_mb);

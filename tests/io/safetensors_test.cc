@@ -33,15 +33,13 @@ uint64_t header_len(const std::string& bytes) {
 }
 
 // Bitwise equality (NaN-safe, exact for floats).
-void expect_bit_identical(const at::Tensor& a, const at::Tensor& b,
-                          const std::string& name) {
+void expect_bit_identical(const at::Tensor& a, const at::Tensor& b, const std::string& name) {
   ASSERT_EQ(a.scalar_type(), b.scalar_type()) << name;
   ASSERT_EQ(a.sizes(), b.sizes()) << name;
   at::Tensor ca = a.contiguous(), cb = b.contiguous();
   ASSERT_EQ(ca.nbytes(), cb.nbytes()) << name;
   if (ca.nbytes() > 0) {
-    EXPECT_EQ(std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()), 0)
-        << name;
+    EXPECT_EQ(std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()), 0) << name;
   }
 }
 
@@ -60,10 +58,8 @@ struct DtypeCase {
 
 // In the reference writer's order: alignment descending.
 const std::vector<DtypeCase> kSupported = {
-    {at::kLong, "I64"},  {at::kDouble, "F64"},    {at::kFloat, "F32"},
-    {at::kInt, "I32"},   {at::kBFloat16, "BF16"}, {at::kHalf, "F16"},
-    {at::kShort, "I16"}, {at::kChar, "I8"},       {at::kByte, "U8"},
-    {at::kBool, "BOOL"},
+    {at::kLong, "I64"}, {at::kDouble, "F64"}, {at::kFloat, "F32"}, {at::kInt, "I32"}, {at::kBFloat16, "BF16"},
+    {at::kHalf, "F16"}, {at::kShort, "I16"},  {at::kChar, "I8"},   {at::kByte, "U8"}, {at::kBool, "BOOL"},
 };
 
 TEST(SafetensorsDtypeTest, NamesMapBothWays) {
@@ -71,10 +67,8 @@ TEST(SafetensorsDtypeTest, NamesMapBothWays) {
     EXPECT_EQ(safetensors_dtype_name(c.type).value(), c.name);
     EXPECT_EQ(scalar_type_from_safetensors(c.name).value(), c.type);
   }
-  EXPECT_EQ(scalar_type_from_safetensors("F8_E4M3").status().code(),
-            absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(scalar_type_from_safetensors("F12").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(scalar_type_from_safetensors("F8_E4M3").status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(scalar_type_from_safetensors("F12").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(safetensors_dtype_name(at::kComplexFloat).ok());
   EXPECT_EQ(safetensors_dtype_bits("F4").value(), 4);
   EXPECT_EQ(safetensors_dtype_bits("F6_E3M2").value(), 6);
@@ -116,10 +110,8 @@ TEST(SafetensorsTest, HeaderIsPaddedWithMetadataFirstAndAlignmentOrder) {
   std::vector<NamedTensor> tensors;
   // Names deliberately in reverse order of the expected layout.
   for (auto it = kSupported.rbegin(); it != kSupported.rend(); ++it) {
-    tensors.push_back(
-        {std::string("b_") + it->name, random_tensor(it->type, {3})});
-    tensors.push_back(
-        {std::string("a_") + it->name, random_tensor(it->type, {2})});
+    tensors.push_back({std::string("b_") + it->name, random_tensor(it->type, {3})});
+    tensors.push_back({std::string("a_") + it->name, random_tensor(it->type, {2})});
   }
   std::string path = testing::make_temp_dir("st_layout") + "/x.safetensors";
   ASSERT_TRUE(save_safetensors(path, tensors).ok());
@@ -128,8 +120,7 @@ TEST(SafetensorsTest, HeaderIsPaddedWithMetadataFirstAndAlignmentOrder) {
   uint64_t n = header_len(bytes);
   EXPECT_EQ(n % 8, 0u);
   std::string header = bytes.substr(8, n);
-  EXPECT_EQ(header.rfind("{\"__metadata__\":{\"format\":\"pt\"},", 0), 0u)
-      << header;
+  EXPECT_EQ(header.rfind("{\"__metadata__\":{\"format\":\"pt\"},", 0), 0u) << header;
   size_t close = header.find_last_of('}');
   EXPECT_LT(header.size() - close - 1, 8u);
   EXPECT_EQ(header.find_first_not_of(' ', close + 1), std::string::npos);
@@ -138,8 +129,7 @@ TEST(SafetensorsTest, HeaderIsPaddedWithMetadataFirstAndAlignmentOrder) {
   ASSERT_TRUE(file.ok()) << file.status();
   std::vector<const TensorInfo*> by_offset;
   for (const TensorInfo& t : (*file)->tensors()) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->begin < b->begin; });
+  std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
   std::vector<std::string> order, expected;
   for (auto* t : by_offset) order.push_back(t->name);
   for (const DtypeCase& c : kSupported) {
@@ -149,8 +139,7 @@ TEST(SafetensorsTest, HeaderIsPaddedWithMetadataFirstAndAlignmentOrder) {
   EXPECT_EQ(order, expected);
   // Each tensor is naturally aligned in the file.
   for (auto* t : by_offset) {
-    EXPECT_EQ((8 + n + t->begin) % c10::elementSize(t->scalar_type), 0u)
-        << t->name;
+    EXPECT_EQ((8 + n + t->begin) % c10::elementSize(t->scalar_type), 0u) << t->name;
   }
   // Header order matches data order (metadata, then layout order).
   size_t prev = 0;
@@ -168,23 +157,16 @@ TEST(SafetensorsTest, HeaderIsPaddedWithMetadataFirstAndAlignmentOrder) {
 TEST(SafetensorsTest, MatchesReferenceBytesWithoutMetadata) {
   std::string dir = testing::make_temp_dir("st_golden");
   at::Tensor t = at::arange(6, at::kFloat).reshape({1, 2, 3});
-  ASSERT_TRUE(
-      save_safetensors(dir + "/a.safetensors", {{"attn.0", t}}, {}).ok());
+  ASSERT_TRUE(save_safetensors(dir + "/a.safetensors", {{"attn.0", t}}, {}).ok());
   const unsigned char expected[] = {
-      64,  0,   0,   0,   0,   0,   0,   0,   123, 34,  97,  116, 116, 110,
-      46,  48,  34,  58,  123, 34,  100, 116, 121, 112, 101, 34,  58,  34,
-      70,  51,  50,  34,  44,  34,  115, 104, 97,  112, 101, 34,  58,  91,
-      49,  44,  50,  44,  51,  93,  44,  34,  100, 97,  116, 97,  95,  111,
-      102, 102, 115, 101, 116, 115, 34,  58,  91,  48,  44,  50,  52,  93,
-      125, 125, 0,   0,   0,   0,   0,   0,   128, 63,  0,   0,   0,   64,
-      0,   0,   64,  64,  0,   0,   128, 64,  0,   0,   160, 64};
-  EXPECT_EQ(
-      read_bytes(dir + "/a.safetensors"),
-      std::string(reinterpret_cast<const char*>(expected), sizeof(expected)));
+      64,  0,  0,   0,  0,   0,  0,   0,   123, 34,  97,  116, 116, 110, 46,  48, 34, 58, 123, 34, 100, 116, 121, 112,
+      101, 34, 58,  34, 70,  51, 50,  34,  44,  34,  115, 104, 97,  112, 101, 34, 58, 91, 49,  44, 50,  44,  51,  93,
+      44,  34, 100, 97, 116, 97, 95,  111, 102, 102, 115, 101, 116, 115, 34,  58, 91, 48, 44,  50, 52,  93,  125, 125,
+      0,   0,  0,   0,  0,   0,  128, 63,  0,   0,   0,   64,  0,   0,   64,  64, 0,  0,  128, 64, 0,   0,   160, 64};
+  EXPECT_EQ(read_bytes(dir + "/a.safetensors"), std::string(reinterpret_cast<const char*>(expected), sizeof(expected)));
 
   ASSERT_TRUE(save_safetensors(dir + "/empty.safetensors", {}, {}).ok());
-  EXPECT_EQ(read_bytes(dir + "/empty.safetensors"),
-            std::string("\x08\0\0\0\0\0\0\0{}      ", 16));
+  EXPECT_EQ(read_bytes(dir + "/empty.safetensors"), std::string("\x08\0\0\0\0\0\0\0{}      ", 16));
   auto f = SafetensorsFile::open(dir + "/empty.safetensors");
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_TRUE((*f)->tensors().empty());
@@ -199,12 +181,11 @@ TEST(SafetensorsTest, NonContiguousSharedAndGradTensorsAreCopied) {
   at::Tensor expanded = at::randn({1, 3}).expand({5, 3});
   at::Tensor grad = at::randn({3}).set_requires_grad(true);
   std::string path = testing::make_temp_dir("st_noncontig") + "/x.safetensors";
-  ASSERT_TRUE(save_safetensors(path, {{"base", base},
-                                      {"transposed", transposed},
-                                      {"strided", strided},
-                                      {"expanded", expanded},
-                                      {"grad", grad}})
-                  .ok());
+  ASSERT_TRUE(
+      save_safetensors(
+          path,
+          {{"base", base}, {"transposed", transposed}, {"strided", strided}, {"expanded", expanded}, {"grad", grad}})
+          .ok());
   auto file = SafetensorsFile::open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   expect_bit_identical((*file)->load("transposed").value(), transposed, "t");
@@ -220,12 +201,10 @@ TEST(SafetensorsTest, SaveRejectsBadInputAndLeavesNoFile) {
   at::Tensor t = at::ones({2});
   absl::Status dup = save_safetensors(path, {{"a", t}, {"b", t}, {"a", t}});
   EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(dup.message().find("duplicate tensor name 'a'"), std::string::npos)
-      << dup;
+  EXPECT_NE(dup.message().find("duplicate tensor name 'a'"), std::string::npos) << dup;
   EXPECT_FALSE(save_safetensors(path, {{"__metadata__", t}}).ok());
   EXPECT_FALSE(save_safetensors(path, {{"u", at::Tensor()}}).ok());
-  EXPECT_FALSE(
-      save_safetensors(path, {{"c", at::ones({2}, at::kComplexFloat)}}).ok());
+  EXPECT_FALSE(save_safetensors(path, {{"c", at::ones({2}, at::kComplexFloat)}}).ok());
   absl::Status utf8 = save_safetensors(path, {{"bad\xff", t}});
   EXPECT_FALSE(utf8.ok());
   EXPECT_NE(utf8.message().find("UTF-8"), std::string::npos) << utf8;
@@ -236,8 +215,7 @@ TEST(SafetensorsTest, SaveRejectsBadInputAndLeavesNoFile) {
 
 TEST(SafetensorsTest, CustomMetadataAndEscapedNames) {
   std::string path = testing::make_temp_dir("st_meta") + "/x.safetensors";
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"}, {"note", "quote \" backslash \\ newline \n é"}};
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "quote \" backslash \\ newline \n é"}};
   std::string name = "weird \"name\"\t\xc3\xa9";
   ASSERT_TRUE(save_safetensors(path, {{name, at::ones({2})}}, meta).ok());
   auto file = SafetensorsFile::open(path);
@@ -262,8 +240,7 @@ TEST(SafetensorsTest, LoadConvertsDtypeAndViewIsZeroCopy) {
   at::Tensor owned = (*file)->load("w").value();
   EXPECT_NE(owned.data_ptr(), v1.data_ptr());
   owned.add_(1);  // owned copies are writable
-  EXPECT_EQ((*file)->view("missing").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ((*file)->view("missing").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*file)->find("missing"), nullptr);
 }
 
@@ -306,8 +283,7 @@ TEST(SafetensorsTest, ReleaseDropsPagesAndViewsStayValid) {
   (*file)->release("a");
   int64_t after = proc_status_kb("RssFile:");
   if (before >= 0 && after >= 0) {
-    EXPECT_GE(before - after, 12 * 1024)
-        << "RssFile " << before << " -> " << after;
+    EXPECT_GE(before - after, 12 * 1024) << "RssFile " << before << " -> " << after;
   }
   EXPECT_TRUE(at::equal(dst, a));
   EXPECT_TRUE(at::equal(va, a));  // re-faulted from the file
@@ -335,8 +311,7 @@ TEST(SafetensorsTest, SpecDtypesWithoutTorchTypeOpenButDoNotLoad) {
   EXPECT_EQ(v.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(v.status().message().find("'f8'"), std::string::npos) << v.status();
   EXPECT_NE(v.status().message().find("F8_E4M3"), std::string::npos);
-  EXPECT_EQ((*file)->load("u16").status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*file)->load("u16").status().code(), absl::StatusCode::kUnimplemented);
 }
 
 TEST(SafetensorsTest, MisalignedOffsetsAreCopied) {
@@ -350,8 +325,7 @@ TEST(SafetensorsTest, MisalignedOffsetsAreCopied) {
   uint64_t n = header.size();
   std::memcpy(bytes.data(), &n, 8);
   float vals[2] = {1.5f, -2.25f};
-  bytes += header + std::string("\x07") +
-           std::string(reinterpret_cast<const char*>(vals), 8);
+  bytes += header + std::string("\x07") + std::string(reinterpret_cast<const char*>(vals), 8);
   std::string path = testing::make_temp_dir("st_misaligned") + "/x.safetensors";
   std::ofstream(path, std::ios::binary) << bytes;
   auto file = SafetensorsFile::open(path);
@@ -379,7 +353,6 @@ TEST(SafetensorsTest, SaveReplacesAtomicallyAndLeavesNoTempFiles) {
   }
   EXPECT_EQ(entries, 1);
 }
-
 
 TEST(SafetensorsReadInto, ChunkedCopyConvertsAndMatchesLoad) {
   const std::string path = testing::make_temp_dir("st_readinto") + "/x.safetensors";

@@ -23,8 +23,7 @@ std::string le64(uint64_t n) {
 
 // A file with header `header` (its real length unless `n` overrides it) and
 // `data` after it.
-std::string make_file(const std::string& header, const std::string& data,
-                      std::optional<uint64_t> n = std::nullopt) {
+std::string make_file(const std::string& header, const std::string& data, std::optional<uint64_t> n = std::nullopt) {
   return le64(n.value_or(header.size())) + header + data;
 }
 
@@ -34,22 +33,19 @@ class ValidationTest : public ::testing::Test {
 
   // Writes `bytes`, opens it, expects failure, returns the message.
   std::string open_error(const std::string& bytes) {
-    std::string path =
-        dir_ + "/f" + std::to_string(counter_++) + ".safetensors";
+    std::string path = dir_ + "/f" + std::to_string(counter_++) + ".safetensors";
     std::ofstream(path, std::ios::binary) << bytes;
     auto file = SafetensorsFile::open(path);
     EXPECT_FALSE(file.ok()) << "opened: " << path;
     if (file.ok()) return "";
-    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument)
-        << file.status();
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << file.status();
     std::string msg(file.status().message());
     EXPECT_NE(msg.find(path), std::string::npos) << "no file name in: " << msg;
     return msg;
   }
 
   bool opens(const std::string& bytes) {
-    std::string path =
-        dir_ + "/g" + std::to_string(counter_++) + ".safetensors";
+    std::string path = dir_ + "/g" + std::to_string(counter_++) + ".safetensors";
     std::ofstream(path, std::ios::binary) << bytes;
     return SafetensorsFile::open(path).ok();
   }
@@ -58,13 +54,11 @@ class ValidationTest : public ::testing::Test {
   int counter_ = 0;
 };
 
-::testing::AssertionResult mentions(const std::string& msg,
-                                    const std::string& needle) {
+::testing::AssertionResult mentions(const std::string& msg, const std::string& needle) {
   if (msg.find(needle) != std::string::npos) {
     return ::testing::AssertionSuccess();
   }
-  return ::testing::AssertionFailure()
-         << "'" << needle << "' not in error message: " << msg;
+  return ::testing::AssertionFailure() << "'" << needle << "' not in error message: " << msg;
 }
 
 const std::string kTwoF32 =
@@ -76,10 +70,10 @@ TEST_F(ValidationTest, WellFormedBaselineOpens) {
   EXPECT_TRUE(opens(make_file("{}", "")));
   EXPECT_TRUE(opens(make_file("{\"__metadata__\":null}  ", "")));
   // Zero-size tensors share an offset with their neighbour.
-  EXPECT_TRUE(opens(make_file(
-      "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
-      "\"s\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[0,4]}}",
-      std::string(4, '\0'))));
+  EXPECT_TRUE(
+      opens(make_file("{\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
+                      "\"s\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[0,4]}}",
+                      std::string(4, '\0'))));
 }
 
 TEST_F(ValidationTest, FileShorterThan8Bytes) {
@@ -91,8 +85,7 @@ TEST_F(ValidationTest, HeaderTooLarge) {
   std::string msg = open_error(le64(100'000'001) + "{}");
   EXPECT_TRUE(mentions(msg, "HeaderTooLarge"));
   EXPECT_TRUE(mentions(msg, "100000001"));
-  EXPECT_TRUE(
-      mentions(open_error(le64(~uint64_t{0}) + "{}"), "HeaderTooLarge"));
+  EXPECT_TRUE(mentions(open_error(le64(~uint64_t{0}) + "{}"), "HeaderTooLarge"));
 }
 
 TEST_F(ValidationTest, HeaderLengthPastEndOfFile) {
@@ -108,38 +101,34 @@ TEST_F(ValidationTest, TruncatedData) {
 }
 
 TEST_F(ValidationTest, TrailingBytes) {
-  EXPECT_TRUE(mentions(open_error(make_file(kTwoF32, std::string(17, '\0'))),
-                       "trailing bytes"));
+  EXPECT_TRUE(mentions(open_error(make_file(kTwoF32, std::string(17, '\0'))), "trailing bytes"));
 }
 
 TEST_F(ValidationTest, OverlappingOffsets) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-      "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
-      std::string(12, '\0')));
+  std::string msg =
+      open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+                           std::string(12, '\0')));
   EXPECT_TRUE(mentions(msg, "overlap"));
   EXPECT_TRUE(mentions(msg, "'b'"));
 }
 
 TEST_F(ValidationTest, GappedOffsets) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-      "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}",
-      std::string(20, '\0')));
+  std::string msg =
+      open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}",
+                           std::string(20, '\0')));
   EXPECT_TRUE(mentions(msg, "gap"));
   EXPECT_TRUE(mentions(msg, "'b'"));
   // A first tensor not at 0 is a gap too.
   EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}",
-          std::string(4, '\0'))),
+      open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", std::string(4, '\0'))),
       "gap"));
 }
 
 TEST_F(ValidationTest, SizeMismatchForDtype) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
-      std::string(8, '\0')));
+  std::string msg =
+      open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", std::string(8, '\0')));
   EXPECT_TRUE(mentions(msg, "size mismatch"));
   EXPECT_TRUE(mentions(msg, "'a'"));
   EXPECT_TRUE(mentions(msg, "12 bytes"));
@@ -147,87 +136,69 @@ TEST_F(ValidationTest, SizeMismatchForDtype) {
 
 TEST_F(ValidationTest, EndBeforeBegin) {
   EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[4,0]}}",
-          std::string(4, '\0'))),
+      open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[4,0]}}", std::string(4, '\0'))),
       "end before"));
 }
 
 TEST_F(ValidationTest, SubByteDtypeMustFillWholeBytes) {
   EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}",
-          std::string(2, '\0'))),
+      open_error(make_file("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", std::string(2, '\0'))),
       "MisalignedSlice"));
-  EXPECT_TRUE(
-      mentions(open_error(make_file("{\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":["
-                                    "3],\"data_offsets\":[0,3]}}",
-                                    std::string(3, '\0'))),
-               "whole number of bytes"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":["
+                                            "3],\"data_offsets\":[0,3]}}",
+                                            std::string(3, '\0'))),
+                       "whole number of bytes"));
   // 4 x 6 bits = 3 bytes is fine.
-  EXPECT_TRUE(opens(make_file(
-      "{\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":[4],\"data_offsets\":[0,3]}}",
-      std::string(3, '\0'))));
+  EXPECT_TRUE(
+      opens(make_file("{\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":[4],\"data_offsets\":[0,3]}}", std::string(3, '\0'))));
 }
 
 TEST_F(ValidationTest, ShapeOverflow) {
-  EXPECT_TRUE(mentions(
-      open_error(make_file("{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,"
-                           "4294967296],\"data_offsets\":[0,0]}}",
-                           "")),
-      "ValidationOverflow"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,"
+                                            "4294967296],\"data_offsets\":[0,0]}}",
+                                            "")),
+                       "ValidationOverflow"));
   // Fits in uint64 elements but not in bits.
-  EXPECT_TRUE(
-      mentions(open_error(make_file(
-                   "{\"a\":{\"dtype\":\"I64\",\"shape\":[1152921504606846976],"
-                   "\"data_offsets\":[0,0]}}",
-                   "")),
-               "overflows"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"I64\",\"shape\":[1152921504606846976],"
+                                            "\"data_offsets\":[0,0]}}",
+                                            "")),
+                       "overflows"));
   // Beyond int64 dims are rejected as shape entries.
-  EXPECT_TRUE(
-      mentions(open_error(make_file(
-                   "{\"a\":{\"dtype\":\"U8\",\"shape\":[18446744073709551615,"
-                   "0],\"data_offsets\":[0,0]}}",
-                   "")),
-               "non-negative 64-bit"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[18446744073709551615,"
+                                            "0],\"data_offsets\":[0,0]}}",
+                                            "")),
+                       "non-negative 64-bit"));
 }
 
 TEST_F(ValidationTest, UnknownDtype) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"F12\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-      std::string(8, '\0')));
+  std::string msg =
+      open_error(make_file("{\"a\":{\"dtype\":\"F12\",\"shape\":[2],\"data_offsets\":[0,8]}}", std::string(8, '\0')));
   EXPECT_TRUE(mentions(msg, "unknown dtype 'F12'"));
   EXPECT_TRUE(mentions(msg, "'a'"));
 }
 
 TEST_F(ValidationTest, DuplicateTensorNames) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-      "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
-      std::string(16, '\0')));
+  std::string msg =
+      open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                           "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                           std::string(16, '\0')));
   EXPECT_TRUE(mentions(msg, "duplicate"));
   EXPECT_TRUE(mentions(msg, "'a'"));
   // Duplicates inside an entry are ambiguous too.
-  EXPECT_TRUE(mentions(
-      open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"U8\","
-                           "\"shape\":[2],\"data_offsets\":[0,8]}}",
-                           std::string(8, '\0'))),
-      "duplicate key 'dtype'"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"U8\","
+                                            "\"shape\":[2],\"data_offsets\":[0,8]}}",
+                                            std::string(8, '\0'))),
+                       "duplicate key 'dtype'"));
 }
 
 TEST_F(ValidationTest, NonUtf8Header) {
-  std::string msg = open_error(make_file(
-      "{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
-      std::string(1, '\0')));
+  std::string msg = open_error(
+      make_file("{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", std::string(1, '\0')));
   EXPECT_TRUE(mentions(msg, "UTF-8"));
   EXPECT_TRUE(mentions(msg, "byte 11"));
   // Overlong NUL, an encoded surrogate, and a code point above U+10FFFF.
-  for (const char* bad :
-       {"\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"}) {
-    EXPECT_TRUE(mentions(
-        open_error(make_file(
-            std::string("{\"__metadata__\":{\"k\":\"") + bad + "\"}}", "")),
-        "UTF-8"))
+  for (const char* bad : {"\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"}) {
+    EXPECT_TRUE(mentions(open_error(make_file(std::string("{\"__metadata__\":{\"k\":\"") + bad + "\"}}", "")), "UTF-8"))
         << "sequence " << bad;
   }
   // Valid multi-byte names open.
@@ -239,20 +210,15 @@ TEST_F(ValidationTest, NonUtf8Header) {
 }
 
 TEST_F(ValidationTest, MetadataMustBeStringToString) {
-  std::string msg =
-      open_error(make_file("{\"__metadata__\":{\"format\":1}}", ""));
+  std::string msg = open_error(make_file("{\"__metadata__\":{\"format\":1}}", ""));
   EXPECT_TRUE(mentions(msg, "__metadata__"));
   EXPECT_TRUE(mentions(msg, "'format' is not a string"));
-  EXPECT_TRUE(mentions(
-      open_error(make_file("{\"__metadata__\":{\"a\":{\"b\":\"c\"}}}", "")),
-      "not a string"));
-  EXPECT_TRUE(mentions(open_error(make_file("{\"__metadata__\":[\"pt\"]}", "")),
-                       "__metadata__"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"__metadata__\":{\"a\":{\"b\":\"c\"}}}", "")), "not a string"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"__metadata__\":[\"pt\"]}", "")), "__metadata__"));
 }
 
 TEST_F(ValidationTest, NegativeShape) {
-  std::string msg = open_error(make_file(
-      "{\"a\":{\"dtype\":\"U8\",\"shape\":[-1],\"data_offsets\":[0,0]}}", ""));
+  std::string msg = open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[-1],\"data_offsets\":[0,0]}}", ""));
   EXPECT_TRUE(mentions(msg, "non-negative"));
   EXPECT_TRUE(mentions(msg, "'a'"));
 }
@@ -260,44 +226,25 @@ TEST_F(ValidationTest, NegativeShape) {
 TEST_F(ValidationTest, MalformedEntries) {
   EXPECT_TRUE(mentions(open_error(make_file("[]", "")), "'{'"));
   EXPECT_TRUE(mentions(open_error(make_file("{\"a\":", "")), "not valid JSON"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":3}", "")), "not a JSON object"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"shape\":[],\"data_offsets\":[0,1]}}", "")), "\"dtype\""));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":3,\"data_offsets\":[0,1]}}", "x")),
+                       "\"shape\""));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[1.5],\"data_offsets\":[0,1]}}", "x")),
+                       "non-negative"));
+  EXPECT_TRUE(mentions(open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1,2]}}", "x")),
+                       "data_offsets"));
   EXPECT_TRUE(
-      mentions(open_error(make_file("{\"a\":3}", "")), "not a JSON object"));
+      mentions(open_error(make_file("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,\"1\"]}}", "x")),
+               "data_offsets"));
   EXPECT_TRUE(
-      mentions(open_error(make_file(
-                   "{\"a\":{\"shape\":[],\"data_offsets\":[0,1]}}", "")),
-               "\"dtype\""));
-  EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":3,\"data_offsets\":[0,1]}}",
-          "x")),
-      "\"shape\""));
-  EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":[1.5],\"data_offsets\":[0,1]}}",
-          "x")),
-      "non-negative"));
-  EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1,2]}}",
-          "x")),
-      "data_offsets"));
-  EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,\"1\"]}}",
-          "x")),
-      "data_offsets"));
-  EXPECT_TRUE(mentions(
-      open_error(make_file(
-          "{\"a\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,1]}}", "x")),
-      "\"dtype\""));
+      mentions(open_error(make_file("{\"a\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,1]}}", "x")), "\"dtype\""));
   EXPECT_TRUE(mentions(open_error(make_file("", "")), "'{'"));
-  EXPECT_TRUE(mentions(open_error(make_file(std::string("{}\0\0", 4), "")),
-                       "not valid JSON"));
+  EXPECT_TRUE(mentions(open_error(make_file(std::string("{}\0\0", 4), "")), "not valid JSON"));
 }
 
 TEST_F(ValidationTest, DeeplyNestedJsonDoesNotCrash) {
-  std::string deep =
-      "{\"a\":" + std::string(200000, '[') + std::string(200000, ']') + "}";
+  std::string deep = "{\"a\":" + std::string(200000, '[') + std::string(200000, ']') + "}";
   EXPECT_TRUE(mentions(open_error(make_file(deep, "")), "not a JSON object"));
 }
 

@@ -35,8 +35,8 @@ std::vector<Shape> random_shapes() {
 }
 
 std::string label(const Shape& s, at::ScalarType dtype) {
-  return "W [" + std::to_string(s.n_out * s.r) + ", " + std::to_string(s.n_in * s.r) + "], r = " +
-         std::to_string(s.r) + ", " + std::string(c10::toString(dtype));
+  return "W [" + std::to_string(s.n_out * s.r) + ", " + std::to_string(s.n_in * s.r) + "], r = " + std::to_string(s.r) +
+         ", " + std::string(c10::toString(dtype));
 }
 
 class BlockAffineParity : public ::testing::TestWithParam<at::ScalarType> {};
@@ -150,7 +150,8 @@ TEST(BlockAffine, ShapeErrorsNameTheShapes) {
     }
     return "";
   };
-  EXPECT_NE(message(at::zeros({12, 10}), at::zeros({3, 4, 4})).find("r = 4 must divide both dimensions of the weight [12, 10]"),
+  EXPECT_NE(message(at::zeros({12, 10}), at::zeros({3, 4, 4}))
+                .find("r = 4 must divide both dimensions of the weight [12, 10]"),
             std::string::npos);
   EXPECT_NE(message(at::zeros({12, 8}), at::zeros({2, 4, 4})).find("T has 2 blocks"), std::string::npos);
   EXPECT_NE(message(at::zeros({12, 8}), at::zeros({3, 4, 2})).find("T must be [out/r, r, r]"), std::string::npos);

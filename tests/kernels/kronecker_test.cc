@@ -52,11 +52,10 @@ TEST_P(KroneckerParity, ValuesAndGradientsMatchReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, KroneckerParity,
-    ::testing::Combine(::testing::Values(Case{4, 32, 8, 1}, Case{4, 8, 32, 1}, Case{2, 6, 10, 3}, Case{1, 5, 7, 2},
-                                         Case{8, 64, 16, 2}),
-                       ::testing::Values(at::kFloat, at::kDouble), ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Shapes, KroneckerParity,
+                         ::testing::Combine(::testing::Values(Case{4, 32, 8, 1}, Case{4, 8, 32, 1}, Case{2, 6, 10, 3},
+                                                              Case{1, 5, 7, 2}, Case{8, 64, 16, 2}),
+                                            ::testing::Values(at::kFloat, at::kDouble), ::testing::Bool()));
 
 TEST(Kronecker, WeightIsTheKroneckerSum) {
   // n = 2, in = 4, out = 2, r = 1: check H entry by entry against
@@ -84,7 +83,7 @@ TEST(Kronecker, RejectsBadShapes) {
   const at::Tensor A = at::randn({4, 4, 4});
   const at::Tensor L = at::randn({4, 8, 1});
   const at::Tensor R = at::randn({4, 1, 2});
-  EXPECT_THROW(phm_linear(at::randn({3, 30}), A, L, R, {}), c10::Error);            // in = 32
+  EXPECT_THROW(phm_linear(at::randn({3, 30}), A, L, R, {}), c10::Error);                     // in = 32
   EXPECT_THROW(phm_linear(at::randn({3, 32}), A, L, at::randn({4, 2, 2}), {}), c10::Error);  // rank mismatch
   EXPECT_THROW(phm_linear(at::randn({3, 32}), at::randn({4, 4, 3}), L, R, {}), c10::Error);
   EXPECT_THROW(phm_linear(at::randn({3, 32}), A, L, R, at::randn({7})), c10::Error);

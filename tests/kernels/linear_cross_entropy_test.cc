@@ -76,11 +76,11 @@ TEST(LinearCe, FrozenHeadAndFrozenInputNeedNoGraph) {
 
 TEST(LinearCe, RejectsBadInputs) {
   Inputs in = make_inputs(at::kFloat, 5, 4, 7, false, 1);
-  EXPECT_THROW(linear_cross_entropy(in.h, in.W.narrow(1, 0, 3), in.labels), c10::Error);    // C mismatch
-  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels.narrow(0, 0, 4)), c10::Error);    // N mismatch
-  EXPECT_THROW(linear_cross_entropy(in.h, in.W.to(at::kDouble), in.labels), c10::Error);    // dtype
-  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels.to(at::kInt)), c10::Error);       // label dtype
-  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels, -100, 0), c10::Error);           // chunk
+  EXPECT_THROW(linear_cross_entropy(in.h, in.W.narrow(1, 0, 3), in.labels), c10::Error);  // C mismatch
+  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels.narrow(0, 0, 4)), c10::Error);  // N mismatch
+  EXPECT_THROW(linear_cross_entropy(in.h, in.W.to(at::kDouble), in.labels), c10::Error);  // dtype
+  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels.to(at::kInt)), c10::Error);     // label dtype
+  EXPECT_THROW(linear_cross_entropy(in.h, in.W, in.labels, -100, 0), c10::Error);         // chunk
   at::Tensor bad = in.labels.clone();
   bad[1] = 7;  // == V
   try {

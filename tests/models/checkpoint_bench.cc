@@ -26,11 +26,11 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/function.h>
 
-#include "tests/testing/tiny_models.h"
-#include "trainers/process_stats.h"
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
 #include "peft/peft_model.h"
+#include "tests/testing/tiny_models.h"
+#include "trainers/process_stats.h"
 
 namespace {
 
@@ -94,9 +94,9 @@ int run_child(bool checkpointing, bool bf16, int steps) {
   }
   const double peak = reset ? peft::trainers::proc_status_mb("VmHWM") - before : -1.0;
   std::sort(times.begin(), times.end());
-  std::printf("%-5s checkpointing=%-3s  peak RSS above the built model %8.1f MB   median step %6.2f s   autograd nodes %5ld\n",
-              bf16 ? "bf16" : "fp32", checkpointing ? "on" : "off", peak, times[times.size() / 2],
-              static_cast<long>(nodes));
+  std::printf(
+      "%-5s checkpointing=%-3s  peak RSS above the built model %8.1f MB   median step %6.2f s   autograd nodes %5ld\n",
+      bf16 ? "bf16" : "fp32", checkpointing ? "on" : "off", peak, times[times.size() / 2], static_cast<long>(nodes));
   std::fflush(stdout);
   return 0;
 }
@@ -108,9 +108,10 @@ int main(int argc, char** argv) {
     return run_child(std::string(argv[2]) == "on", std::string(argv[3]) == "bf16", std::atoi(argv[4]));
   }
   const int steps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
-  std::printf("LLaMA hidden 512, 8 layers, FFN 1408, vocab 32000, batch 8 x 256 tokens, LoRA r=8 all_linear; "
-              "%d timed step(s) after one warm-up, %d threads\n",
-              steps, at::get_num_threads());
+  std::printf(
+      "LLaMA hidden 512, 8 layers, FFN 1408, vocab 32000, batch 8 x 256 tokens, LoRA r=8 all_linear; "
+      "%d timed step(s) after one warm-up, %d threads\n",
+      steps, at::get_num_threads());
   std::fflush(stdout);
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);

@@ -39,7 +39,8 @@ TEST_P(HfTinyTest, MatchesReference) {
     const int64_t t = static_cast<int64_t>(ids.size());
     at::Tensor expected = at::tensor(c["logits"].get<std::vector<std::vector<double>>>().front(), at::kDouble);
     std::vector<double> flat;
-    for (const auto& row : c["logits"]) for (double v : row) flat.push_back(v);
+    for (const auto& row : c["logits"])
+      for (double v : row) flat.push_back(v);
     expected = at::tensor(flat, at::kDouble).view({t, -1});
     at::Tensor got = (*lm)->forward(at::tensor(ids, at::kLong).view({1, t}), nullptr)[0].to(at::kDouble);
     ASSERT_EQ(got.sizes(), expected.sizes());

@@ -72,8 +72,8 @@ TEST_F(Stories260KTest, GreedyAndLogitsMatchRunC) {
     const json& first = c["full_logits_first_positions"];
     const int64_t n = static_cast<int64_t>(first.size());
     ASSERT_GT(n, 0);
-    at::Tensor logits =
-        lm_->forward(at::tensor(std::vector<int64_t>(seq.begin(), seq.begin() + n), at::kLong).view({1, n}), nullptr)[0];
+    at::Tensor logits = lm_->forward(
+        at::tensor(std::vector<int64_t>(seq.begin(), seq.begin() + n), at::kLong).view({1, n}), nullptr)[0];
     for (int64_t p = 0; p < n; ++p) {
       at::Tensor want = at::tensor(first[std::to_string(p)].get<std::vector<double>>(), at::kDouble);
       const double diff = (logits[p].to(at::kDouble) - want).abs().max().item<double>();

@@ -19,11 +19,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "trainers/process_stats.h"
 #include "models/generate.h"
 #include "models/llama2c.h"
 #include "models/model_io.h"
 #include "tests/testing/assets.h"
+#include "trainers/process_stats.h"
 
 namespace {
 
@@ -49,9 +49,10 @@ int phase_load(const std::string& dir) {
   const double secs = peft::trainers::now_seconds() - t0;
   const double file_mb = dir_bytes(dir) / 1048576.0;
   const double hwm = peft::trainers::proc_status_mb("VmHWM");
-  std::printf("{\"phase\":\"load\",\"file_mb\":%.1f,\"seconds\":%.3f,\"mb_per_s\":%.0f,\"peak_rss_mb\":%.1f,"
-              "\"peak_rss_over_file\":%.3f,\"rss_before_load_mb\":%.1f}\n",
-              file_mb, secs, file_mb / secs, hwm, hwm / file_mb, base_rss);
+  std::printf(
+      "{\"phase\":\"load\",\"file_mb\":%.1f,\"seconds\":%.3f,\"mb_per_s\":%.0f,\"peak_rss_mb\":%.1f,"
+      "\"peak_rss_over_file\":%.3f,\"rss_before_load_mb\":%.1f}\n",
+      file_mb, secs, file_mb / secs, hwm, hwm / file_mb, base_rss);
   return 0;
 }
 
@@ -67,10 +68,11 @@ int phase_generate(const std::string& name, std::shared_ptr<CausalLm> lm, int th
     std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
     return 1;
   }
-  std::printf("{\"phase\":\"generate\",\"model\":\"%s\",\"threads\":%d,\"prompt_tokens\":%zu,\"new_tokens\":%zu,"
-              "\"prefill_tok_per_s\":%.1f,\"decode_tok_per_s\":%.1f}\n",
-              name.c_str(), threads, prompt.size(), r->generated_ids.size(), prompt.size() / r->prefill_seconds,
-              (r->generated_ids.size() - 1) / r->decode_seconds);
+  std::printf(
+      "{\"phase\":\"generate\",\"model\":\"%s\",\"threads\":%d,\"prompt_tokens\":%zu,\"new_tokens\":%zu,"
+      "\"prefill_tok_per_s\":%.1f,\"decode_tok_per_s\":%.1f}\n",
+      name.c_str(), threads, prompt.size(), r->generated_ids.size(), prompt.size() / r->prefill_seconds,
+      (r->generated_ids.size() - 1) / r->decode_seconds);
   return 0;
 }
 

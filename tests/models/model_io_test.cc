@@ -156,7 +156,11 @@ TEST_F(BadCheckpointTest, ShapeNotMatchingConfig) {
   cfg.replace(at, 23, "\"intermediate_size\": 40");
   write_file(dir_ + "/config.json", cfg);
   absl::Status s = load_model(dir_).status();
-  EXPECT_NE(s.message().find("model.layers.0.mlp.gate_proj.weight' has shape [48, 32] in the checkpoint but config.json implies [40, 32]"), std::string::npos) << s;
+  EXPECT_NE(
+      s.message().find(
+          "model.layers.0.mlp.gate_proj.weight' has shape [48, 32] in the checkpoint but config.json implies [40, 32]"),
+      std::string::npos)
+      << s;
 }
 
 TEST_F(BadCheckpointTest, MissingTensor) {
@@ -232,7 +236,8 @@ TEST(ModelIoTest, ConfigSpellings) {
   absl::Status s = parse_model_config(R"({"model_type": "llama", "vocab_size": "ten"})").status();
   EXPECT_NE(s.message().find("'vocab_size' must be an integer"), std::string::npos) << s;
   s = parse_model_config(R"({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
-    "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3})").status();
+    "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3})")
+          .status();
   EXPECT_NE(s.message().find("multiple of num_key_value_heads"), std::string::npos) << s;
   EXPECT_FALSE(parse_model_config("{not json").ok());
 }

@@ -20,9 +20,9 @@
 #include <google/protobuf/text_format.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
-#include "trainers/process_stats.h"
 #include "models/model_io.h"
 #include "peft/peft_model.h"
+#include "trainers/process_stats.h"
 
 namespace {
 
@@ -88,10 +88,11 @@ int run_one(const std::string& name, int threads, int steps) {
   const double t0 = peft::trainers::now_seconds();
   for (int i = 0; i < steps; ++i) step();
   const double per_step = (peft::trainers::now_seconds() - t0) / steps;
-  std::printf("{\"method\":\"%s\",\"trainable\":%lld,\"trainable_pct\":%.4f,\"seconds_per_step\":%.3f,"
-              "\"tokens_per_s\":%.0f,\"peak_rss_mb\":%.0f,\"threads\":%d}\n",
-              name.c_str(), static_cast<long long>(trainable), 100.0 * trainable / pm.num_parameters(), per_step,
-              256.0 / per_step, peft::trainers::peak_rss_mb(), threads);
+  std::printf(
+      "{\"method\":\"%s\",\"trainable\":%lld,\"trainable_pct\":%.4f,\"seconds_per_step\":%.3f,"
+      "\"tokens_per_s\":%.0f,\"peak_rss_mb\":%.0f,\"threads\":%d}\n",
+      name.c_str(), static_cast<long long>(trainable), 100.0 * trainable / pm.num_parameters(), per_step,
+      256.0 / per_step, peft::trainers::peak_rss_mb(), threads);
   return 0;
 }
 
@@ -114,8 +115,9 @@ int main(int argc, char** argv) {
   for (const auto& [n, cfg] : configs()) names.push_back(n);
   int rc = 0;
   for (const std::string& n : names) {
-    rc |= std::system((self + " --only=" + n + " --threads=" + std::to_string(threads) + " --steps=" +
-                       std::to_string(steps)).c_str());
+    rc |= std::system(
+        (self + " --only=" + n + " --threads=" + std::to_string(threads) + " --steps=" + std::to_string(steps))
+            .c_str());
   }
   return rc == 0 ? 0 : 1;
 }

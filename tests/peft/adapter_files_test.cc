@@ -160,10 +160,11 @@ TEST(AdapterFiles, LoadingALoraAdapterCopiesNoBaseWeights) {
   const std::string bad = testing::make_temp_dir("bad_pissa");
   std::ofstream(bad + "/adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
     "init_lora_weights": "pissa", "target_modules": "^(model\\.layers\\.0\\.self_attn\\.q_proj)$"})";
-  ASSERT_TRUE(io::save_safetensors(bad + "/adapter_model.safetensors",
-                                   {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({3, 640})},
-                                    {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({640, 2})}})
-                  .ok());
+  ASSERT_TRUE(
+      io::save_safetensors(bad + "/adapter_model.safetensors",
+                           {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({3, 640})},
+                            {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({640, 2})}})
+          .ok());
   const absl::Status failed = pm.load_adapter(bad);
   ASSERT_FALSE(failed.ok());
   EXPECT_NE(std::string(failed.message()).find("has shape [3, 640]"), std::string::npos) << failed;

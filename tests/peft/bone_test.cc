@@ -11,8 +11,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "peft/bone/bone.h"
 #include "peft/io/safetensors.h"
@@ -69,7 +69,8 @@ TEST(BoneBat, WeightGuideOnHandBuiltBlocks) {
   }
   const at::Tensor w = at::arange(1, 17, at::kFloat).view({4, 4});
   const at::Tensor expected =
-      at::tensor({1.f, 4.f, 3.f, 8.f, 5.f, 11.f, 7.f, 15.f, 19.f, 10.f, 23.f, 12.f, 26.f, 14.f, 30.f, 16.f}).view({4, 4});
+      at::tensor({1.f, 4.f, 3.f, 8.f, 5.f, 11.f, 7.f, 15.f, 19.f, 10.f, 23.f, 12.f, 26.f, 14.f, 30.f, 16.f})
+          .view({4, 4});
   EXPECT_TRUE(at::equal(bat->merged_weight(w), expected));
   EXPECT_TRUE(at::equal(bat->adapted_weight(w).detach(), expected));
 
@@ -245,10 +246,23 @@ TEST(BoneMiss, GradientsReachD) {
 
 // Every key PEFT's MissConfig (plus PeftConfig's common keys) knows.
 const std::set<std::string>& miss_config_keys() {
-  static const std::set<std::string> keys = {
-      "peft_type", "task_type", "base_model_name_or_path", "inference_mode", "revision", "auto_mapping",
-      "peft_version", "r", "miss_dropout", "mini_r", "target_modules", "exclude_modules", "init_weights",
-      "layers_to_transform", "layers_pattern", "bias", "modules_to_save"};
+  static const std::set<std::string> keys = {"peft_type",
+                                             "task_type",
+                                             "base_model_name_or_path",
+                                             "inference_mode",
+                                             "revision",
+                                             "auto_mapping",
+                                             "peft_version",
+                                             "r",
+                                             "miss_dropout",
+                                             "mini_r",
+                                             "target_modules",
+                                             "exclude_modules",
+                                             "init_weights",
+                                             "layers_to_transform",
+                                             "layers_pattern",
+                                             "bias",
+                                             "modules_to_save"};
   return keys;
 }
 
@@ -266,7 +280,8 @@ TEST(BoneFormat, MissKeysShapesAndConfigArePeft) {
   EXPECT_EQ(cfg["init_weights"], true);
   EXPECT_EQ(cfg["bias"], "none");
   EXPECT_EQ(cfg["target_modules"], json({"q_proj", "v_proj"}));
-  for (const auto& item : cfg.items()) EXPECT_TRUE(miss_config_keys().count(item.key())) << "unknown key " << item.key();
+  for (const auto& item : cfg.items())
+    EXPECT_TRUE(miss_config_keys().count(item.key())) << "unknown key " << item.key();
 
   auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
   ASSERT_TRUE(file.ok()) << file.status();
@@ -304,9 +319,8 @@ TEST(BoneFormat, BatWritesPeftMissBatFormat) {
   for (const auto& item : cfg.items()) keys.insert(item.key());
   // MissConfig's own fields, every one written, plus PeftConfig's.
   EXPECT_EQ(keys, (std::set<std::string>{"peft_type", "task_type", "base_model_name_or_path", "inference_mode", "r",
-                                         "miss_dropout", "mini_r", "target_modules", "exclude_modules",
-                                         "init_weights", "layers_to_transform", "layers_pattern", "bias",
-                                         "modules_to_save"}));
+                                         "miss_dropout", "mini_r", "target_modules", "exclude_modules", "init_weights",
+                                         "layers_to_transform", "layers_pattern", "bias", "modules_to_save"}));
   for (const std::string& k : keys) EXPECT_TRUE(miss_config_keys().count(k)) << k;
   auto file = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
   ASSERT_TRUE(file.ok());

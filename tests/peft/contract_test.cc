@@ -34,9 +34,7 @@ struct ContractCase {
 // test, so a new method cannot skip the contract.
 std::map<std::string, std::vector<ContractCase>> contract_cases(models::Architecture arch) {
   std::map<std::string, std::vector<ContractCase>> m;
-  auto target_all = [&](proto::AdapterConfig* c) {
-    c->mutable_target()->set_preset("all_linear");
-  };
+  auto target_all = [&](proto::AdapterConfig* c) { c->mutable_target()->set_preset("all_linear"); };
   {
     proto::AdapterConfig c;
     c.mutable_lora()->set_r(4);
@@ -146,8 +144,8 @@ class ContractTest : public ::testing::TestWithParam<models::Architecture> {};
 
 TEST_P(ContractTest, EveryMethodHonoursTheContract) {
   const models::Architecture arch = GetParam();
-  const models::ModelConfig mc = arch == models::Architecture::kLlama ? testing::tiny_llama_config()
-                                                                       : testing::tiny_gpt2_config();
+  const models::ModelConfig mc =
+      arch == models::Architecture::kLlama ? testing::tiny_llama_config() : testing::tiny_gpt2_config();
   std::map<std::string, std::vector<ContractCase>> cases = contract_cases(arch);
   for (const AdapterMethod& method : adapter_methods()) {
     if (!cases.count(method.name)) {

@@ -12,8 +12,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include "peft/io/safetensors.h"
 #include "peft/lora/lora.h"
@@ -72,9 +72,19 @@ TEST(LoraFormat, LlamaKeysShapesAndConfigArePeft) {
   EXPECT_EQ(cfg["init_lora_weights"], true);
   EXPECT_EQ(cfg["base_model_name_or_path"], "my/base");
   // Only keys PEFT's LoraConfig knows (older PEFT rejects unknown ones).
-  const std::set<std::string> known = {"r", "lora_alpha", "lora_dropout", "use_rslora", "init_lora_weights", "bias",
-                                       "fan_in_fan_out", "peft_type", "task_type", "base_model_name_or_path",
-                                       "inference_mode", "target_modules", "layers_to_transform"};
+  const std::set<std::string> known = {"r",
+                                       "lora_alpha",
+                                       "lora_dropout",
+                                       "use_rslora",
+                                       "init_lora_weights",
+                                       "bias",
+                                       "fan_in_fan_out",
+                                       "peft_type",
+                                       "task_type",
+                                       "base_model_name_or_path",
+                                       "inference_mode",
+                                       "target_modules",
+                                       "layers_to_transform"};
   for (const auto& item : cfg.items()) EXPECT_TRUE(known.count(item.key())) << item.key();
 }
 
@@ -91,8 +101,8 @@ TEST(LoraFormat, Gpt2KeysUseLogicalInOut) {
   const io::TensorInfo* b = (*file)->find("base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
-  EXPECT_EQ(a->shape, (std::vector<int64_t>{4, 32}));   // [r, in]
-  EXPECT_EQ(b->shape, (std::vector<int64_t>{96, 4}));   // [out = 3 * n_embd, r]
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{4, 32}));  // [r, in]
+  EXPECT_EQ(b->shape, (std::vector<int64_t>{96, 4}));  // [out = 3 * n_embd, r]
   EXPECT_EQ((*file)->tensors().size(), 4u);
   json cfg = read_json(dir + "/adapter_config.json");
   EXPECT_EQ(cfg["fan_in_fan_out"], true);
@@ -234,9 +244,7 @@ TEST(LoraFormat, ReadsPeftRankAndAlphaPatterns) {
                                       {"model.layers.1.self_attn.q_proj", 2, 4.0 / 2},
                                       {"model.layers.1.self_attn.v_proj", 4, 10.0 / 4}};
   const std::string dir = testing::make_temp_dir("lora_pattern");
-  {
-    std::ofstream(dir + "/adapter_config.json") << cfg;
-  }
+  { std::ofstream(dir + "/adapter_config.json") << cfg; }
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(17);
   std::vector<io::NamedTensor> tensors;
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> ab;
@@ -284,23 +292,23 @@ TEST(LoraFormat, ReadsPeftRankAndAlphaPatterns) {
 TEST(LoraFormat, RecipePatternsApplyAndRoundTrip) {
   proto::AdapterConfig c;
   ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(R"pb(
-    lora {
-      r: 2
-      alpha: 4
-      rank_pattern { key: "v_proj" value: 4 }
-      rank_pattern { key: "layers\\.0\\..*" value: 3 }
-      alpha_pattern { key: "q_proj" value: 6 }
-    }
-    target { modules: "q_proj" modules: "v_proj" }
-  )pb", &c));
+                                                              lora {
+                                                                r: 2
+                                                                alpha: 4
+                                                                rank_pattern { key: "v_proj" value: 4 }
+                                                                rank_pattern { key: "layers\\.0\\..*" value: 3 }
+                                                                alpha_pattern { key: "q_proj" value: 6 }
+                                                              }
+                                                              target { modules: "q_proj" modules: "v_proj" }
+                                                            )pb",
+                                                            &c));
   PeftModel pm(testing::tiny_model(testing::tiny_llama_config(), 2));
   ASSERT_TRUE(pm.add_adapter(c).ok());
   // v_proj: "v_proj" is listed first, so layer 0's v_proj takes 4, not 3.
-  const std::map<std::string, std::pair<int64_t, double>> want = {
-      {"model.layers.0.self_attn.q_proj", {3, 6.0 / 3}},
-      {"model.layers.0.self_attn.v_proj", {4, 4.0 / 4}},
-      {"model.layers.1.self_attn.q_proj", {2, 6.0 / 2}},
-      {"model.layers.1.self_attn.v_proj", {4, 4.0 / 4}}};
+  const std::map<std::string, std::pair<int64_t, double>> want = {{"model.layers.0.self_attn.q_proj", {3, 6.0 / 3}},
+                                                                  {"model.layers.0.self_attn.v_proj", {4, 4.0 / 4}},
+                                                                  {"model.layers.1.self_attn.q_proj", {2, 6.0 / 2}},
+                                                                  {"model.layers.1.self_attn.v_proj", {4, 4.0 / 4}}};
   for (const LinearTarget& t : pm.targets("default")) {
     const auto* l = dynamic_cast<LoraLinearImpl*>(t.linear->adapter("default"));
     ASSERT_NE(l, nullptr);

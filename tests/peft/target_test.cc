@@ -46,8 +46,9 @@ TEST(ResolveTargets, LlamaPresetsAndDefault) {
   EXPECT_EQ(paths(*alias), paths(*all));
   absl::StatusOr<std::vector<LinearTarget>> dflt = resolve_targets(*lm, proto::TargetSpec());
   ASSERT_TRUE(dflt.ok()) << dflt.status();
-  EXPECT_EQ(paths(*dflt), (std::vector<std::string>{"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
-                                                    "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"}));
+  EXPECT_EQ(paths(*dflt),
+            (std::vector<std::string>{"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
+                                      "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"}));
   proto::TargetSpec mlp1 = preset("mlp");
   mlp1.add_layers(1);
   absl::StatusOr<std::vector<LinearTarget>> r = resolve_targets(*lm, mlp1);

@@ -1,4 +1,3 @@
-// File: tests/testing/assets.h
 //
 // Locates ../shared/assets (real checkpoints, tokenizers and reference outputs)
 // for tests. Tests that need it skip with a printed reason when it is absent:
@@ -46,8 +45,7 @@ struct ProgramRun {
 
 /// Runs `program args...` through the shell, feeding `input` on stdin, and
 /// returns its exit status, stdout and stderr.
-ProgramRun run_program(const std::string& program, const std::vector<std::string>& args,
-                       const std::string& input = "");
+ProgramRun run_program(const std::string& program, const std::vector<std::string>& args, const std::string& input = "");
 
 }  // namespace peft::testing
 

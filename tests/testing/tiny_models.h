@@ -1,4 +1,3 @@
-// File: tests/testing/tiny_models.h
 //
 // Tiny seeded LLaMA and GPT-2 models for adapter and trainer tests.
 #ifndef PEFT_TESTS_TESTING_TINY_MODELS_H_

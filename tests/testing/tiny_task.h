@@ -1,4 +1,3 @@
-// File: tests/testing/tiny_task.h
 //
 // The built-in task (examples/bench_task) at a size that runs in seconds,
 // shared by the quickstart and `peft bench` tests: a 1-layer hidden-32 base
@@ -15,9 +14,10 @@ namespace peft::testing {
 /// The flags both programs take for that size, after `output_flag` (each
 /// names its output directory its own way: --work_dir=..., --out_dir=...).
 inline std::vector<std::string> tiny_task_flags(const std::string& output_flag) {
-  return {output_flag,         "--hidden_size=32",        "--num_layers=1",        "--num_heads=2",
-          "--num_kv_heads=1",  "--pretrain_steps=4",      "--pretrain_examples=200", "--train_examples=100",
-          "--test_examples=8", "--steps=3",               "--threads=1"};
+  return {
+      output_flag,          "--hidden_size=32",        "--num_layers=1",       "--num_heads=2",     "--num_kv_heads=1",
+      "--pretrain_steps=4", "--pretrain_examples=200", "--train_examples=100", "--test_examples=8", "--steps=3",
+      "--threads=1"};
 }
 
 /// Parameters of that base: embedding and untied head 257 x 32 each; q, o

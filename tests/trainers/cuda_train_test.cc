@@ -15,8 +15,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/cuda.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_format.h"
 #include "models/model_io.h"
@@ -82,7 +82,8 @@ optimizer { lr: 0.002 }
 training { steps: 20 micro_batch: 4 threads: 2 device: CUDA }
 eval { max_batches: 2 }
 logging { progress_bar: false }
-)", work_, work_, name, work_, work_));
+)",
+                                                              work_, work_, name, work_, work_));
     for (const std::string& o : overrides) EXPECT_TRUE(trainers::apply_override(&r, o).ok()) << o;
     return r;
   }

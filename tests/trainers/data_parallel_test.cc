@@ -175,10 +175,10 @@ TEST_F(DataParallelTest, TwoRankResumeIsBitwiseWithEveryRanksRng) {
   // Resumed by one process instead of two: allowed, and said.
   fs::create_directories(work_ + "/one_rank/checkpoints");
   fs::copy(work_ + "/straight" + ckpt, work_ + "/one_rank" + ckpt, fs::copy_options::recursive);
-  ASSERT_EQ(run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + work_ + "/one_rank" + sets +
-                    " --resume",
-                &err),
-            0)
+  ASSERT_EQ(
+      run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + work_ + "/one_rank" + sets + " --resume",
+          &err),
+      0)
       << err;
   EXPECT_NE(err.find("written by 2 ranks and this run has 1: the global batch changes from 4 to 2 examples"),
             std::string::npos)

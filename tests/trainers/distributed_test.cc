@@ -29,9 +29,7 @@ using std::chrono::milliseconds;
 
 constexpr char kWorkerFlag[] = "--distributed_test_worker=";
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 // Asks the kernel for a free TCP port on 127.0.0.1 (bind to port 0).
 int free_port() {
@@ -56,12 +54,10 @@ std::string self_exe() {
   return n > 0 ? std::string(buf, n) : std::string();
 }
 
-absl::Status launch_worker(const std::string& scenario,
-                           milliseconds grace = std::chrono::seconds(10)) {
+absl::Status launch_worker(const std::string& scenario, milliseconds grace = std::chrono::seconds(10)) {
   const int port = free_port();
   if (port == 0) return absl::InternalError("no free port");
-  return launch_local(2, {self_exe(), absl::StrCat(kWorkerFlag, scenario)},
-                      port, grace);
+  return launch_local(2, {self_exe(), absl::StrCat(kWorkerFlag, scenario)}, port, grace);
 }
 
 // ---- worker side (runs in the child processes) ------------------------------
@@ -98,17 +94,13 @@ int worker_collectives(ProcessGroup& pg, WorkerChecks& c) {
   absl::Status s = pg.all_reduce_mean_(grads);
   c.expect(s.ok(), "all_reduce_mean_: " + s.ToString());
   c.expect(close_to(grads[0], base * ((w + 1) / 2)), "mean of grads[0]");
-  c.expect(close_to(grads[1], at::full({4}, 10.0 * (w - 1) / 2, at::kDouble)),
-           "mean of grads[1]");
-  c.expect(close_to(grads[2], at::arange(6, at::kFloat).reshape({3, 2}).t() +
-                                  (w - 1) / 2),
+  c.expect(close_to(grads[1], at::full({4}, 10.0 * (w - 1) / 2, at::kDouble)), "mean of grads[1]");
+  c.expect(close_to(grads[2], at::arange(6, at::kFloat).reshape({3, 2}).t() + (w - 1) / 2),
            "mean of grads[2] (non-contiguous)");
-  c.expect(close_to(grads[3], at::full({3}, (w - 1) / 2, at::kBFloat16)),
-           "mean of grads[3] (bf16)");
+  c.expect(close_to(grads[3], at::full({3}, (w - 1) / 2, at::kBFloat16)), "mean of grads[3] (bf16)");
 
   // all_gather: rank order.
-  absl::StatusOr<at::Tensor> gathered =
-      pg.all_gather(at::arange(3, at::kFloat) + 100.0 * r);
+  absl::StatusOr<at::Tensor> gathered = pg.all_gather(at::arange(3, at::kFloat) + 100.0 * r);
   c.expect(gathered.ok(), "all_gather: " + gathered.status().ToString());
   if (gathered.ok()) {
     std::vector<at::Tensor> want;
@@ -120,14 +112,12 @@ int worker_collectives(ProcessGroup& pg, WorkerChecks& c) {
   // Different lengths are detected on every rank; the group stays usable.
   absl::StatusOr<at::Tensor> uneven = pg.all_gather(at::ones({r + 1}));
   c.expect(uneven.status().code() == absl::StatusCode::kInvalidArgument &&
-               absl::StrContains(uneven.status().message(),
-                                 "different lengths [1, 2]"),
+               absl::StrContains(uneven.status().message(), "different lengths [1, 2]"),
            "uneven all_gather: " + uneven.status().ToString());
 
   // broadcast_ from the last rank, two dtypes.
   const int root = pg.world_size() - 1;
-  std::vector<at::Tensor> params = {at::full({2, 2}, 1.0 * r, at::kFloat),
-                                    at::full({3}, r + 5, at::kLong)};
+  std::vector<at::Tensor> params = {at::full({2, 2}, 1.0 * r, at::kFloat), at::full({3}, r + 5, at::kLong)};
   s = pg.broadcast_(params, root);
   c.expect(s.ok(), "broadcast_: " + s.ToString());
   c.expect(close_to(params[0], at::full({2, 2}, 1.0 * root, at::kFloat)) &&
@@ -138,8 +128,7 @@ int worker_collectives(ProcessGroup& pg, WorkerChecks& c) {
 
   std::vector<at::Tensor> with_undefined = {at::ones({2}), at::Tensor()};
   s = pg.all_reduce_mean_(with_undefined);
-  c.expect(s.code() == absl::StatusCode::kInvalidArgument,
-           "undefined grad: " + s.ToString());
+  c.expect(s.code() == absl::StatusCode::kInvalidArgument, "undefined grad: " + s.ToString());
 
   s = pg.barrier();
   c.expect(s.ok(), "barrier: " + s.ToString());
@@ -162,14 +151,12 @@ int worker_dead_peer(ProcessGroup& pg, WorkerChecks& c, bool late) {
   const Clock::time_point start = Clock::now();
   s = pg.all_reduce_mean_(grads);
   const double elapsed = seconds_since(start);
-  std::fprintf(stderr, "[worker rank 0] dead peer after %.2f s: %s\n", elapsed,
-               s.ToString().c_str());
+  std::fprintf(stderr, "[worker rank 0] dead peer after %.2f s: %s\n", elapsed, s.ToString().c_str());
   c.expect(!s.ok(), "all_reduce_mean_ succeeded with a dead peer");
   c.expect(elapsed < 3.0 + 1.5, absl::StrCat("took ", elapsed, " s"));
   c.expect(absl::StrContains(s.message(), "peer rank 1"), "names rank 1");
   s = pg.barrier();
-  c.expect(s.code() == absl::StatusCode::kFailedPrecondition,
-           "group still usable after failure: " + s.ToString());
+  c.expect(s.code() == absl::StatusCode::kFailedPrecondition, "group still usable after failure: " + s.ToString());
   return c.failures == 0 ? 0 : 1;
 }
 
@@ -186,15 +173,10 @@ int worker_stalled_peer(ProcessGroup& pg, WorkerChecks& c) {
   const Clock::time_point start = Clock::now();
   s = pg.all_reduce_mean_(grads);
   const double elapsed = seconds_since(start);
-  std::fprintf(stderr, "[worker rank 0] stalled peer after %.2f s: %s\n",
-               elapsed, s.ToString().c_str());
-  c.expect(s.code() == absl::StatusCode::kDeadlineExceeded,
-           "expected DeadlineExceeded");
-  c.expect(elapsed > 1.4 && elapsed < 1.5 + 1.5,
-           absl::StrCat("took ", elapsed, " s"));
-  c.expect(absl::StrContains(
-               s.message(), "peer rank 1 died or did not respond within 1.5 s"),
-           "message");
+  std::fprintf(stderr, "[worker rank 0] stalled peer after %.2f s: %s\n", elapsed, s.ToString().c_str());
+  c.expect(s.code() == absl::StatusCode::kDeadlineExceeded, "expected DeadlineExceeded");
+  c.expect(elapsed > 1.4 && elapsed < 1.5 + 1.5, absl::StrCat("took ", elapsed, " s"));
+  c.expect(absl::StrContains(s.message(), "peer rank 1 died or did not respond within 1.5 s"), "message");
   return c.failures == 0 ? 0 : 1;
 }
 
@@ -218,8 +200,7 @@ int run_worker(const std::string& scenario) {
       ProcessGroup::create(*env, Backend::kGloo, timeout,
                            /*rendezvous_timeout=*/std::chrono::seconds(20));
   if (!pg.ok()) {
-    std::fprintf(stderr, "[worker rank %d] create: %s\n", env->rank,
-                 pg.status().ToString().c_str());
+    std::fprintf(stderr, "[worker rank %d] create: %s\n", env->rank, pg.status().ToString().c_str());
     return 1;
   }
   if (scenario == "collectives") return worker_collectives(**pg, checks);
@@ -243,12 +224,8 @@ TEST(DistributedEnvTest, UnsetMeansSingleProcess) {
 }
 
 TEST(DistributedEnvTest, ParsesTorchrunVariables) {
-  absl::StatusOr<DistributedEnv> env =
-      parse_distributed_env({{"RANK", "3"},
-                             {"WORLD_SIZE", "4"},
-                             {"LOCAL_RANK", "1"},
-                             {"MASTER_ADDR", "10.0.0.7"},
-                             {"MASTER_PORT", "1234"}});
+  absl::StatusOr<DistributedEnv> env = parse_distributed_env(
+      {{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "10.0.0.7"}, {"MASTER_PORT", "1234"}});
   ASSERT_TRUE(env.ok()) << env.status();
   EXPECT_EQ(env->rank, 3);
   EXPECT_EQ(env->world_size, 4);
@@ -282,22 +259,19 @@ TEST(DistributedEnvTest, MalformedValuesAreClearErrors) {
       {{{"RANK", "x1"}, {"WORLD_SIZE", "2"}}, "RANK='x1' is not an integer"},
       {{{"WORLD_SIZE", "two"}}, "WORLD_SIZE='two' is not an integer"},
       {{{"WORLD_SIZE", "0"}}, "WORLD_SIZE=0 must be >= 1"},
-      {{{"RANK", "2"}, {"WORLD_SIZE", "2"}},
-       "RANK=2 must be in [0, WORLD_SIZE=2)"},
+      {{{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "RANK=2 must be in [0, WORLD_SIZE=2)"},
       {{{"RANK", "1"}}, "RANK=1 must be in [0, WORLD_SIZE=1)"},
       {{{"WORLD_SIZE", "2"}}, "WORLD_SIZE=2 but RANK is not set"},
       {{{"LOCAL_RANK", "-1"}}, "LOCAL_RANK=-1 must be >= 0"},
       {{{"MASTER_PORT", "70000"}}, "MASTER_PORT=70000 must be in [1, 65535]"},
-      {{{"MASTER_PORT", "29500abc"}},
-       "MASTER_PORT='29500abc' is not an integer"},
+      {{{"MASTER_PORT", "29500abc"}}, "MASTER_PORT='29500abc' is not an integer"},
       {{{"MASTER_ADDR", ""}}, "MASTER_ADDR is empty"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<DistributedEnv> env = parse_distributed_env(c.vars);
     ASSERT_FALSE(env.ok()) << c.message;
     EXPECT_EQ(env.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(absl::StrContains(env.status().message(), c.message))
-        << env.status();
+    EXPECT_TRUE(absl::StrContains(env.status().message(), c.message)) << env.status();
   }
 }
 
@@ -321,10 +295,8 @@ TEST(ProcessGroupTest, WorldSizeOneIsLocalNoOp) {
   // Argument checks still apply, so a bug shows up before going multi-rank.
   EXPECT_EQ(g.broadcast_(grads, 1).code(), absl::StatusCode::kInvalidArgument);
   std::vector<at::Tensor> ints = {at::ones({2}, at::kLong)};
-  EXPECT_EQ(g.all_reduce_mean_(ints).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(g.all_gather(at::ones({2, 2})).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(g.all_reduce_mean_(ints).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(g.all_gather(at::ones({2, 2})).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_LT(seconds_since(start), 0.5);
 }
 
@@ -341,17 +313,13 @@ TEST(ProcessGroupTest, CreateFailsWithinTimeoutWhenPeerNeverJoins) {
   env.world_size = 2;
   env.master_port = free_port();
   const Clock::time_point start = Clock::now();
-  absl::StatusOr<std::unique_ptr<ProcessGroup>> pg =
-      ProcessGroup::create(env, Backend::kGloo, milliseconds(1000));
+  absl::StatusOr<std::unique_ptr<ProcessGroup>> pg = ProcessGroup::create(env, Backend::kGloo, milliseconds(1000));
   const double elapsed = seconds_since(start);
   ASSERT_FALSE(pg.ok());
   EXPECT_EQ(pg.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_TRUE(absl::StrContains(pg.status().message(),
-                                "only 1 of 2 ranks joined the TCPStore"))
-      << pg.status();
+  EXPECT_TRUE(absl::StrContains(pg.status().message(), "only 1 of 2 ranks joined the TCPStore")) << pg.status();
   EXPECT_LT(elapsed, 1.0 + 1.0);
-  std::printf("create without peer: %.2f s: %s\n", elapsed,
-              pg.status().ToString().c_str());
+  std::printf("create without peer: %.2f s: %s\n", elapsed, pg.status().ToString().c_str());
 }
 
 TEST(ProcessGroupTest, TwoRankCollectives) {
@@ -398,8 +366,7 @@ TEST(LaunchLocalTest, MissingProgramIsAnError) {
   absl::Status s = launch_local(2, {"/nonexistent/peft-worker"}, free_port());
   EXPECT_FALSE(s.ok());
   EXPECT_TRUE(absl::StrContains(s.message(), "/nonexistent/peft-worker")) << s;
-  EXPECT_EQ(launch_local(0, {"true"}, 1234).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(launch_local(0, {"true"}, 1234).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -71,7 +71,7 @@ TEST_P(LossTest, FusedHeadEqualsTheLogitsPath) {
   const at::Tensor ids = testing::sample_ids(cfg.vocab_size(), 3, 12, 7);
   at::Tensor labels = testing::sample_ids(cfg.vocab_size(), 3, 12, 8);
   labels.index_put_({0, at::indexing::Slice(0, 5)}, -100);  // a prompt without loss
-  labels.index_put_({2}, -100);                              // a sample without any
+  labels.index_put_({2}, -100);                             // a sample without any
   ASSERT_TRUE(pm.model().plain_head_weight().defined());
   expect_same(run(pm, ids, labels, /*fused=*/true, false), run(pm, ids, labels, false, false), 1e-5);
   const LossRun bf = run(pm, ids, labels, true, /*bf16=*/true), bl = run(pm, ids, labels, false, true);

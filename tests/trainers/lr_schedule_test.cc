@@ -50,7 +50,7 @@ TEST(LrScheduleTest, Cosine) {
   const ScheduleOptions o = base(LrDecay::kCosine);
   EXPECT_NEAR(learning_rate(o, 10), 2.0, kTol);
   EXPECT_NEAR(learning_rate(o, 35), 0.2 + 1.8 * 0.5 * (1 + std::cos(kPi / 4)), kTol);  // p = 1/4: 1.736396…
-  EXPECT_NEAR(learning_rate(o, 60), 1.1, kTol);                                         // p = 1/2: midway
+  EXPECT_NEAR(learning_rate(o, 60), 1.1, kTol);                                        // p = 1/2: midway
   EXPECT_NEAR(learning_rate(o, 85), 0.2 + 1.8 * 0.5 * (1 - std::cos(kPi / 4)), kTol);  // p = 3/4
   EXPECT_NEAR(learning_rate(o, 109), 0.2 + 1.8 * 0.5 * (1 + std::cos(kPi * 0.99)), kTol);
   EXPECT_NEAR(learning_rate(o, 110), 0.2, kTol);

@@ -102,10 +102,9 @@ TEST(ReweightingTest, WeightsByHand) {
     ReweightStrategy s;
     std::vector<double> f;  // f(kX) by hand
   };
-  for (const Case& c : {Case{ReweightStrategy::kLinUpper, {0, 0.5, 1, 1}},
-                        Case{ReweightStrategy::kQuadratic, {0, 0.75, 1, 0}},
-                        Case{ReweightStrategy::kExtremes, {1, 0.5, 0, 1}},
-                        Case{ReweightStrategy::kUniform, {0, 0, 0, 0}}}) {
+  for (const Case& c :
+       {Case{ReweightStrategy::kLinUpper, {0, 0.5, 1, 1}}, Case{ReweightStrategy::kQuadratic, {0, 0.75, 1, 0}},
+        Case{ReweightStrategy::kExtremes, {1, 0.5, 0, 1}}, Case{ReweightStrategy::kUniform, {0, 0, 0, 0}}}) {
     const at::Tensor w = sample_weights(options(c.s, r), dvec(kLosses), /*step=*/0);
     EXPECT_EQ(w.scalar_type(), at::kDouble);
     EXPECT_FALSE(w.requires_grad());
@@ -156,8 +155,8 @@ TEST(ReweightingTest, TemperatureLimits) {
     }
   }
   // Small r concentrates the mass on the arg-max of f.
-  expect_vec_near(to_vec(sample_weights(options(ReweightStrategy::kQuadratic, 1e-3), dvec(kLosses), 0)),
-                  {0, 0, 1, 0}, 1e-12);
+  expect_vec_near(to_vec(sample_weights(options(ReweightStrategy::kQuadratic, 1e-3), dvec(kLosses), 0)), {0, 0, 1, 0},
+                  1e-12);
   expect_vec_near(to_vec(sample_weights(options(ReweightStrategy::kLinUpper, 1e-3), dvec(kLosses), 0)),
                   {0, 0, 0.5, 0.5}, 1e-12);
   expect_vec_near(to_vec(sample_weights(options(ReweightStrategy::kExtremes, 1e-3), dvec(kLosses), 0)),
@@ -230,7 +229,8 @@ TEST(ReweightingTest, NoGradientThroughWeights) {
   const at::Tensor theta = make_theta(h, v, 4).requires_grad_(true);
   const PerSampleLoss ps = per_sample_token_loss(at::matmul(batch.x, theta), batch.labels);
   for (TokenWeighting tw : {TokenWeighting::kTokens, TokenWeighting::kSamples}) {
-    const ReweightedLoss rw = reweighted_loss(options(ReweightStrategy::kLinUpper, 0.3, tw), ps.loss, ps.token_counts, 0);
+    const ReweightedLoss rw =
+        reweighted_loss(options(ReweightStrategy::kLinUpper, 0.3, tw), ps.loss, ps.token_counts, 0);
     EXPECT_TRUE(rw.loss.requires_grad());
     EXPECT_FALSE(rw.coefficients.requires_grad());
     EXPECT_FALSE(rw.local_weights.requires_grad());
@@ -402,8 +402,8 @@ TEST(ReweightingTest, TwoRanksSamplesMatchOneProcess) {
     // Every rank sees the same global weights, the ones one process computes;
     // its local rows are its slice of them.
     for (const RankOutput& r : two) EXPECT_TRUE(at::allclose(r.rw.global_weights, one.rw.global_weights, 1e-6, 1e-9));
-    EXPECT_TRUE(at::allclose(at::cat({two[0].rw.local_weights, two[1].rw.local_weights}), one.rw.local_weights, 1e-6,
-                             1e-9));
+    EXPECT_TRUE(
+        at::allclose(at::cat({two[0].rw.local_weights, two[1].rw.local_weights}), one.rw.local_weights, 1e-6, 1e-9));
   }
 }
 
@@ -437,8 +437,8 @@ TEST(ReweightingTest, TwoRanksTokensMicroBatchUseLocalNormalisers) {
   const std::vector<double> w = to_vec(one.rw.global_weights);
   const PerSampleLoss ps = per_sample_token_loss(at::matmul(all.x, theta), all.labels);
   const std::vector<double> l = to_vec(ps.loss), n = to_vec(ps.token_counts);
-  const double want = 0.5 * (4 * (w[0] * n[0] * l[0] + w[1] * n[1] * l[1]) / 12 +
-                             4 * (w[2] * n[2] * l[2] + w[3] * n[3] * l[3]) / 4);
+  const double want =
+      0.5 * (4 * (w[0] * n[0] * l[0] + w[1] * n[1] * l[1]) / 12 + 4 * (w[2] * n[2] * l[2] + w[3] * n[3] * l[3]) / 4);
   EXPECT_NEAR((two[0].loss + two[1].loss) / 2, want, 1e-5);
   EXPECT_GT(std::abs(want - one.loss), 1e-2);  // not the one-process loss
 }
@@ -587,9 +587,9 @@ TEST(ReweightingTest, ValidateRejectsBadOptions) {
 TEST(ReweightingTest, ArgumentChecks) {
   const ReweightOptions o;
   const at::Tensor l = dvec(kLosses);
-  EXPECT_THROW(reweighted_loss(o, l, at::ones({3}), 0), c10::Error);             // counts [3] vs losses [4]
+  EXPECT_THROW(reweighted_loss(o, l, at::ones({3}), 0), c10::Error);                  // counts [3] vs losses [4]
   EXPECT_THROW(reweighted_loss(o, l.view({2, 2}), at::ones({2, 2}), 0), c10::Error);  // not 1-D
-  EXPECT_THROW(reweighted_loss(o, l, -at::ones({4}), 0), c10::Error);            // negative count
+  EXPECT_THROW(reweighted_loss(o, l, -at::ones({4}), 0), c10::Error);                 // negative count
   DataParallelGroup no_gather;
   no_gather.world_size = 2;
   EXPECT_THROW(reweighted_loss(o, l, at::ones({4}), 0, no_gather), c10::Error);

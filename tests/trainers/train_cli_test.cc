@@ -90,8 +90,8 @@ TEST_F(TrainCliTest, LoraRecipeLearnsAndWritesTheRunDirectory) {
   json s = json::parse(r.out);
   EXPECT_EQ(s["steps"], 16);
   EXPECT_LT(s["final_eval_loss"].get<double>(), s["initial_eval_loss"].get<double>() - 0.3) << r.out;
-  for (const char* f : {"recipe.textproto", "metrics.jsonl", "loss.svg", "summary.json",
-                        "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}) {
+  for (const char* f : {"recipe.textproto", "metrics.jsonl", "loss.svg", "summary.json", "adapter/adapter_config.json",
+                        "adapter/adapter_model.safetensors"}) {
     EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
   }
   std::istringstream lines(slurp(out + "/metrics.jsonl"));
@@ -101,7 +101,8 @@ TEST_F(TrainCliTest, LoraRecipeLearnsAndWritesTheRunDirectory) {
     json m = json::parse(line);
     if (m.contains("loss")) {
       ++train_lines;
-      EXPECT_TRUE(m.contains("lr") && m.contains("grad_norm") && m.contains("tokens_per_s") && m.contains("peak_rss_mb"));
+      EXPECT_TRUE(m.contains("lr") && m.contains("grad_norm") && m.contains("tokens_per_s") &&
+                  m.contains("peak_rss_mb"));
     }
   }
   EXPECT_EQ(train_lines, 16);
@@ -141,7 +142,8 @@ TEST_F(TrainCliTest, ActivationCheckpointingTrainsTheSameAdapter) {
 // generates exactly like the base with the run's adapter.
 TEST_F(TrainCliTest, MergeOnFinishWritesAModelThatGeneratesLikeBasePlusAdapter) {
   const std::string out = work_ + "/merge_run";
-  Result r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.steps=6 --merge_on_finish --output_dir=" + out);
+  Result r =
+      run("train --recipe=" + work_ + "/recipe.textproto --set=training.steps=6 --merge_on_finish --output_dir=" + out);
   ASSERT_EQ(r.code, 0) << r.err;
   ASSERT_TRUE(fs::exists(out + "/merged/config.json"));
   const std::string gen = " --prompt_ids=1,403,407,261 --max_new_tokens=12 --format=json";
@@ -191,7 +193,8 @@ TEST_F(TrainCliTest, KilledAndResumedRunIsBitwiseEqual) {
   Result b = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + killed + " --resume");
   ASSERT_EQ(b.code, 0) << b.err;
   EXPECT_GE(json::parse(b.out)["resumed_from_step"].get<int>(), 8);
-  EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"), slurp(killed + "/adapter/adapter_model.safetensors"))
+  EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"),
+            slurp(killed + "/adapter/adapter_model.safetensors"))
       << "resumed adapter differs from the uninterrupted run";
   // The resumed run's metrics hold each step once (the lines the killed run
   // wrote after its checkpoint are dropped), with the same losses, and its
@@ -347,7 +350,8 @@ TEST_F(TrainCliTest, HsmRunResumedHalfWayIsBitwiseEqual) {
   b = run(train + " --set=training.steps=10 --output_dir=" + halves + " --resume");
   ASSERT_EQ(b.code, 0) << b.err;
   EXPECT_EQ(json::parse(b.out)["resumed_from_step"], 5);
-  EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"), slurp(halves + "/adapter/adapter_model.safetensors"))
+  EXPECT_EQ(slurp(straight + "/adapter/adapter_model.safetensors"),
+            slurp(halves + "/adapter/adapter_model.safetensors"))
       << "the resumed HSM adapter differs from the uninterrupted run";
 }
 
@@ -376,7 +380,8 @@ TEST_F(TrainCliTest, SorsaLogsOrthonormalityAndDecoupledActs) {
   };
   const double free = last_ortho("sorsa_free", 0.0), held = last_ortho("sorsa_held", 0.5);
   EXPECT_GT(free, 0.01);
-  EXPECT_LT(held, 0.5 * free) << "DECOUPLED gamma = 0.5 (squared norms) must pull the factors back toward orthonormality";
+  EXPECT_LT(held, 0.5 * free)
+      << "DECOUPLED gamma = 0.5 (squared norms) must pull the factors back toward orthonormality";
 }
 
 // Reweighting keeps uniform weights for the official 1000 warm-up steps by
@@ -385,7 +390,8 @@ TEST_F(TrainCliTest, ReweightingWarmupCoveringTheRunIsSaid) {
   Result r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --set='reweighting={ strategy: LIN_UPPER }'");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("reweighting never starts: warm-up 1000 >= 16 steps"), std::string::npos) << r.err;
-  r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run "
+  r = run("train --recipe=" + work_ +
+          "/recipe.textproto --dry_run "
           "--set='reweighting={ strategy: LIN_UPPER warmup_steps: 0 }'");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err.find("reweighting never starts"), std::string::npos) << r.err;
@@ -397,14 +403,15 @@ TEST_F(TrainCliTest, BadRecipesNameTheField) {
   EXPECT_NE(r.err.find("training.stepz"), std::string::npos) << r.err;
   r = run("train --recipe=" + work_ + "/recipe.textproto --set=training.micro_batch=0");
   EXPECT_NE(r.err.find("training.micro_batch must be positive"), std::string::npos) << r.err;
-  r = run("train --recipe=" + work_ + "/recipe.textproto --set=data.train_file=/nonexistent.jsonl --output_dir=" + work_ +
-          "/bad");
+  r = run("train --recipe=" + work_ +
+          "/recipe.textproto --set=data.train_file=/nonexistent.jsonl --output_dir=" + work_ + "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("/nonexistent.jsonl"), std::string::npos) << r.err;
   // --dry_run checks everything and writes nothing; it finds the same errors.
   r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --output_dir=" + work_ + "/dry");
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("dry run: the recipe, model, tokenizer, data and adapters are valid"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("dry run: the recipe, model, tokenizer, data and adapters are valid"), std::string::npos)
+      << r.err;
   EXPECT_EQ(json::parse(r.out)["dry_run"], true);
   EXPECT_FALSE(fs::exists(work_ + "/dry"));
   r = run("train --recipe=" + work_ + "/recipe.textproto --dry_run --set=data.train_file=/nonexistent.jsonl");
@@ -412,13 +419,14 @@ TEST_F(TrainCliTest, BadRecipesNameTheField) {
   EXPECT_NE(r.err.find("/nonexistent.jsonl"), std::string::npos) << r.err;
   // A run that cannot start leaves no run directory behind.
   EXPECT_FALSE(fs::exists(work_ + "/bad")) << "a failed start created the run directory";
-  r = run("train --recipe=" + work_ + "/recipe.textproto --set=model=/nonexistent_model --output_dir=" + work_ + "/bad");
+  r = run("train --recipe=" + work_ + "/recipe.textproto --set=model=/nonexistent_model --output_dir=" + work_ +
+          "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("model: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("/nonexistent_model"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(work_ + "/bad"));
-  r = run("train --recipe=" + work_ + "/recipe.textproto --set='adapters.0.target.preset=\"nope\"' --output_dir=" +
-          work_ + "/bad");
+  r = run("train --recipe=" + work_ +
+          "/recipe.textproto --set='adapters.0.target.preset=\"nope\"' --output_dir=" + work_ + "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("adapters.0 'default': unknown target preset 'nope'"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(work_ + "/bad"));

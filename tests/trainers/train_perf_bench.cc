@@ -4,7 +4,8 @@
 // reference beside it; this binary is the same measurement alone.
 //
 //   bazel build //tests/trainers:train_perf_bench &&
-//   bazel-bin/tests/trainers/train_perf_bench [--precision=bf16|fp32] [--threads=2] [--steps=N] [--warmup=N] [--unfused] [--device=cpu|cuda]
+//   bazel-bin/tests/trainers/train_perf_bench [--precision=bf16|fp32] [--threads=2] [--steps=N] [--warmup=N]
+//   [--unfused] [--device=cpu|cuda]
 //       [--trace=FILE.json]
 #include <cstdio>
 #include <cstdlib>

@@ -99,7 +99,8 @@ at::Tensor calc_ortho_by_hand(PeftModel& pm) {
     auto* s = dynamic_cast<SorsaLinearImpl*>(t.linear->adapter("default"));
     const at::Tensor a = s->sorsa_A.to(at::kDouble), b = s->sorsa_B.to(at::kDouble);
     const at::Tensor ia = at::eye(a.size(0), a.options()), ib = at::eye(b.size(1), b.options());
-    total = total + ((at::matmul(a, a.t()) - ia).pow(2).sum().sqrt() + (at::matmul(b.t(), b) - ib).pow(2).sum().sqrt()) / 2;
+    total =
+        total + ((at::matmul(a, a.t()) - ia).pow(2).sum().sqrt() + (at::matmul(b.t(), b) - ib).pow(2).sum().sqrt()) / 2;
     ++n;
   }
   return total / static_cast<double>(n);

@@ -1,4 +1,3 @@
-// File: third_party/sentencepiece_shim/spm_loader.cc
 #include "third_party/sentencepiece_shim/spm_loader.h"
 
 #include <dlfcn.h>
@@ -107,8 +106,8 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   DlHandle handle(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND));
   if (handle == nullptr) {
     const char* why = dlerror();
-    return absl::FailedPreconditionError(absl::StrCat("cannot dlopen the sentencepiece shim ", path,
-                                                      ": ", why ? why : "unknown error"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot dlopen the sentencepiece shim ", path, ": ", why ? why : "unknown error"));
   }
   auto api = std::make_shared<ShimApi>();
   void* h = handle.get();
@@ -127,12 +126,12 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   bind(h, "peft_spm_unk_id", &api->unk_id, &missing);
   bind(h, "peft_spm_is_control", &api->is_control, &missing);
   if (!missing.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("sentencepiece shim ", path,
-                                                      " lacks symbols: ", absl::StrJoin(missing, ", ")));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sentencepiece shim ", path, " lacks symbols: ", absl::StrJoin(missing, ", ")));
   }
   if (int v = api->abi_version(); v != PEFT_SPM_SHIM_ABI_VERSION) {
-    return absl::FailedPreconditionError(absl::StrCat("sentencepiece shim ", path, " has ABI version ", v,
-                                                      ", expected ", PEFT_SPM_SHIM_ABI_VERSION));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sentencepiece shim ", path, " has ABI version ", v, ", expected ", PEFT_SPM_SHIM_ABI_VERSION));
   }
   api->handle = std::move(handle);
   api->path = path;
@@ -204,11 +203,11 @@ absl::StatusOr<std::string> find_shim_library() {
       dir = dir.parent_path();
     }
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "cannot find the sentencepiece shim ", kShimFileName,
-      " (build //third_party/sentencepiece_shim:libpeft_spm_shim.so and depend on //data:tokenizer, "
-      "or set PEFT_SPM_SHIM to its path); tried: ",
-      absl::StrJoin(tried, ", ")));
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot find the sentencepiece shim ", kShimFileName,
+                   " (build //third_party/sentencepiece_shim:libpeft_spm_shim.so and depend on //data:tokenizer, "
+                   "or set PEFT_SPM_SHIM to its path); tried: ",
+                   absl::StrJoin(tried, ", ")));
 }
 
 void SpmModel::ModelDeleter::operator()(PeftSpmModel* model) const {

@@ -1,4 +1,3 @@
-// File: third_party/sentencepiece_shim/spm_loader.h
 //
 // C++ side of the sentencepiece shim: finds libpeft_spm_shim.so at run time,
 // dlopen's it with RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND (so the protobuf that

@@ -1,4 +1,3 @@
-// File: third_party/sentencepiece_shim/spm_shim.cc
 //
 // Implementation of the C ABI in spm_shim.h over sentencepiece 0.1.97. Every
 // entry point catches all exceptions: nothing may unwind across the C ABI.
@@ -35,8 +34,8 @@ bool in_range(const PeftSpmModel* model, int32_t id) {
   return model != nullptr && id >= 0 && id < model->processor.GetPieceSize();
 }
 
-PeftSpmModel* finish_load(std::unique_ptr<PeftSpmModel> model,
-                          const sentencepiece::util::Status& status, char** error) {
+PeftSpmModel* finish_load(std::unique_ptr<PeftSpmModel> model, const sentencepiece::util::Status& status,
+                          char** error) {
   if (!status.ok()) {
     set_error(error, status.ToString());
     return nullptr;
@@ -70,8 +69,7 @@ PeftSpmModel* peft_spm_load(const char* path, char** error) {
 PeftSpmModel* peft_spm_load_from_bytes(const char* data, size_t size, char** error) {
   try {
     auto model = std::make_unique<PeftSpmModel>();
-    sentencepiece::util::Status status =
-        model->processor.LoadFromSerializedProto(std::string_view(data, size));
+    sentencepiece::util::Status status = model->processor.LoadFromSerializedProto(std::string_view(data, size));
     return finish_load(std::move(model), status, error);
   } catch (const std::exception& e) {
     set_error(error, std::string("sentencepiece load failed: ") + e.what());
@@ -85,14 +83,13 @@ void peft_spm_free_model(PeftSpmModel* model) { delete model; }
 
 void peft_spm_free_buffer(void* buffer) { std::free(buffer); }
 
-int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len,
-                    int32_t** ids, size_t* num_ids, char** error) {
+int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len, int32_t** ids, size_t* num_ids,
+                    char** error) {
   *ids = nullptr;
   *num_ids = 0;
   try {
     std::vector<int> out;
-    sentencepiece::util::Status status =
-        model->processor.Encode(std::string_view(text, text_len), &out);
+    sentencepiece::util::Status status = model->processor.Encode(std::string_view(text, text_len), &out);
     if (!status.ok()) {
       set_error(error, status.ToString());
       return 1;
@@ -115,8 +112,8 @@ int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len
   return 1;
 }
 
-int peft_spm_decode(const PeftSpmModel* model, const int32_t* ids, size_t num_ids,
-                    char** text, size_t* text_len, char** error) {
+int peft_spm_decode(const PeftSpmModel* model, const int32_t* ids, size_t num_ids, char** text, size_t* text_len,
+                    char** error) {
   *text = nullptr;
   *text_len = 0;
   try {
@@ -149,9 +146,7 @@ int peft_spm_decode(const PeftSpmModel* model, const int32_t* ids, size_t num_id
   return 1;
 }
 
-int32_t peft_spm_piece_size(const PeftSpmModel* model) {
-  return model->processor.GetPieceSize();
-}
+int32_t peft_spm_piece_size(const PeftSpmModel* model) { return model->processor.GetPieceSize(); }
 
 const char* peft_spm_id_to_piece(const PeftSpmModel* model, int32_t id, size_t* len) {
   *len = 0;

@@ -49,13 +49,13 @@ void peft_spm_free_buffer(void* buffer);
 
 /* Encodes text[0, text_len) to ids (no BOS/EOS). On success returns 0 and
  * sets *ids (malloc'ed, may be NULL when *num_ids == 0) and *num_ids. */
-int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len,
-                    int32_t** ids, size_t* num_ids, char** error);
+int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len, int32_t** ids, size_t* num_ids,
+                    char** error);
 
 /* Decodes ids to text. Every id must be in [0, piece_size). On success
  * returns 0 and sets *text (malloc'ed, NUL-terminated) and *text_len. */
-int peft_spm_decode(const PeftSpmModel* model, const int32_t* ids, size_t num_ids,
-                    char** text, size_t* text_len, char** error);
+int peft_spm_decode(const PeftSpmModel* model, const int32_t* ids, size_t num_ids, char** text, size_t* text_len,
+                    char** error);
 
 /* Number of pieces (the vocabulary size). */
 int32_t peft_spm_piece_size(const PeftSpmModel* model);
@@ -74,7 +74,7 @@ int32_t peft_spm_unk_id(const PeftSpmModel* model);
 int peft_spm_is_control(const PeftSpmModel* model, int32_t id);
 
 #ifdef __cplusplus
-}  /* extern "C" */
+} /* extern "C" */
 #endif
 
 #endif /* PEFT_THIRD_PARTY_SENTENCEPIECE_SHIM_SPM_SHIM_H_ */
