@@ -13,33 +13,7 @@
 //   // loss = cross_entropy(logits.view({-1, V}), batch.labels.view(-1),
 //   //                      ignore_index = kIgnoreIndex, reduction = sum) / batch.global_tokens
 //
-// Input formats (DataOptions::Format), one record per line unless noted:
-//   kJsonlText    {"text": "..."}  or the pre-tokenized form {"ids": [3, 17, ...]}
-//                 (the output of `peft tokenize`). Every token is a target.
-//   kInstruction  {"instruction": "...", "input": "...", "output": "..."}; "input"
-//                 may be missing, null or "". The prompt is rendered from
-//                 prompt_template (prompt_template_no_input when input is empty)
-//                 and tokenized separately from the output, so the boundary is
-//                 exact: prompt tokens are never targets; output tokens and the
-//                 EOS are.
-//   kPlainText    UTF-8 text split into documents at blank lines (lines that are
-//                 empty or whitespace only); a document keeps its inner line
-//                 breaks. Chosen over "the whole file is one document" so that the
-//                 validation split by document works on a single text file
-//                 (tinyshakespeare gives ~7k speeches). Every token is a target.
-//   kAuto         by extension: .jsonl/.json/.ndjson -> JSON lines, .txt/.text/.md
-//                 -> plain text; any other name is JSON lines when its first
-//                 non-blank line parses as a JSON object, else plain text. JSON
-//                 lines are kInstruction when that first line has an
-//                 "instruction" key, else kJsonlText. A JSON *array* file (one
-//                 big [...]) is not supported.
-//
-// Documents: BOS + tokens + EOS. BOS is added when add_bos, the tokenizer has
-// one and its convention is to add it (add_bos_by_default(): LLaMA yes, GPT-2
-// no, where the EOS <|endoftext|> alone separates documents); EOS when add_eos
-// and the tokenizer has one. A pre-tokenized {"ids"} line gets them only when
-// they are not already there, so ids with or without BOS/EOS both work. BOS is
-// never a target (nothing predicts the start of a document).
+// Record formats, BOS/EOS and bad-record handling: data/records.h.
 //
 // Examples (pack = true): the documents of a split, in file order, are
 // concatenated into one stream and cut into windows of seq_len + 1 tokens with
@@ -69,16 +43,10 @@
 // The position (epoch, index) is two plain integers; restoring it resumes the
 // exact sequence, even with a different batch size.
 //
-// Bad data: every problem is reported as "<path>:<line>: <what>". With
-// OnBadRecord::kStop the first one is the error; with kSkip the record is
-// dropped and counted by reason in DataStats. An empty file, a file with no
-// usable record, and a training split too short for one example are always
-// errors. Nothing here crashes on hostile input.
 #ifndef PEFT_DATA_DATASET_H_
 #define PEFT_DATA_DATASET_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -88,95 +56,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "data/records.h"
 #include "data/tokenizer.h"
 
 namespace peft::data {
 
 /// Label value of positions that carry no loss (PyTorch's ignore_index default).
 inline constexpr int64_t kIgnoreIndex = -100;
-
-/// How a file becomes examples. seq_len is required; the rest has defaults.
-///
-///   DataOptions o;
-///   o.format = DataOptions::Format::kInstruction;
-///   o.seq_len = 512;
-///   o.pack = false;                 // one padded example per record
-///   o.on_bad = DataOptions::OnBadRecord::kSkip;
-struct DataOptions {
-  enum class Format { kAuto, kJsonlText, kPlainText, kInstruction };
-  enum class OnBadRecord { kStop, kSkip };
-
-  Format format = Format::kAuto;
-  /// Prompt of an instruction record with a non-empty input; "{instruction}"
-  /// and "{input}" are replaced in one pass (text inside the values is never
-  /// re-expanded). Alpaca's template.
-  std::string prompt_template = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
-  /// Prompt of an instruction record whose input is missing, null or "".
-  std::string prompt_template_no_input = "### Instruction:\n{instruction}\n\n### Response:\n";
-  /// Tokens the model sees per example (T); an example holds seq_len + 1
-  /// tokens so that inputs and shifted labels both have length T. Required.
-  int64_t seq_len = 0;
-  /// Pack documents into full windows (true) or pad one document per example.
-  bool pack = true;
-  /// Prepend BOS (only where the tokenizer has one and adds it by default).
-  bool add_bos = true;
-  /// Append EOS (only where the tokenizer has one).
-  bool add_eos = true;
-  /// Share of documents held out for validation, in [0, 1).
-  double validation_fraction = 0.05;
-  /// Seeds the validation split and the per-epoch shuffles.
-  uint64_t seed = 0;
-  OnBadRecord on_bad = OnBadRecord::kStop;
-  /// Threads that read and tokenize a file (0 = one per core). Files under
-  /// 2 MB use one. The documents, their order and the errors do not depend
-  /// on it.
-  int threads = 1;
-  /// Called while a file is read and tokenized, about every kProgressBytes of
-  /// it: (bytes done, bytes in all). Unset: nothing is reported. Calls come
-  /// one at a time, from the reading threads.
-  std::function<void(int64_t done, int64_t total)> progress;
-  static constexpr int64_t kProgressBytes = 1 << 20;
-
-  /// InvalidArgumentError naming the field for seq_len outside [1, 2^24],
-  /// validation_fraction outside [0, 1), or a template without "{instruction}".
-  absl::Status validate() const;
-};
-
-/// Why a record was rejected.
-enum class BadRecord {
-  kMalformedJson,  // not JSON, or not a JSON object
-  kMissingField,   // no "text"/"ids" (text format) or "instruction"/"output"
-  kWrongType,      // a field of the wrong type (non-string text, non-integer id, ...)
-  kTooLong,        // longer than seq_len + 1 tokens with pack = false
-  kIdOutOfRange,   // a pre-tokenized id outside [0, vocab_size)
-};
-inline constexpr int kNumBadRecordKinds = 5;
-
-/// "malformed JSON", "missing field", ...
-const char* bad_record_name(BadRecord kind);
-
-/// What load_dataset() read, kept and dropped.
-struct DataStats {
-  DataOptions::Format format = DataOptions::Format::kAuto;  // the format used (never kAuto)
-  int64_t records = 0;                                      // non-blank lines (JSON) or paragraphs (text) read
-  int64_t empty_documents = 0;                              // records with no tokens to learn from, dropped
-  int64_t train_documents = 0;
-  int64_t validation_documents = 0;
-  int64_t train_tokens = 0;  // tokens of the kept documents, BOS/EOS included
-  int64_t validation_tokens = 0;
-  int64_t train_examples = 0;
-  int64_t validation_examples = 0;
-  int64_t dropped_tail_tokens = 0;            // pack = true: stream tails shorter than a window
-  int64_t skipped[kNumBadRecordKinds] = {};   // kSkip: records dropped, by BadRecord
-  std::vector<std::string> skipped_messages;  // the first kMaxSkippedMessages "path:line: what"
-
-  static constexpr int kMaxSkippedMessages = 16;
-
-  int64_t skipped_of(BadRecord kind) const { return skipped[static_cast<int>(kind)]; }
-  int64_t skipped_total() const;
-  /// One line for logs: "12000 records -> 11400 train / 600 validation documents, ...".
-  std::string summary() const;
-};
 
 /// One example: tokens[0..L) with L <= seq_len + 1. targets[i] == 1 when
 /// tokens[i] is predicted, i.e. the label at input position i - 1 is
