@@ -1,4 +1,5 @@
 // peft convert / generate / eval.
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "data/records.h"
 #include "examples/cli/command.h"
 #include "models/generate.h"
 #include "models/llama2c.h"
@@ -231,47 +233,54 @@ absl::Status run_generate(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
-// Sequences of an eval file: JSON lines with "text" (tokenized) or "ids"
-// (used as given), or plain text (one document).
-absl::StatusOr<std::vector<std::vector<int64_t>>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
-                                                                 bool add_bos) {
-  PEFT_ASSIGN_OR_RETURN(const std::string all, with_context(io::read_file(path), "--data"));
-  std::vector<std::vector<int64_t>> seqs;
-  const bool jsonl = fs::path(path).extension() == ".jsonl" || (!all.empty() && all[0] == '{');
-  if (!jsonl) {
-    if (tok == nullptr) return absl::InvalidArgumentError("plain-text --data needs a tokenizer");
-    seqs.push_back(encode_prompt(*tok, all, add_bos));
-  } else {
-    std::istringstream lines(all);
-    std::string line;
-    int64_t lineno = 0;
-    while (std::getline(lines, line)) {
-      ++lineno;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      json j = json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": not a JSON object"));
-      }
-      if (j.contains("ids") && j["ids"].is_array()) {
-        std::vector<int64_t> ids;
-        for (const json& x : j["ids"]) {
-          if (!x.is_number_integer())
-            return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"ids\" must hold integers"));
-          ids.push_back(x.get<int64_t>());
-        }
-        seqs.push_back(std::move(ids));
-      } else if (j.contains("text") && j["text"].is_string()) {
-        if (tok == nullptr)
-          return absl::InvalidArgumentError(absl::StrCat(path, ":", lineno, ": \"text\" needs a tokenizer"));
-        seqs.push_back(encode_prompt(*tok, j["text"].get<std::string>(), add_bos));
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ":", lineno, ": expected a \"text\" string or an \"ids\" list"));
-      }
-    }
+// Stands in for a tokenizer when a model directory has none: enough for
+// pre-tokenized {"ids"} records; a text record makes the read fail.
+class IdsOnlyTokenizer : public data::Tokenizer {
+ public:
+  explicit IdsOnlyTokenizer(int32_t vocab) : vocab_(vocab) {}
+  std::vector<int32_t> encode(std::string_view) const override {
+    saw_text_ = true;
+    return {};
   }
-  if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no sequences"));
-  return seqs;
+  std::string decode(const std::vector<int32_t>&) const override { return ""; }
+  int32_t vocab_size() const override { return vocab_; }
+  int32_t bos_id() const override { return -1; }
+  int32_t eos_id() const override { return -1; }
+  int32_t pad_id() const override { return -1; }
+  bool add_bos_by_default() const override { return false; }
+  std::string id_to_piece(int32_t) const override { return ""; }
+  std::string kind() const override { return "ids_only"; }
+  bool saw_text() const { return saw_text_; }
+
+ private:
+  int32_t vocab_;
+  mutable std::atomic<bool> saw_text_{false};
+};
+
+// The documents `peft eval` scores, read by the training data loader's rules
+// (data/records.h): JSON lines with "text" or "ids", instruction records
+// (only the response is scored), or plain text split into documents at blank
+// lines. Each document is scored whole, in windows of the model's context; no
+// EOS is appended (the loss is that of the text as written).
+absl::StatusOr<std::vector<data::Document>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
+                                                           int32_t vocab, bool add_bos) {
+  PEFT_ASSIGN_OR_RETURN(const std::string content, with_context(io::read_file(path), "--data"));
+  data::DataOptions o;
+  o.seq_len = data::DataOptions::kMaxSeqLen;
+  o.pack = false;
+  o.add_bos = add_bos;
+  o.add_eos = false;
+  o.validation_fraction = 0;
+  o.threads = 0;
+  data::DataStats stats;
+  if (tok != nullptr) return data::read_documents(content, path, *tok, o, &stats);
+  IdsOnlyTokenizer ids_only(vocab);
+  absl::StatusOr<std::vector<data::Document>> docs = data::read_documents(content, path, ids_only, o, &stats);
+  if (ids_only.saw_text()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": text records need a tokenizer (none in the model directory; pass --tokenizer)"));
+  }
+  return docs;
 }
 
 absl::Status run_eval(const ParsedFlags& f) {
@@ -287,16 +296,22 @@ absl::Status run_eval(const ParsedFlags& f) {
     return t.status();
   }
   PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
-  PEFT_ASSIGN_OR_RETURN(auto seqs,
-                        read_eval_data(f.get("data"), tok.get(), tok && tok->add_bos_by_default() && !no_bos));
+  PEFT_ASSIGN_OR_RETURN(std::vector<data::Document> docs,
+                        read_eval_data(f.get("data"), tok.get(), static_cast<int32_t>(lm->config().vocab_size()),
+                                       tok && tok->add_bos_by_default() && !no_bos));
   auto t0 = std::chrono::steady_clock::now();
   double sum = 0;
   int64_t tokens = 0;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    absl::StatusOr<models::EvalResult> r = models::evaluate_sequence(*lm, seqs[i]);
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const std::vector<int32_t>& ids = docs[i].tokens;
+    absl::StatusOr<models::EvalResult> r = models::evaluate_sequence(*lm, std::vector<int64_t>(ids.begin(), ids.end()));
     if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("sequence ", i + 1, ": ", r.status().message()));
-    sum += r->sum_nll;
-    tokens += r->tokens;
+    // r->nll[p] is the loss of predicting ids[p + 1]; only targets count.
+    for (size_t p = 0; p < r->nll.size(); ++p) {
+      if (docs[i].targets[p + 1] == 0) continue;
+      sum += r->nll[p];
+      ++tokens;
+    }
   }
   if (tokens == 0) return absl::InvalidArgumentError("no sequence has two or more tokens to score");
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -305,7 +320,7 @@ absl::Status run_eval(const ParsedFlags& f) {
                dump({{"loss", loss},
                      {"perplexity", std::exp(loss)},
                      {"tokens", tokens},
-                     {"sequences", seqs.size()},
+                     {"sequences", docs.size()},
                      {"seconds", secs}})
                    .c_str());
   return absl::OkStatus();
@@ -543,15 +558,17 @@ std::vector<Command> model_commands() {
                 {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
                 threads_flag()},
                run_generate});
-  c.push_back({"eval",
-               "Teacher-forced loss and perplexity of a model on a data file.",
-               {{"model", "Hugging Face model directory", "", true},
-                {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
-                {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
-                {"data", "JSON lines with \"text\" or \"ids\", or a plain text file", "", true},
-                {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
-                threads_flag()},
-               run_eval});
+  c.push_back(
+      {"eval",
+       "Teacher-forced loss and perplexity of a model on a data file.",
+       {{"model", "Hugging Face model directory", "", true},
+        {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
+        {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
+        {"data", "data as training reads it: JSON lines (\"text\", \"ids\" or instruction records) or plain text", "",
+         true},
+        {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
+        threads_flag()},
+       run_eval});
   return c;
 }
 

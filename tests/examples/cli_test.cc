@@ -105,6 +105,41 @@ TEST_F(CliStoriesTest, TokenizeAndEval) {
   EXPECT_NEAR(out["perplexity"].get<double>(), std::exp(as_json(c["mean_nll"]).get<double>()), 1e-4);
 }
 
+// `peft eval` reads --data by the training loader's rules: plain text is one
+// document per paragraph, instruction records score only the response, and
+// a bad line is named by file and line.
+TEST_F(CliStoriesTest, EvalReadsDataLikeTraining) {
+  const std::string dir = testing::make_temp_dir("eval_rules");
+  auto eval = [&](const std::string& name, const std::string& content) {
+    std::ofstream(dir + "/" + name) << content;
+    return run({"eval", "--model=" + model_, "--data=" + dir + "/" + name});
+  };
+  CliRun a = eval("a.jsonl", "{\"text\": \"Once upon a time there was a cat.\"}\n");
+  CliRun b = eval("b.jsonl", "{\"text\": \"The dog ran to the park.\"}\n");
+  CliRun both = eval("both.txt", "Once upon a time there was a cat.\n\nThe dog ran to the park.\n");
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  ASSERT_EQ(both.code, 0) << both.err;
+  const json ja = json::parse(a.out), jb = json::parse(b.out), jboth = json::parse(both.out);
+  const int64_t na = ja["tokens"], nb = jb["tokens"];
+  EXPECT_EQ(jboth["sequences"].get<int64_t>(), 2);
+  EXPECT_EQ(jboth["tokens"].get<int64_t>(), na + nb);
+  EXPECT_NEAR(jboth["loss"].get<double>(),
+              (ja["loss"].get<double>() * na + jb["loss"].get<double>() * nb) / static_cast<double>(na + nb), 1e-9);
+
+  // Only the response is scored: as many tokens as the response alone has.
+  CliRun out = eval("out.jsonl", "{\"text\": \"The dog ran.\"}\n");
+  CliRun inst = eval("inst.jsonl", "{\"instruction\": \"Tell a story.\", \"output\": \"The dog ran.\"}\n");
+  ASSERT_EQ(out.code, 0) << out.err;
+  ASSERT_EQ(inst.code, 0) << inst.err;
+  EXPECT_EQ(json::parse(inst.out)["tokens"], json::parse(out.out)["tokens"]);
+
+  CliRun bad = eval("bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": 3}\n");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_EQ(bad.out, "");
+  EXPECT_NE(bad.err.find("bad.jsonl:2: \"text\" is a number"), std::string::npos) << bad.err;
+}
+
 TEST_F(CliStoriesTest, BadInputFailsCleanly) {
   const std::string tmp = testing::make_temp_dir("bad");
   // A truncated checkpoint: error, and no output directory.
