@@ -421,25 +421,25 @@ int64_t count_parameters(models::CausalLm& lm) {
 // ---- Flags -------------------------------------------------------------------
 
 std::vector<cli::FlagSpec> task_flags() {
+  using cli::bool_flag, cli::double_flag, cli::int_flag, cli::text_flag;
   const TaskOptions t;
   const BaseOptions b;
-  auto s = [](auto v) { return absl::StrCat(v); };
   return {
-      {"seed", "data, initialisation and training seed", s(t.seed)},
-      {"test_examples", "held-out test words", s(t.test_examples)},
-      {"train_examples", "task training records", s(t.train_examples)},
-      {"replay", "share of the training records that are copy (the control task)", absl::StrFormat("%g", t.replay)},
-      {"min_len", "shortest word", s(t.min_len)},
-      {"max_len", "longest word", s(t.max_len)},
-      {"pretrain_examples", "built-in base: generated pretraining records", s(t.pretrain_examples)},
-      {"pretrain_steps", "built-in base: steps (0 = the base recipe's training.steps)", "0"},
-      {"base_recipe",
-       "built-in base: pretraining recipe (default: examples/recipes/quickstart_base.textproto, built in)", ""},
-      {"hidden_size", "built-in base: hidden size", s(b.hidden_size)},
-      {"num_layers", "built-in base: layers", s(b.num_layers)},
-      {"num_heads", "built-in base: attention heads", s(b.num_heads)},
-      {"num_kv_heads", "built-in base: key/value heads", s(b.num_kv_heads)},
-      {"rebuild_base", "built-in base: pretrain again even when cached", "false", false, true},
+      int_flag("seed", "data, initialisation and training seed", t.seed),
+      int_flag("test_examples", "held-out test words", t.test_examples),
+      int_flag("train_examples", "task training records", t.train_examples),
+      double_flag("replay", "share of the training records that are copy (the control task)", t.replay),
+      int_flag("min_len", "shortest word", t.min_len),
+      int_flag("max_len", "longest word", t.max_len),
+      int_flag("pretrain_examples", "built-in base: generated pretraining records", t.pretrain_examples),
+      int_flag("pretrain_steps", "built-in base: steps (0 = the base recipe's training.steps)", 0),
+      text_flag("base_recipe",
+                "built-in base: pretraining recipe (default: examples/recipes/quickstart_base.textproto, built in)"),
+      int_flag("hidden_size", "built-in base: hidden size", b.hidden_size),
+      int_flag("num_layers", "built-in base: layers", b.num_layers),
+      int_flag("num_heads", "built-in base: attention heads", b.num_heads),
+      int_flag("num_kv_heads", "built-in base: key/value heads", b.num_kv_heads),
+      bool_flag("rebuild_base", "built-in base: pretrain again even when cached"),
   };
 }
 

@@ -62,18 +62,20 @@ absl::Status run(const peft::cli::ParsedFlags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  using peft::cli::double_flag, peft::cli::int_flag, peft::cli::text_flag;
   const std::vector<peft::cli::FlagSpec> specs = {
-      {"model", "Hugging Face model directory", "", true},
-      {"tokenizer", "tokenizer (default: the model directory)", ""},
-      {"text", "training text file", "", true},
-      {"max_chars", "use at most this many characters of the text", "200000"},
-      {"adapter", "AdapterConfig in protobuf text format", "lora { r: 8 alpha: 16 } target { preset: \"all_linear\" }"},
-      {"steps", "optimizer steps", "40"},
-      {"lr", "AdamW learning rate", "0.01"},
-      {"seq_len", "tokens per training window", "64"},
-      {"batch", "windows per step", "4"},
-      {"threads", "LibTorch threads (0 = library default)", "0"},
-      {"output", "write the trained adapter here", ""},
+      text_flag("model", "Hugging Face model directory").required(),
+      text_flag("tokenizer", "tokenizer (default: the model directory)"),
+      text_flag("text", "training text file").required(),
+      int_flag("max_chars", "use at most this many characters of the text", 200000),
+      text_flag("adapter", "AdapterConfig in protobuf text format",
+                "lora { r: 8 alpha: 16 } target { preset: \"all_linear\" }"),
+      int_flag("steps", "optimizer steps", 40),
+      double_flag("lr", "AdamW learning rate", 0.01),
+      int_flag("seq_len", "tokens per training window", 64),
+      int_flag("batch", "windows per step", 4),
+      int_flag("threads", "LibTorch threads (0 = library default)", 0),
+      text_flag("output", "write the trained adapter here"),
   };
   auto flags = peft::cli::parse_flags(std::vector<std::string>(argv + 1, argv + argc), specs);
   if (!flags.ok()) {

@@ -326,17 +326,19 @@ absl::Status run(const cli::ParsedFlags& f) {
 }  // namespace peft::quickstart
 
 int main(int argc, char** argv) {
+  using peft::cli::bool_flag, peft::cli::int_flag, peft::cli::text_flag;
   std::vector<peft::cli::FlagSpec> specs = {
-      {"work_dir", "outputs (data, base, lora, merged, summary.json)", "runs/quickstart"},
-      {"base", "a Hugging Face model directory to fine-tune instead of the built-in base", ""},
-      {"tokenizer", "tokenizer for --base (default: the model directory)", ""},
-      {"steps", "fine-tuning steps (0 = the recipe's training.steps)", "0"},
-      {"recipe", "fine-tuning recipe (default: examples/recipes/quickstart_lora.textproto, built in)", ""},
-      {"set", "override a recipe field, e.g. --set=training.micro_batch=16 (repeatable)", "", false, false, true},
-      {"threads",
-       "LibTorch threads for evaluation; when given, also for training (default: the recipes' training.threads; "
-       "0 = all cores)",
-       "1"},
+      text_flag("work_dir", "outputs (data, base, lora, merged, summary.json)", "runs/quickstart"),
+      text_flag("base", "a Hugging Face model directory to fine-tune instead of the built-in base"),
+      text_flag("tokenizer", "tokenizer for --base (default: the model directory)"),
+      int_flag("steps", "fine-tuning steps (0 = the recipe's training.steps)", 0),
+      text_flag("recipe", "fine-tuning recipe (default: examples/recipes/quickstart_lora.textproto, built in)"),
+      text_flag("set", "override a recipe field, e.g. --set=training.micro_batch=16 (repeatable)").repeated(),
+      int_flag(
+          "threads",
+          "LibTorch threads for evaluation; when given, also for training (default: the recipes' training.threads; "
+          "0 = all cores)",
+          1),
   };
   for (peft::cli::FlagSpec& s : peft::bench_task::task_flags()) specs.push_back(std::move(s));
   const char* summary = "The main job: a base LLaMA, LoRA on a measurable task, merge, export, generate.";

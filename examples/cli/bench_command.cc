@@ -833,27 +833,33 @@ const std::vector<Suite>& suites() {
 
 std::vector<FlagSpec> bench_flags() {
   std::vector<FlagSpec> specs = {
-      {"suite",
-       "which benchmark: methods (every PEFT method on the built-in task) or perf (training speed and memory of "
-       "the target model beside eager PyTorch)",
-       "methods"},
-      {"methods", "comma-separated subset of full, lora, nora, sorsa, bone, compacter, compacter++, hsm; or all",
-       "all"},
-      {"reweighting", "both, off or on: each method without and/or with LinUpper sample reweighting", "both"},
-      {"out_dir", "bench.md, bench.json, and work/ (data, cached base, one run directory per variant)", "runs/bench"},
-      {"steps",
-       "training steps of every variant (0 = the quickstart recipe's training.steps); perf: measured steps (0 = 6 on "
-       "cpu, 20 on cuda)",
-       "0"},
-      {"threads",
-       "LibTorch threads (0 = all cores); the built-in model is fastest on one; perf: all cores unless given", "1"},
-      {"precisions", "perf: comma-separated bf16, fp32", "bf16,fp32"},
-      {"device", "perf: cpu or cuda", "cpu"},
-      {"perf_model", "perf: target (LLaMA hidden 512 x 8 layers, batch 8 x 256) or tiny (a smoke test)", "target"},
-      {"eager_script", "perf: the eager PyTorch reference, or off", "scripts/eager_reference.py"},
-      {"python", "perf: the python that runs the eager reference (needs torch); auto: python3, then /usr/bin/python3",
-       "auto"},
-      {"internal_variant", "internal: run one variant in this process (the parent starts these)", ""},
+      text_flag(
+          "suite",
+          "which benchmark: methods (every PEFT method on the built-in task) or perf (training speed and memory of "
+          "the target model beside eager PyTorch)",
+          "methods"),
+      text_flag("methods",
+                "comma-separated subset of full, lora, nora, sorsa, bone, compacter, compacter++, hsm; or all", "all"),
+      text_flag("reweighting", "both, off or on: each method without and/or with LinUpper sample reweighting", "both"),
+      text_flag("out_dir", "bench.md, bench.json, and work/ (data, cached base, one run directory per variant)",
+                "runs/bench"),
+      int_flag("steps",
+               "training steps of every variant (0 = the quickstart recipe's training.steps); perf: measured steps (0 "
+               "= 6 on "
+               "cpu, 20 on cuda)",
+               0),
+      int_flag("threads",
+               "LibTorch threads (0 = all cores); the built-in model is fastest on one; perf: all cores unless given",
+               1),
+      text_flag("precisions", "perf: comma-separated bf16, fp32", "bf16,fp32"),
+      text_flag("device", "perf: cpu or cuda", "cpu"),
+      text_flag("perf_model", "perf: target (LLaMA hidden 512 x 8 layers, batch 8 x 256) or tiny (a smoke test)",
+                "target"),
+      text_flag("eager_script", "perf: the eager PyTorch reference, or off", "scripts/eager_reference.py"),
+      text_flag("python",
+                "perf: the python that runs the eager reference (needs torch); auto: python3, then /usr/bin/python3",
+                "auto"),
+      text_flag("internal_variant", "internal: run one variant in this process (the parent starts these)"),
   };
   for (FlagSpec& s : task::task_flags()) specs.push_back(std::move(s));
   return specs;

@@ -46,8 +46,8 @@ absl::Status run_tokenize(const ParsedFlags& f) {
 std::vector<Command> data_commands() {
   return {{"tokenize",
            "Encode JSON lines {\"text\": ...} from stdin to {\"ids\": [...]} on stdout.",
-           {{"tokenizer", "tokenizer file or model directory", "", true},
-            {"add_bos", "prepend the BOS id", "false", false, true}},
+           {text_flag("tokenizer", "tokenizer file or model directory").required(),
+            bool_flag("add_bos", "prepend the BOS id")},
            run_tokenize}};
 }
 

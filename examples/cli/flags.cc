@@ -2,10 +2,50 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "peft/core/status.h"
 
 namespace peft::cli {
+
+FlagSpec text_flag(std::string name, std::string help, std::string default_value) {
+  FlagSpec s;
+  s.name = std::move(name);
+  s.help = std::move(help);
+  s.default_value = std::move(default_value);
+  return s;
+}
+
+FlagSpec int_flag(std::string name, std::string help) {
+  FlagSpec s = text_flag(std::move(name), std::move(help));
+  s.type = FlagSpec::Type::kInt;
+  return s;
+}
+
+FlagSpec int_flag(std::string name, std::string help, int64_t default_value) {
+  FlagSpec s = int_flag(std::move(name), std::move(help));
+  s.default_value = absl::StrCat(default_value);
+  return s;
+}
+
+FlagSpec double_flag(std::string name, std::string help) {
+  FlagSpec s = text_flag(std::move(name), std::move(help));
+  s.type = FlagSpec::Type::kDouble;
+  return s;
+}
+
+FlagSpec double_flag(std::string name, std::string help, double default_value) {
+  FlagSpec s = double_flag(std::move(name), std::move(help));
+  s.default_value = absl::StrCat(default_value);
+  return s;
+}
+
+FlagSpec bool_flag(std::string name, std::string help) {
+  FlagSpec s = text_flag(std::move(name), std::move(help), "false");
+  s.type = FlagSpec::Type::kBool;
+  return s;
+}
 
 const std::string& ParsedFlags::get(const std::string& name) const {
   auto it = given_.find(name);
@@ -69,7 +109,7 @@ absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>& args, co
     auto it = by_name.find(name);
     if (it == by_name.end()) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     if (!has_value) {
-      if (it->second->is_bool) {
+      if (it->second->is_bool()) {
         value = "true";
       } else if (i + 1 < args.size()) {
         value = args[++i];
@@ -77,14 +117,23 @@ absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>& args, co
         return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
       }
     }
-    if (out.given_.count(name) && !it->second->repeated) {
+    if (out.given_.count(name) && !it->second->is_repeated) {
       return absl::InvalidArgumentError(absl::StrCat("flag --", name, " given twice"));
     }
     out.given_[name] = value;
     out.all_[name].push_back(value);
+    // Numbers and booleans are checked now, so a typo fails before any work.
+    absl::Status typed = absl::OkStatus();
+    switch (it->second->type) {
+      case FlagSpec::Type::kInt: typed = out.get_int(name).status(); break;
+      case FlagSpec::Type::kDouble: typed = out.get_double(name).status(); break;
+      case FlagSpec::Type::kBool: typed = out.get_bool(name).status(); break;
+      case FlagSpec::Type::kText: break;
+    }
+    PEFT_RETURN_IF_ERROR(typed);
   }
   for (const FlagSpec& s : specs) {
-    if (s.required && !out.has(s.name)) {
+    if (s.is_required && !out.has(s.name)) {
       return absl::InvalidArgumentError(absl::StrCat("missing required flag --", s.name));
     }
   }
@@ -94,8 +143,8 @@ absl::StatusOr<ParsedFlags> parse_flags(const std::vector<std::string>& args, co
 std::string usage(const std::string& command, const std::string& summary, const std::vector<FlagSpec>& specs) {
   std::string u = absl::StrCat("usage: peft ", command, " [flags]\n", summary, "\n\nflags:\n");
   for (const FlagSpec& s : specs) {
-    absl::StrAppend(&u, "  --", s.name, s.is_bool ? "" : "=VALUE", "\n      ", s.help);
-    if (s.required)
+    absl::StrAppend(&u, "  --", s.name, s.is_bool() ? "" : "=VALUE", "\n      ", s.help);
+    if (s.is_required)
       absl::StrAppend(&u, " (required)");
     else if (!s.default_value.empty())
       absl::StrAppend(&u, " (default: ", s.default_value, ")");

@@ -473,7 +473,7 @@ absl::Status run_to_lora(const ParsedFlags& f) {
 
 }  // namespace
 
-FlagSpec threads_flag() { return {"threads", "LibTorch intra-op threads (0 = all cores)", "0"}; }
+FlagSpec threads_flag() { return int_flag("threads", "LibTorch intra-op threads (0 = all cores)", 0); }
 
 absl::Status apply_threads(const ParsedFlags& f) {
   PEFT_ASSIGN_OR_RETURN(int64_t n, f.get_int("threads"));
@@ -495,79 +495,74 @@ absl::StatusOr<std::unique_ptr<data::Tokenizer>> tokenizer_for(const ParsedFlags
 
 std::vector<Command> model_commands() {
   std::vector<Command> c;
-  c.push_back({"convert",
-               "Convert a llama2.c checkpoint into a Hugging Face model directory.",
-               {{"from", "source format (llama2c)", "", true},
-                {"input", "the checkpoint file", "", true},
-                {"output", "the model directory to write (must not exist or be empty)", "", true},
-                {"tokenizer", "a tokenizer file to copy into the directory (tokenizer.model / tokenizer.bin)", ""},
-                {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
-                {"overwrite", "replace a non-empty output directory", "false", false, true}},
-               run_convert});
+  c.push_back(
+      {"convert",
+       "Convert a llama2.c checkpoint into a Hugging Face model directory.",
+       {text_flag("from", "source format (llama2c)").required(), text_flag("input", "the checkpoint file").required(),
+        text_flag("output", "the model directory to write (must not exist or be empty)").required(),
+        text_flag("tokenizer", "a tokenizer file to copy into the directory (tokenizer.model / tokenizer.bin)"),
+        text_flag("dtype", "storage dtype: float32, bfloat16 or float16", "float32"),
+        bool_flag("overwrite", "replace a non-empty output directory")},
+       run_convert});
   c.push_back(
       {"init",
        "Write a randomly initialised LLaMA or GPT-2 model directory (for tests and benchmarks).",
-       {{"arch", "llama or gpt2", "llama"},
-        {"output", "the model directory to write", "", true},
-        {"vocab_size", "vocabulary size", "32000"},
-        {"hidden_size", "hidden size", "512"},
-        {"intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", "0"},
-        {"num_layers", "number of blocks", "8"},
-        {"num_heads", "attention heads", "8"},
-        {"num_kv_heads", "key/value heads for LLaMA (0 = num_heads)", "0"},
-        {"max_positions", "context length", "2048"},
-        {"tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)", "false", false, true},
-        {"seed", "initialisation seed", "0"},
-        {"dtype", "storage dtype: float32, bfloat16 or float16", "float32"},
-        {"max_shard_mb", "shard the safetensors above this size", "5120"},
-        {"overwrite", "replace a non-empty output directory", "false", false, true}},
+       {text_flag("arch", "llama or gpt2", "llama"), text_flag("output", "the model directory to write").required(),
+        int_flag("vocab_size", "vocabulary size", 32000), int_flag("hidden_size", "hidden size", 512),
+        int_flag("intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", 0),
+        int_flag("num_layers", "number of blocks", 8), int_flag("num_heads", "attention heads", 8),
+        int_flag("num_kv_heads", "key/value heads for LLaMA (0 = num_heads)", 0),
+        int_flag("max_positions", "context length", 2048),
+        bool_flag("tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)"),
+        int_flag("seed", "initialisation seed", 0),
+        text_flag("dtype", "storage dtype: float32, bfloat16 or float16", "float32"),
+        int_flag("max_shard_mb", "shard the safetensors above this size", 5120),
+        bool_flag("overwrite", "replace a non-empty output directory")},
        run_init});
-  c.push_back({"merge",
-               "Merge an adapter into its base model and write a Hugging Face model directory.",
-               {{"model", "the base model directory", "", true},
-                {"adapter",
-                 "adapter directory, or several separated by commas, all active (ours or Hugging Face PEFT LoRA/MiSS)",
-                 "", true},
-                {"output", "the merged model directory to write", "", true},
-                {"prune", "apply the HSM structural prune (a smaller hidden size)", "false", false, true},
-                {"dtype", "storage dtype (default: the base model's)", ""},
-                {"overwrite", "replace a non-empty output directory", "false", false, true},
-                threads_flag()},
-               run_merge});
+  c.push_back(
+      {"merge",
+       "Merge an adapter into its base model and write a Hugging Face model directory.",
+       {text_flag("model", "the base model directory").required(),
+        text_flag("adapter",
+                  "adapter directory, or several separated by commas, all active (ours or Hugging Face PEFT LoRA/MiSS)")
+            .required(),
+        text_flag("output", "the merged model directory to write").required(),
+        bool_flag("prune", "apply the HSM structural prune (a smaller hidden size)"),
+        text_flag("dtype", "storage dtype (default: the base model's)"),
+        bool_flag("overwrite", "replace a non-empty output directory"), threads_flag()},
+       run_merge});
   c.push_back({"to-lora",
                "Save a PiSSA/OLoRA adapter as a plain LoRA (rank 2r) for the original, unmodified base model.",
-               {{"model", "the ORIGINAL base model directory the adapter was trained from", "", true},
-                {"adapter", "the PiSSA or OLoRA adapter directory", "", true},
-                {"output", "the LoRA adapter directory to write", "", true},
-                {"overwrite", "replace a non-empty output directory", "false", false, true},
-                threads_flag()},
+               {text_flag("model", "the ORIGINAL base model directory the adapter was trained from").required(),
+                text_flag("adapter", "the PiSSA or OLoRA adapter directory").required(),
+                text_flag("output", "the LoRA adapter directory to write").required(),
+                bool_flag("overwrite", "replace a non-empty output directory"), threads_flag()},
                run_to_lora});
-  c.push_back({"generate",
-               "Generate text from a prompt (greedy by default) with a KV cache.",
-               {{"model", "Hugging Face model directory", "", true},
-                {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
-                {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
-                {"prompt", "the prompt text", ""},
-                {"prompt_ids", "comma-separated prompt token ids instead of --prompt (no tokenizer needed)", ""},
-                {"max_new_tokens", "tokens to generate at most", "128"},
-                {"temperature", "0 = greedy; otherwise sampling temperature", "0"},
-                {"top_k", "sample from the k most likely tokens (0 = all)", "0"},
-                {"top_p", "nucleus sampling threshold (1 = off)", "1"},
-                {"seed", "random seed for sampling", "0"},
-                {"format", "text (streamed) or json", "text"},
-                {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
-                threads_flag()},
-               run_generate});
+  c.push_back(
+      {"generate",
+       "Generate text from a prompt (greedy by default) with a KV cache.",
+       {text_flag("model", "Hugging Face model directory").required(),
+        text_flag("adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged"),
+        text_flag("tokenizer", "tokenizer file or directory (default: the model directory)"),
+        text_flag("prompt", "the prompt text"),
+        text_flag("prompt_ids", "comma-separated prompt token ids instead of --prompt (no tokenizer needed)"),
+        int_flag("max_new_tokens", "tokens to generate at most", 128),
+        double_flag("temperature", "0 = greedy; otherwise sampling temperature", 0),
+        int_flag("top_k", "sample from the k most likely tokens (0 = all)", 0),
+        double_flag("top_p", "nucleus sampling threshold (1 = off)", 1),
+        int_flag("seed", "random seed for sampling", 0), text_flag("format", "text (streamed) or json", "text"),
+        bool_flag("no_bos", "do not prepend BOS even if the tokenizer uses one"), threads_flag()},
+       run_generate});
   c.push_back(
       {"eval",
        "Teacher-forced loss and perplexity of a model on a data file.",
-       {{"model", "Hugging Face model directory", "", true},
-        {"adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged", ""},
-        {"tokenizer", "tokenizer file or directory (default: the model directory)", ""},
-        {"data", "data as training reads it: JSON lines (\"text\", \"ids\" or instruction records) or plain text", "",
-         true},
-        {"no_bos", "do not prepend BOS even if the tokenizer uses one", "false", false, true},
-        threads_flag()},
+       {text_flag("model", "Hugging Face model directory").required(),
+        text_flag("adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged"),
+        text_flag("tokenizer", "tokenizer file or directory (default: the model directory)"),
+        text_flag("data",
+                  "data as training reads it: JSON lines (\"text\", \"ids\" or instruction records) or plain text")
+            .required(),
+        bool_flag("no_bos", "do not prepend BOS even if the tokenizer uses one"), threads_flag()},
        run_eval});
   return c;
 }

@@ -50,8 +50,8 @@ absl::Status run_train(const ParsedFlags& f) {
 }  // namespace
 
 int run_launch(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> specs = {{"nproc", "number of local processes", "", true},
-                                       {"master_port", "TCP port of rank 0's store", "29500"}};
+  const std::vector<FlagSpec> specs = {int_flag("nproc", "number of local processes").required(),
+                                       int_flag("master_port", "TCP port of rank 0's store", 29500)};
   auto dash = std::find(args.begin(), args.end(), std::string("--"));
   const std::vector<std::string> flag_args(args.begin(), dash);
   std::vector<std::string> command(dash == args.end() ? args.end() : dash + 1, args.end());
@@ -84,22 +84,22 @@ int run_launch(const std::vector<std::string>& args) {
 }
 
 std::vector<Command> train_commands() {
-  return {
-      {"train",
-       "Fine-tune as a recipe (protobuf text format) says; see examples/recipes/.",
-       {{"recipe", "the recipe file (.textproto)", "", true},
-        {"set",
-         "override one recipe field (repeatable): --set=training.steps=200, a list "
-         "--set=adapters.0.target.modules=q_proj,v_proj, a whole message --set='reweighting={ strategy: QUADRATIC }'",
-         "", false, false, true},
-        {"output_dir", "the run directory (overrides the recipe's output_dir)", ""},
-        {"resume", "continue from the newest checkpoint in the run directory", "false", false, true},
-        {"dry_run", "check the recipe, model, tokenizer, data and adapters, then stop without training or writing",
-         "false", false, true},
-        {"merge_on_finish",
-         "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)", "false",
-         false, true}},
-       run_train}};
+  return {{"train",
+           "Fine-tune as a recipe (protobuf text format) says; see examples/recipes/.",
+           {text_flag("recipe", "the recipe file (.textproto)").required(),
+            text_flag("set",
+                      "override one recipe field (repeatable): --set=training.steps=200, a list "
+                      "--set=adapters.0.target.modules=q_proj,v_proj, a whole message --set='reweighting={ strategy: "
+                      "QUADRATIC }'")
+                .repeated(),
+            text_flag("output_dir", "the run directory (overrides the recipe's output_dir)"),
+            bool_flag("resume", "continue from the newest checkpoint in the run directory"),
+            bool_flag("dry_run",
+                      "check the recipe, model, tokenizer, data and adapters, then stop without training or writing"),
+            bool_flag(
+                "merge_on_finish",
+                "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)")},
+           run_train}};
 }
 
 }  // namespace peft::cli

@@ -195,7 +195,7 @@ TEST(QuickstartErrorsTest, BadInputFailsWithOneLineAndWritesNothing) {
   };
   const std::vector<Case> cases = {
       {{"--no_such_flag=1"}, 2, "no_such_flag"},
-      {{"--steps=many"}, 1, "steps"},
+      {{"--steps=many"}, 2, "steps"},  // a malformed number is a usage error, found at parse
       {{"--set=training.no_such_field=3"}, 1, "no_such_field"},
       {{"--min_len=5", "--max_len=4"}, 1, "--max_len"},
       {{"--hidden_size=30", "--num_heads=4"}, 1, "--num_heads"},
