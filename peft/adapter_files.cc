@@ -17,7 +17,6 @@
 #include "peft/io/atomic_file.h"
 #include "peft/io/read_file.h"
 #include "peft/io/safetensors.h"
-#include "peft/lora/lora.h"
 #include "peft/peft_model.h"
 #include "peft/registry.h"
 
@@ -100,8 +99,7 @@ std::vector<AdapterTensor> PeftModel::adapter_tensors(const std::string& name, b
   auto rooted = [](const std::string& key) { return key.empty() ? key : absl::StrCat(kPrefix, key); };
   for (const LinearTarget& t : e->targets) {
     LinearAdapter* adapter = t.linear->adapter(name);
-    const std::vector<AdapterTensor> state =
-        plain_lora ? dynamic_cast<LoraLinearImpl&>(*adapter).plain_lora_state() : adapter->state();
+    const std::vector<AdapterTensor> state = plain_lora ? e->method->plain_lora_state(*adapter) : adapter->state();
     for (const AdapterTensor& a : state) {
       out.push_back({absl::StrCat(kPrefix, t.path, ".", a.key), a.tensor,
                      a.legacy_key.empty() ? "" : absl::StrCat(kPrefix, t.path, ".", a.legacy_key)});
@@ -138,16 +136,16 @@ absl::Status PeftModel::save_adapter(const std::string& dir, const std::string& 
   // The config written: the adapter's own, or its plain-LoRA form.
   proto::AdapterConfig config = e->config;
   if (convert_to_lora) {
-    if (config.method_case() != proto::AdapterConfig::kLora) {
+    if (!e->method->plain_lora_config) {
       return absl::FailedPreconditionError(absl::StrCat("adapter '", name, "' is a ", e->method->name,
                                                         " adapter; only LoRA with init PISSA or OLORA can be saved "
                                                         "as a plain LoRA"));
     }
-    absl::StatusOr<proto::LoraOptions> plain = lora_plain_options(config.lora());
+    absl::StatusOr<proto::AdapterConfig> plain = e->method->plain_lora_config(config);
     if (!plain.ok()) {
       return absl::Status(plain.status().code(), absl::StrCat("adapter '", name, "': ", plain.status().message()));
     }
-    *config.mutable_lora() = *plain;
+    config = *std::move(plain);
   }
   // fan_in_fan_out: the adapted projections' own layout (GPT-2's Conv1D
   // stores [in, out]); a stream method has none.

@@ -71,6 +71,14 @@ struct AdapterMethod {
   /// The options that apply to the module at `path` when they differ per
   /// module (LoRA's rank_pattern / alpha_pattern). Null: the same everywhere.
   std::function<proto::AdapterConfig(const proto::AdapterConfig&, const std::string& path)> config_for_module;
+  /// The adapter as an ordinary LoRA on the ORIGINAL base weights (PiSSA and
+  /// OLoRA inits, as PEFT's path_initial_model_for_weight_conversion): the
+  /// config to write, or an error saying why this config has no such form.
+  /// Null: the method has none.
+  std::function<absl::StatusOr<proto::AdapterConfig>(const proto::AdapterConfig&)> plain_lora_config;
+  /// The tensors of one projection's adapter in that form (keys as state()).
+  /// Set exactly when plain_lora_config is.
+  std::function<std::vector<AdapterTensor>(LinearAdapter&)> plain_lora_state;
 };
 
 /// Every method, in a fixed order.

@@ -238,6 +238,14 @@ AdapterMethod lora_method() {
     return absl::OkStatus();
   };
   m.rewrites_base = [](const proto::AdapterConfig& c) { return residual_init(c.lora()); };
+  m.plain_lora_config = [](const proto::AdapterConfig& c) -> absl::StatusOr<proto::AdapterConfig> {
+    PEFT_ASSIGN_OR_RETURN(proto::LoraOptions plain, lora_plain_options(c.lora()));
+    proto::AdapterConfig out = c;
+    *out.mutable_lora() = std::move(plain);
+    return out;
+  };
+  // make_linear built every adapter of this method, so the cast is exact.
+  m.plain_lora_state = [](LinearAdapter& a) { return static_cast<LoraLinearImpl&>(a).plain_lora_state(); };
   m.make_linear = [](const proto::AdapterConfig& c, const LinearTarget& t,
                      uint64_t seed) -> absl::StatusOr<std::shared_ptr<LinearAdapter>> {
     return std::make_shared<LoraLinearImpl>(lora_options_for(c.lora(), t.path), t.linear->weight, seed);

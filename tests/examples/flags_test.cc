@@ -8,12 +8,9 @@ namespace peft::cli {
 namespace {
 
 std::vector<FlagSpec> specs() {
-  return {text_flag("model", "model directory").required(),
-          int_flag("seed", "random seed", 7),
-          int_flag("limit", "an optional count"),
-          double_flag("temperature", "sampling temperature", 0.8),
-          bool_flag("overwrite", "replace the output"),
-          text_flag("set", "override a field").repeated(),
+  return {text_flag("model", "model directory").required(), int_flag("seed", "random seed", 7),
+          int_flag("limit", "an optional count"),           double_flag("temperature", "sampling temperature", 0.8),
+          bool_flag("overwrite", "replace the output"),     text_flag("set", "override a field").repeated(),
           text_flag("dtype", "storage dtype", "float32")};
 }
 

@@ -148,6 +148,8 @@ TEST_P(ContractTest, EveryMethodHonoursTheContract) {
       arch == models::Architecture::kLlama ? testing::tiny_llama_config() : testing::tiny_gpt2_config();
   std::map<std::string, std::vector<ContractCase>> cases = contract_cases(arch);
   for (const AdapterMethod& method : adapter_methods()) {
+    // The plain-LoRA form comes as a pair (config and tensors) or not at all.
+    EXPECT_EQ(static_cast<bool>(method.plain_lora_config), static_cast<bool>(method.plain_lora_state)) << method.name;
     if (!cases.count(method.name)) {
       // A method may skip an architecture only by refusing it outright.
       std::vector<ContractCase> other = contract_cases(models::Architecture::kLlama)[method.name];
