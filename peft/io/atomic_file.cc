@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "peft/core/status.h"
+#include "peft/io/file_lock.h"
 
 namespace peft::io {
 namespace {
@@ -136,6 +137,39 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad output path '", dir, "'"));
   target = target.lexically_normal();
   if (target.has_filename() == false) target = target.parent_path();
+  if (fs::is_symlink(fs::symlink_status(target, ec))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(target.string(), " is a symbolic link; pass the directory it points to (or another path)"));
+  }
+  fs::path parent = target.parent_path();
+  if (!fs::is_directory(parent, ec)) {
+    fs::create_directories(parent, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
+  }
+  // One writer per output: the check of what `dir` holds and the write
+  // happen under one lock, beside the output (removed when done).
+  const std::string name = target.filename().string();
+  PEFT_ASSIGN_OR_RETURN(FileLock lock,
+                        FileLock::acquire((parent / absl::StrCat(".", name, ".lock")).string(), target.string(),
+                                          /*remove_on_release=*/true));
+  // Under the lock every temporary of this output is a dead writer's: a
+  // killed process leaves ".name.tmp-PID" (incomplete, removed) and, when it
+  // died between its two renames, ".name.old-PID" with the previous output
+  // (put back when the output is missing, else removed).
+  for (const fs::directory_entry& e : fs::directory_iterator(parent, ec)) {
+    const std::string n = e.path().filename().string();
+    const std::string tmp_prefix = absl::StrCat(".", name, ".tmp-"), old_prefix = absl::StrCat(".", name, ".old-");
+    std::error_code ec2;
+    if (n.rfind(tmp_prefix, 0) == 0) {
+      fs::remove_all(e.path(), ec2);
+    } else if (n.rfind(old_prefix, 0) == 0) {
+      if (!fs::exists(fs::symlink_status(target, ec2))) {
+        fs::rename(e.path(), target, ec2);
+      } else {
+        fs::remove_all(e.path(), ec2);
+      }
+    }
+  }
   if (fs::exists(target, ec)) {
     if (!fs::is_directory(target, ec)) {
       return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not a directory"));
@@ -143,11 +177,6 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
     if (!fs::is_empty(target, ec) && !overwrite) {
       return absl::AlreadyExistsError(absl::StrCat(target.string(), " exists and is not empty (use --overwrite)"));
     }
-  }
-  fs::path parent = target.parent_path();
-  if (!fs::is_directory(parent, ec)) {
-    fs::create_directories(parent, ec);
-    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
   }
   fs::path tmp = parent / absl::StrCat(".", target.filename().string(), ".tmp-", getpid());
   fs::remove_all(tmp, ec);
@@ -164,7 +193,8 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
     old = parent / absl::StrCat(".", target.filename().string(), ".old-", getpid());
     fs::rename(target, old, ec);
     if (ec) {
-      fs::remove_all(tmp, ec);
+      std::error_code ec2;  // keep ec: its message is the error
+      fs::remove_all(tmp, ec2);
       return absl::InternalError(absl::StrCat("cannot move aside ", target.string(), ": ", ec.message()));
     }
   }
