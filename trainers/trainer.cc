@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -33,6 +35,7 @@
 #include "peft/core/autocast.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
+#include "peft/io/file_lock.h"
 #include "peft/peft_model.h"
 #include "peft/sorsa/regularizer_step.h"
 #include "trainers/checkpoint.h"
@@ -96,13 +99,17 @@ ScheduleOptions schedule_options(const proto::Recipe& r) {
 
 // Mean next-token NLL over up to `max_batches` batches of `ds`.
 absl::StatusOr<double> evaluate(PeftModel& pm, const data::Dataset& ds, int64_t batch, int64_t max_batches, bool bf16,
-                                const at::Device& device) {
+                                const at::Device& device, bool interruptible) {
   if (ds.size() == 0) return std::nan("");
   torch::NoGradGuard no_grad;
   pm.model().module().eval();
   double sum = 0;
   int64_t tokens = 0;
   for (int64_t start = 0, b = 0; start < ds.size() && b < max_batches; start += batch, ++b) {
+    if (interruptible && StopSignals::pending() != 0) {
+      pm.model().module().train();
+      return absl::CancelledError("evaluation interrupted by a stop signal");
+    }
     std::vector<int64_t> idx;
     for (int64_t i = start; i < std::min(ds.size(), start + batch); ++i) idx.push_back(i);
     PEFT_ASSIGN_OR_RETURN(data::Batch collated, ds.collate(idx));
@@ -226,16 +233,28 @@ class TrainingRun {
     summary_.run_dir = run_;
   }
 
+  // A run that ends before its first step (an error, a stop signal) leaves
+  // nothing behind: what it wrote is removed, and the directory when it made
+  // it, so the next run starts as if this one never did.
+  ~TrainingRun() {
+    if (!completed_ && !resumed_ && !stepped_) discard_unstarted();
+  }
+
   const TrainSummary& summary() const { return summary_; }
+  // train() returned the run's result: keep everything.
+  void complete() { completed_ = true; }
 
   // Threads, seed, the torchrun environment, the device (cuda:LOCAL_RANK or
   // the CPU) and the process group (one process when the environment has
   // no ranks; only trainable gradients are all-reduced).
   absl::Status start_processes() {
+    // SIGINT/SIGTERM from here on stop the run cleanly (before the first
+    // step: with nothing left behind; after it: with a checkpoint).
+    PEFT_ASSIGN_OR_RETURN(env_, distributed_env_from_environ());
+    stop_.emplace(/*announce=*/env_.rank == 0, /*repeat_kills=*/true);
     at::set_num_threads(tc_.threads() > 0 ? tc_.threads()
                                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     at::manual_seed(tc_.seed());
-    PEFT_ASSIGN_OR_RETURN(env_, distributed_env_from_environ());
     if (resolved_device(recipe_) == proto::TrainingConfig::CUDA) {
       const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
       // Without LOCAL_RANK (one process per Kubernetes pod, or RANK set by
@@ -261,6 +280,7 @@ class TrainingRun {
   // newest checkpoint, or report a finished run as it is (returns true: the
   // summary is the finished run's and there is nothing to do).
   absl::StatusOr<bool> plan_resume() {
+    PEFT_RETURN_IF_ERROR(lock_run_directory());
     PEFT_ASSIGN_OR_RETURN(latest_, latest_checkpoint(run_));
     const int64_t latest_step = latest_ ? checkpoint_step(*latest_) : -1;
     std::error_code exists_ec;
@@ -300,6 +320,7 @@ class TrainingRun {
                                                         "): pass another output_dir, or --resume to continue it"));
     }
     if (!options_.resume) return false;
+    resumed_ = latest_.has_value();
     if (latest_ && latest_step > tc_.steps()) {
       return absl::InvalidArgumentError(absl::StrCat("training.steps: ", tc_.steps(), " is fewer than the ",
                                                      latest_step, " steps the run's newest checkpoint ", *latest_,
@@ -322,6 +343,7 @@ class TrainingRun {
       log_(absl::StrCat("the run in ", run_, " is already complete at step ", done, "; nothing to do",
                         latest_ ? " (raise training.steps to train further)" : ""));
       summary_from_json(saved, &summary_);
+      resumed_ = true;  // a finished run: nothing of it may be removed
       return true;
     }
     if (!latest_) log_(absl::StrCat("no checkpoint in ", run_, "; starting from step 0"));
@@ -351,6 +373,11 @@ class TrainingRun {
     if (tok->vocab_size() > lm->config().vocab_size()) {
       return absl::InvalidArgumentError(
           absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ", lm->config().vocab_size()));
+    }
+    if (recipe_.data().seq_len() > lm->config().max_positions()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data.seq_len = ", recipe_.data().seq_len(),
+          " is longer than the model's context (max_position_embeddings = ", lm->config().max_positions(), ")"));
     }
     data::DataOptions dopts = data_options(recipe_);
     dopts.threads = tc_.threads();  // 0: every core, as for training
@@ -418,6 +445,7 @@ class TrainingRun {
     std::error_code ec;
     fs::create_directories(run_, ec);
     if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run_, ": ", ec.message()));
+    wrote_ = true;
     if (main_rank())
       PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/recipe.textproto", recipe_to_text(recipe_)));
     return absl::OkStatus();
@@ -482,22 +510,28 @@ class TrainingRun {
     if (main_rank() && state_.step > 0) {
       PEFT_RETURN_IF_ERROR(trim_metrics(run_ + "/metrics.jsonl", state_.step, &train_curve_, &eval_curve_));
     }
-    if (main_rank()) metrics_.open(run_ + "/metrics.jsonl", state_.step > 0 ? std::ios::app : std::ios::trunc);
+    if (main_rank()) {
+      metrics_.open(run_ + "/metrics.jsonl", state_.step > 0 ? std::ios::app : std::ios::trunc);
+      if (!metrics_) return metrics_error();
+    }
     // A resumed run reports the whole run's first loss and step-0 eval loss.
     if (!train_curve_.empty()) summary_.first_train_loss = train_curve_.front().second;
     if (state_.step > 0 && !eval_curve_.empty() && eval_curve_.front().first == 0) {
       summary_.initial_eval_loss = eval_curve_.front().second;
     } else {
-      PEFT_ASSIGN_OR_RETURN(summary_.initial_eval_loss, evaluate_now());
+      absl::StatusOr<double> ev = evaluate_now();
+      if (absl::IsCancelled(ev.status())) return stopped("during the first evaluation; nothing kept");
+      PEFT_RETURN_IF_ERROR(ev.status());
+      summary_.initial_eval_loss = *ev;
     }
     if (state_.step == 0 && std::isfinite(summary_.initial_eval_loss)) {
       eval_curve_.emplace_back(0, summary_.initial_eval_loss);
-      metrics_ << json{{"step", 0},
-                       {"eval_loss", summary_.initial_eval_loss},
-                       {"eval_perplexity", std::exp(summary_.initial_eval_loss)}}
-                      .dump()
-               << "\n";
+      PEFT_RETURN_IF_ERROR(write_metrics({{"step", 0},
+                                          {"eval_loss", summary_.initial_eval_loss},
+                                          {"eval_perplexity", std::exp(summary_.initial_eval_loss)}}));
     }
+    // A signal during setup or the first evaluation: stop before step 1.
+    if (StopSignals::pending() != 0 && !resumed_) return stopped("before the first step; nothing kept");
     return absl::OkStatus();
   }
 
@@ -506,7 +540,6 @@ class TrainingRun {
   // end the run after the current step, with a checkpoint.
   absl::Status train_steps() {
     pm_->model().module().train();
-    StopSignals stop_signals(/*announce=*/main_rank(), /*repeat_kills=*/true);
     StepContext ctx{*pm_, *opt_, params_, pg_.get(), group_};
     t_start_ = now_seconds();
     const int64_t total = tc_.steps();
@@ -528,8 +561,24 @@ class TrainingRun {
         ++summary_.skipped_steps;
       }
       state_.step = step + 1;
+      stepped_ = true;
       tokens_seen_ += r.tokens;
-      PEFT_RETURN_IF_ERROR(record_step(step, lr, r, now_seconds() - t0));
+      absl::Status recorded = record_step(step, lr, r, now_seconds() - t0);
+      if (!recorded.ok()) {
+        // The metrics file cannot be written (a full disk, say): keep what
+        // can be kept, then stop with the error.
+        if (!absl::IsCancelled(recorded)) {
+          absl::Status saved = save_checkpoint();
+          return saved.ok() ? absl::Status(recorded.code(), absl::StrCat(recorded.message(), "; checkpoint ",
+                                                                         checkpoint_dir(run_, step + 1),
+                                                                         " saved: continue with --resume"))
+                            : recorded;
+        }
+        // A stop signal during this step's evaluation: stop now.
+        PEFT_RETURN_IF_ERROR(save_checkpoint());
+        return stopped(absl::StrCat("during the evaluation after step ", step + 1, " of ", total, "; checkpoint ",
+                                    checkpoint_dir(run_, step + 1), " saved: continue with --resume"));
+      }
       // Every every_steps steps and after the last one, so that --resume
       // with more training.steps continues a finished run instead of redoing
       // its tail.
@@ -557,18 +606,25 @@ class TrainingRun {
   // the full model, the merged model, loss.svg, summary.json and one
   // readable line.
   absl::Status write_outputs() {
-    PEFT_ASSIGN_OR_RETURN(summary_.final_eval_loss, evaluate_now());
+    absl::StatusOr<double> final_eval = evaluate_now();
+    if (absl::IsCancelled(final_eval.status())) {
+      const bool saved = recipe_.checkpoint().every_steps() > 0;  // the last step's checkpoint exists
+      if (!saved) PEFT_RETURN_IF_ERROR(save_checkpoint());
+      return stopped(absl::StrCat("during the final evaluation; checkpoint ", checkpoint_dir(run_, state_.step),
+                                  " saved: --resume writes the outputs"));
+    }
+    PEFT_RETURN_IF_ERROR(final_eval.status());
+    summary_.final_eval_loss = *final_eval;
     PEFT_RETURN_IF_ERROR(pg_->barrier());
     if (!main_rank()) return absl::OkStatus();  // rank 0 writes the outputs
     if (std::isfinite(summary_.final_eval_loss)) {
       eval_curve_.emplace_back(state_.step, summary_.final_eval_loss);
-      metrics_ << json{{"step", state_.step},
-                       {"eval_loss", summary_.final_eval_loss},
-                       {"eval_perplexity", std::exp(summary_.final_eval_loss)}}
-                      .dump()
-               << "\n";
+      PEFT_RETURN_IF_ERROR(write_metrics({{"step", state_.step},
+                                          {"eval_loss", summary_.final_eval_loss},
+                                          {"eval_perplexity", std::exp(summary_.final_eval_loss)}}));
     }
     metrics_.close();
+    if (metrics_.fail()) return metrics_error();
     PeftModel& pm = *pm_;
     for (const proto::AdapterConfig& a : recipe_.adapters()) {
       const std::string dir = recipe_.adapters_size() == 1 ? run_ + "/adapter" : run_ + "/adapter_" + a.name();
@@ -616,8 +672,63 @@ class TrainingRun {
   bool main_rank() const { return env_.rank == 0; }
   int64_t micro() const { return tc_.micro_batch(); }
 
+  // A stop signal interrupts an evaluation (CancelledError) in a run of one
+  // process; with several ranks the evaluation completes (each rank gets the
+  // signal at another batch, and the stop is agreed on at the next step).
   absl::StatusOr<double> evaluate_now() {
-    return evaluate(*pm_, validation_, micro() * env_.world_size, recipe_.eval().max_batches(), bf16_, device_);
+    return evaluate(*pm_, validation_, micro() * env_.world_size, recipe_.eval().max_batches(), bf16_, device_,
+                    /*interruptible=*/env_.world_size == 1);
+  }
+
+  absl::Status stopped(const std::string& when) {
+    if (tty_) std::fprintf(stderr, "\n");
+    const int sig = StopSignals::pending();
+    return absl::AbortedError(
+        absl::StrCat("stopped by ", sig != 0 ? StopSignals::name(sig) : std::string("a stop signal"), " ", when));
+  }
+
+  // One line of metrics.jsonl, flushed and checked: a failed write (a full
+  // disk) is an error naming the file, never a silently torn line.
+  absl::Status write_metrics(const json& line) {
+    if (!main_rank()) return absl::OkStatus();
+    metrics_ << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    return metrics_ ? absl::OkStatus() : metrics_error();
+  }
+  absl::Status metrics_error() const {
+    const int err = errno;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot write ", run_, "/metrics.jsonl", err != 0 ? absl::StrCat(": ", std::strerror(err)) : ""));
+  }
+
+  // One writer per run directory: rank 0 holds <run>/.lock until the run
+  // ends (the kernel drops it when the process dies). The checks of what the
+  // directory holds come after, under the lock. A dry run locks only a
+  // directory that exists (it creates nothing).
+  absl::Status lock_run_directory() {
+    if (!main_rank()) return absl::OkStatus();
+    std::error_code ec;
+    if (!fs::is_directory(run_, ec)) {
+      if (options_.dry_run) return absl::OkStatus();
+      created_dir_ = fs::create_directories(run_, ec);
+      if (ec) {
+        return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run_, ": ", ec.message()));
+      }
+    }
+    PEFT_ASSIGN_OR_RETURN(lock_, io::FileLock::acquire(run_ + "/.lock", absl::StrCat("run directory ", run_)));
+    return absl::OkStatus();
+  }
+
+  // Removes what a run that never stepped wrote (only while it holds the
+  // lock: another run's files are never touched).
+  void discard_unstarted() {
+    if (!lock_.held()) return;
+    metrics_.close();
+    std::error_code ec;
+    if (wrote_) {
+      for (const char* f : {"recipe.textproto", "metrics.jsonl", "loss.svg"}) fs::remove(run_ + "/" + f, ec);
+    }
+    lock_.release_and_remove();
+    if (created_dir_ || fs::is_empty(run_, ec)) fs::remove(run_, ec);  // only when empty
   }
 
   // Every rank's generators go into rank 0's checkpoint (a collective: all
@@ -652,12 +763,12 @@ class TrainingRun {
     }
     const bool eval_now = recipe_.eval().every_steps() > 0 && (step + 1) % recipe_.eval().every_steps() == 0;
     if (eval_now && step + 1 < total) {
-      PEFT_ASSIGN_OR_RETURN(double ev, evaluate_now());
+      PEFT_ASSIGN_OR_RETURN(double ev, evaluate_now());  // Cancelled on a stop signal
       m["eval_loss"] = ev;
       m["eval_perplexity"] = std::exp(ev);
       eval_curve_.emplace_back(step + 1, ev);
     }
-    if (main_rank()) metrics_ << m.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    PEFT_RETURN_IF_ERROR(write_metrics(m));
     const double elapsed = now_seconds() - t_start_;
     const double eta = elapsed / (step + 1 - summary_.resumed_from_step) * (total - step - 1);
     const std::string line = absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", step + 1, total,
@@ -683,7 +794,12 @@ class TrainingRun {
   std::optional<c10::DeviceGuard> device_guard_;  // CUDA: the current device for the run
   Backend backend_ = Backend::kGloo;
   std::unique_ptr<ProcessGroup> pg_;
+  std::optional<StopSignals> stop_;  // from start_processes to the end
   // plan_resume
+  io::FileLock lock_;                  // rank 0: <run>/.lock
+  bool created_dir_ = false;           // this run made the run directory
+  bool wrote_ = false;                 // open_run_directory ran: recipe.textproto, metrics.jsonl are this run's
+  bool resumed_ = false;               // continues (or reports) an earlier run: never discarded
   std::optional<std::string> latest_;  // the newest checkpoint
   // setup
   ScheduleOptions sched_;
@@ -702,6 +818,8 @@ class TrainingRun {
   std::ofstream metrics_;
   std::vector<std::pair<int64_t, double>> train_curve_, eval_curve_;
   // train_steps
+  bool stepped_ = false;    // a step completed: the run is kept whatever happens
+  bool completed_ = false;  // train() finished (done, dry run, or already complete)
   double t_start_ = 0;
   int64_t tokens_seen_ = 0;
 };
@@ -717,12 +835,14 @@ absl::StatusOr<TrainSummary> train(const proto::Recipe& recipe, const TrainOptio
   PEFT_RETURN_IF_ERROR(run.setup());
   if (options.dry_run) {
     run.log_dry_run();
+    run.complete();
     return run.summary();
   }
   PEFT_RETURN_IF_ERROR(run.open_run_directory());
   PEFT_RETURN_IF_ERROR(run.setup_optimizer());
   PEFT_RETURN_IF_ERROR(run.train_steps());
   PEFT_RETURN_IF_ERROR(run.write_outputs());
+  run.complete();
   return run.summary();
 }
 

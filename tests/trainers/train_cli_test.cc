@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -309,6 +310,99 @@ TEST_F(TrainCliTest, SigtermStopsAfterTheStepWithACheckpoint) {
   const std::string err2 = slurp(out + ".err2");
   EXPECT_NE(err2.find(absl::StrCat("resumed from ", ckpt, " at step ", steps)), std::string::npos) << err2;
   EXPECT_NE(err2.find("stopped by SIGTERM after step "), std::string::npos) << err2;
+}
+
+// Starts `peft train` in the background (stdout to /dev/null, stderr to
+// `err`); returns its pid.
+pid_t start_train(const std::vector<std::string>& args, const std::string& err) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (freopen(err.c_str(), "w", stderr) == nullptr) _exit(126);
+    if (freopen("/dev/null", "w", stdout) == nullptr) _exit(126);
+    std::vector<char*> argv = {const_cast<char*>("peft"), const_cast<char*>("train")};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(binary().c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+bool wait_for(const std::function<bool()>& ready, int seconds = 120) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// A second `peft train` (or --resume) into a directory a run is writing is
+// refused, naming the holder; the holder goes on undisturbed.
+TEST_F(TrainCliTest, OneWriterPerRunDirectory) {
+  const std::string out = work_ + "/locked";
+  const pid_t pid = start_train(
+      {"--recipe=" + work_ + "/recipe.textproto", "--output_dir=" + out, "--set=training.steps=2000"}, out + ".err");
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(wait_for([&] { return slurp(out + "/metrics.jsonl").find("\"loss\"") != std::string::npos; }));
+  for (const std::string extra : {"", " --resume"}) {
+    Result r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out + extra);
+    EXPECT_EQ(r.code, 1) << extra;
+    EXPECT_NE(r.err.find(absl::StrCat("run directory ", out, " is in use by another peft process (pid ", pid)),
+              std::string::npos)
+        << r.err;
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  EXPECT_NE(slurp(out + ".err").find("stopped by SIGTERM after step"), std::string::npos) << slurp(out + ".err");
+}
+
+// A run that ends before its first step leaves nothing that blocks the
+// next: a sequence longer than the context is refused by --dry_run, and a
+// SIGTERM while the run starts removes what it wrote.
+TEST_F(TrainCliTest, FailedStartsLeaveNothingBehind) {
+  const std::string out = work_ + "/failed_start";
+  Result r =
+      run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out + " --set=data.seq_len=100000 --dry_run");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("data.seq_len = 100000 is longer than the model's context"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+
+  // The lock is taken after the stop handler is installed: once the
+  // directory exists, a SIGTERM stops the run cleanly.
+  const pid_t pid = start_train({"--recipe=" + work_ + "/recipe.textproto", "--output_dir=" + out,
+                                 "--set=eval.max_batches=100000", "--set=data.validation_fraction=0.5"},
+                                work_ + "/failed_start.err");
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(wait_for([&] { return fs::exists(out); }));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string err = slurp(work_ + "/failed_start.err");
+  ASSERT_TRUE(WIFEXITED(status)) << err;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << err;
+  EXPECT_NE(err.find("stopped by SIGTERM"), std::string::npos) << err;
+  EXPECT_NE(err.find("nothing kept"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(out)) << err;
+  // So the same command starts afresh.
+  r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out + " --set=training.steps=2");
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
+// A metrics.jsonl that cannot be written (here: /dev/full, a full disk)
+// stops the run with an error naming the file instead of training on.
+TEST_F(TrainCliTest, MetricsWriteFailureStopsTheRun) {
+  const std::string out = work_ + "/full_disk";
+  fs::create_directories(out);
+  fs::create_symlink("/dev/full", out + "/metrics.jsonl");
+  Result r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out + " --resume");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(absl::StrCat("cannot write ", out, "/metrics.jsonl: No space left on device")),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(out + "/summary.json"));
 }
 
 // checkpoint.every_steps = 0 keeps no checkpoint: a second run into the same
