@@ -267,7 +267,12 @@ absl::Status PeftModel::load_adapter(const std::string& dir, const std::string& 
       TORCH_CHECK(info->shape == t.sizes().vec(), "tensor '", key, "' has shape ", shape_str(info->shape),
                   " in the adapter but this base model needs ", shape_str(t.sizes()),
                   ": was the adapter made for a different base model?");
-      t.copy_(*file->load(key));
+      const at::Tensor loaded = *file->load(key);
+      // A NaN or infinite adapter tensor makes every output garbage: refused
+      // here, so generate and eval fail as merge does.
+      TORCH_CHECK(at::isfinite(loaded).all().item<bool>(), "tensor '", key,
+                  "' holds NaN or infinite values; the adapter is corrupt");
+      t.copy_(loaded);
     }
     for (const io::TensorInfo& info : file->tensors()) {
       TORCH_CHECK(expected.count(info.name), "the adapter file has tensor '", info.name,

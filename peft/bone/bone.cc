@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/block_affine.h"
+#include "peft/core/json_fields.h"
+#include "peft/core/status.h"
 
 namespace peft {
 namespace {
@@ -160,10 +162,9 @@ AdapterMethod bone_method() {
           absl::StrCat("adapter_config.json: peft_type '", type, "' is not a Bone/MiSS adapter"));
     }
     proto::BoneOptions* o = c->mutable_bone();
-    if (j.contains("r")) {
-      if (!j["r"].is_number_integer()) return absl::InvalidArgumentError("adapter_config.json: 'r' must be an integer");
-      o->set_r(j["r"].get<int>());
-    }
+    const std::string src = "adapter_config.json";
+    PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> r, json_fields::integer(j, "r", src, 1, int64_t{1} << 16));
+    if (r) o->set_r(static_cast<int32_t>(*r));
     o->set_variant(proto::BoneOptions::MISS);  // init_weights true (default) or false (random init, then loaded)
     if (j.contains("init_weights")) {
       const json& iw = j["init_weights"];
@@ -180,12 +181,12 @@ AdapterMethod bone_method() {
         return absl::InvalidArgumentError("adapter_config.json: init_weights must be true, false, \"bat\" or \"mini\"");
       }
     }
-    if (o->variant() == proto::BoneOptions::MISS && j.contains("miss_dropout") && j["miss_dropout"].is_number()) {
-      o->set_dropout(j["miss_dropout"].get<float>());
-    }
-    if (j.contains("bias") && j["bias"].is_string() && j["bias"].get<std::string>() != "none") {
-      return absl::UnimplementedError(absl::StrCat("adapter_config.json: ", type, " bias '",
-                                                   j["bias"].get<std::string>(), "' is not supported (only \"none\")"));
+    PEFT_ASSIGN_OR_RETURN(std::optional<double> dropout, json_fields::number(j, "miss_dropout", src, 0.0, 0.999999));
+    if (o->variant() == proto::BoneOptions::MISS && dropout) o->set_dropout(static_cast<float>(*dropout));
+    PEFT_ASSIGN_OR_RETURN(std::optional<std::string> bias, json_fields::string(j, "bias", src));
+    if (bias && *bias != "none") {
+      return absl::UnimplementedError(
+          absl::StrCat("adapter_config.json: ", type, " bias '", *bias, "' is not supported (only \"none\")"));
     }
     return absl::OkStatus();
   };

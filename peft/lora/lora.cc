@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "peft/core/autocast.h"
+#include "peft/core/json_fields.h"
 #include "peft/core/status.h"
 
 namespace peft {
@@ -167,6 +168,9 @@ const char* bias_name(proto::LoraOptions::Bias b) {
 
 // PEFT's {pattern: value} map `name` (rank_pattern: integers, alpha_pattern:
 // numbers), passed to `add` in file order (the first match wins).
+// The largest rank read from a file (larger ones are corrupt, not useful).
+constexpr int64_t kMaxRank = int64_t{1} << 16;
+
 absl::Status read_pattern(const ordered_json& j, const char* name, bool integer,
                           const std::function<void(const std::string&, const ordered_json&)>& add) {
   if (!j.contains(name) || j[name].is_null()) return absl::OkStatus();
@@ -176,9 +180,15 @@ absl::Status read_pattern(const ordered_json& j, const char* name, bool integer,
                                                    "' must be an object {pattern: ", integer ? "rank" : "alpha", "}"));
   }
   for (const auto& item : p.items()) {
-    if (integer ? !item.value().is_number_integer() : !item.value().is_number()) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: ", name, "['", item.key(), "'] must be ",
-                                                     integer ? "an integer rank" : "a number"));
+    const ordered_json& v = item.value();
+    const bool ok = integer ? v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > kMaxRank) &&
+                                  v.get<int64_t>() >= 1 && v.get<int64_t>() <= kMaxRank
+                            : v.is_number() && std::isfinite(v.get<double>());
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "adapter_config.json: ", name, "['", item.key(), "'] must be ",
+          integer ? absl::StrCat("an integer rank in [1, ", kMaxRank, "]") : std::string("a finite number"), ", got ",
+          v.dump()));
     }
     add(item.key(), item.value());
   }
@@ -287,14 +297,18 @@ AdapterMethod lora_method() {
     ordered_json j = ordered_json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("adapter_config.json: not a JSON object");
     proto::LoraOptions* o = c->mutable_lora();
-    if (j.contains("r")) {
-      if (!j["r"].is_number_integer()) return absl::InvalidArgumentError("adapter_config.json: 'r' must be an integer");
-      o->set_r(j["r"].get<int>());
-    }
-    if (j.contains("lora_alpha") && j["lora_alpha"].is_number()) o->set_alpha(j["lora_alpha"].get<float>());
-    if (j.contains("lora_dropout") && j["lora_dropout"].is_number()) o->set_dropout(j["lora_dropout"].get<float>());
-    if (j.contains("use_rslora") && j["use_rslora"].is_boolean()) o->set_use_rslora(j["use_rslora"].get<bool>());
-    if (j.contains("init_lora_weights")) {
+    const std::string src = "adapter_config.json";
+    // Every key strictly: a wrong type is an error, never the default (a
+    // "lora_alpha": "x" read as 8 would merge at the wrong strength).
+    PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> r, json_fields::integer(j, "r", src, 1, kMaxRank));
+    if (r) o->set_r(static_cast<int32_t>(*r));
+    PEFT_ASSIGN_OR_RETURN(std::optional<double> alpha, json_fields::number(j, "lora_alpha", src));
+    if (alpha) o->set_alpha(static_cast<float>(*alpha));
+    PEFT_ASSIGN_OR_RETURN(std::optional<double> dropout, json_fields::number(j, "lora_dropout", src, 0.0, 0.999999));
+    if (dropout) o->set_dropout(static_cast<float>(*dropout));
+    PEFT_ASSIGN_OR_RETURN(std::optional<bool> rslora, json_fields::boolean(j, "use_rslora", src));
+    if (rslora) o->set_use_rslora(*rslora);
+    if (j.contains("init_lora_weights") && !j["init_lora_weights"].is_null()) {
       const ordered_json& i = j["init_lora_weights"];
       if (i.is_string()) {
         const std::string s = i.get<std::string>();
@@ -307,10 +321,14 @@ AdapterMethod lora_method() {
         else
           return absl::UnimplementedError(
               absl::StrCat("adapter_config.json: init_lora_weights '", s, "' is not supported"));
+      } else if (!i.is_boolean()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "adapter_config.json: \"init_lora_weights\" must be true, false or a string, got ", i.type_name()));
       }
     }
-    if (j.contains("bias") && j["bias"].is_string()) {
-      const std::string b = j["bias"].get<std::string>();
+    PEFT_ASSIGN_OR_RETURN(std::optional<std::string> bias, json_fields::string(j, "bias", src));
+    if (bias) {
+      const std::string& b = *bias;
       if (b == "all")
         o->set_bias(proto::LoraOptions::ALL);
       else if (b == "lora_only")
@@ -330,7 +348,8 @@ AdapterMethod lora_method() {
           e->set_key(k);
           e->set_value(v.get<float>());
         }));
-    if (j.value("use_dora", false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
+    PEFT_ASSIGN_OR_RETURN(std::optional<bool> dora, json_fields::boolean(j, "use_dora", "adapter_config.json"));
+    if (dora.value_or(false)) return absl::UnimplementedError("adapter_config.json: DoRA is not supported");
     return absl::OkStatus();
   };
   m.trainable_count = [](const proto::AdapterConfig& c, int64_t out, int64_t in) { return c.lora().r() * (in + out); };

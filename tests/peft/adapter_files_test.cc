@@ -106,6 +106,40 @@ TEST(AdapterFiles, SharedKeysParseOnceForEveryMethod) {
   EXPECT_NE(std::string(c.status().message()).find("target_modules must hold strings"), std::string::npos);
 }
 
+// Every method key is read strictly: a wrong type or an out-of-range value is
+// an error naming the key and the value, never the default (a string alpha
+// read as 8 would merge at half strength) nor a truncated integer.
+TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
+  auto parse = [](const std::string& keys) {
+    return parse_hf_adapter_config(R"({"peft_type": "LORA", "target_modules": ["q_proj"], )" + keys + "}",
+                                   "DIR/adapter_config.json");
+  };
+  absl::StatusOr<proto::AdapterConfig> ok = parse(R"("r": 8, "lora_alpha": 16.5, "use_rslora": false)");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->lora().r(), 8);
+  EXPECT_FLOAT_EQ(ok->lora().alpha(), 16.5f);
+  for (const auto& [keys, want] : std::vector<std::pair<std::string, std::string>>{
+           {R"("r": 8, "lora_alpha": "x")", R"("lora_alpha" must be a number, got string "x")"},
+           {R"("r": 1099511627776)", R"("r" must be in [1, 65536], got 1099511627776)"},
+           {R"("r": 0)", R"("r" must be in [1, 65536], got 0)"},
+           {R"("r": 8.5)", R"("r" must be an integer, got number 8.5)"},
+           {R"("r": 8, "lora_dropout": 1.5)", R"("lora_dropout" must be in [0, 0.999999], got 1.5)"},
+           {R"("r": 8, "use_rslora": "yes")", R"("use_rslora" must be true or false, got string "yes")"},
+           {R"("r": 8, "bias": 1)", R"("bias" must be a string, got number 1)"},
+           {R"("r": 8, "init_lora_weights": 3)", R"("init_lora_weights" must be true, false or a string)"},
+           {R"("r": 8, "rank_pattern": {"q": 4294967300})", "rank_pattern['q'] must be an integer rank in [1, 65536]"},
+           {R"("r": 8, "alpha_pattern": {"q": "big"})", "alpha_pattern['q'] must be a finite number"}}) {
+    absl::StatusOr<proto::AdapterConfig> c = parse(keys);
+    ASSERT_FALSE(c.ok()) << keys;
+    EXPECT_NE(std::string(c.status().message()).find(want), std::string::npos) << keys << ": " << c.status();
+  }
+  absl::StatusOr<proto::AdapterConfig> miss = parse_hf_adapter_config(
+      R"({"peft_type": "MISS", "target_modules": ["q_proj"], "r": 8, "miss_dropout": "x"})", "D");
+  ASSERT_FALSE(miss.ok());
+  EXPECT_NE(std::string(miss.status().message()).find(R"("miss_dropout" must be a number)"), std::string::npos)
+      << miss.status();
+}
+
 // Loading a LoRA adapter onto a 100M-parameter model (fp32, 400 MB) raises
 // the peak RSS by at most the adapter's size plus 10% of the model's: the
 // load copies no base weight that LoRA does not rewrite (a copy of every
