@@ -1,5 +1,6 @@
 #include "models/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -22,10 +23,15 @@ absl::Status get_int(const json& j, const char* key, bool required, int64_t* out
     if (required) return absl::InvalidArgumentError(absl::StrCat("config.json: missing required field '", key, "'"));
     return absl::OkStatus();
   }
-  if (!it->is_number_integer() &&
-      !(it->is_number_float() && it->get<double>() == static_cast<int64_t>(it->get<double>()))) {
+  if (it->is_number_float() && !(std::fabs(it->get<double>()) < 9.0e18)) {  // before any cast to int64
+    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' is out of range: ", it->dump()));
+  }
+  if (!it->is_number_integer() && !(it->is_number_float() && it->get<double>() == std::trunc(it->get<double>()))) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.json: field '", key, "' must be an integer, got ", it->dump()));
+  }
+  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' is out of range: ", it->dump()));
   }
   *out = it->is_number_integer() ? it->get<int64_t>() : static_cast<int64_t>(it->get<double>());
   return absl::OkStatus();
@@ -195,9 +201,31 @@ absl::Status validate_model_config(const ModelConfig& cfg) {
     if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("config.json: '", name, "' must be positive, got ", v));
     return absl::OkStatus();
   };
+  // Far above any real model (the largest vocabularies are ~256k, hidden
+  // sizes ~16k, contexts ~10M): a bigger value is a corrupt file.
+  auto at_most = [](const char* name, int64_t v, int64_t limit) -> absl::Status {
+    if (v > limit) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", name, "' = ", v, " is larger than ", limit,
+                                                     ", the largest this reader accepts (a corrupt file?)"));
+    }
+    return absl::OkStatus();
+  };
   if (cfg.arch == Architecture::kLlama) {
     const LlamaConfig& c = cfg.llama;
     PEFT_RETURN_IF_ERROR(positive("vocab_size", c.vocab_size));
+    PEFT_RETURN_IF_ERROR(at_most("vocab_size", c.vocab_size, int64_t{1} << 24));
+    PEFT_RETURN_IF_ERROR(at_most("hidden_size", c.hidden_size, int64_t{1} << 17));
+    PEFT_RETURN_IF_ERROR(at_most("intermediate_size", c.intermediate_size, int64_t{1} << 19));
+    PEFT_RETURN_IF_ERROR(at_most("num_hidden_layers", c.num_hidden_layers, 1024));
+    PEFT_RETURN_IF_ERROR(at_most("num_attention_heads", c.num_attention_heads, 4096));
+    PEFT_RETURN_IF_ERROR(at_most("head_dim", c.head_dim, 4096));
+    PEFT_RETURN_IF_ERROR(at_most("max_position_embeddings", c.max_position_embeddings, int64_t{1} << 24));
+    if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: 'rope_theta' must be positive, got ", c.rope_theta));
+    }
+    if (!(c.rms_norm_eps >= 0) || !std::isfinite(c.rms_norm_eps)) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: 'rms_norm_eps' must be >= 0, got ", c.rms_norm_eps));
+    }
     PEFT_RETURN_IF_ERROR(positive("hidden_size", c.hidden_size));
     PEFT_RETURN_IF_ERROR(positive("intermediate_size", c.intermediate_size));
     PEFT_RETURN_IF_ERROR(positive("num_hidden_layers", c.num_hidden_layers));
@@ -219,6 +247,12 @@ absl::Status validate_model_config(const ModelConfig& cfg) {
   } else {
     const Gpt2Config& c = cfg.gpt2;
     PEFT_RETURN_IF_ERROR(positive("vocab_size", c.vocab_size));
+    PEFT_RETURN_IF_ERROR(at_most("vocab_size", c.vocab_size, int64_t{1} << 24));
+    PEFT_RETURN_IF_ERROR(at_most("n_embd", c.n_embd, int64_t{1} << 17));
+    PEFT_RETURN_IF_ERROR(at_most("n_inner", c.n_inner, int64_t{1} << 19));
+    PEFT_RETURN_IF_ERROR(at_most("n_layer", c.n_layer, 1024));
+    PEFT_RETURN_IF_ERROR(at_most("n_head", c.n_head, 4096));
+    PEFT_RETURN_IF_ERROR(at_most("n_positions", c.n_positions, int64_t{1} << 24));
     PEFT_RETURN_IF_ERROR(positive("n_embd", c.n_embd));
     PEFT_RETURN_IF_ERROR(positive("n_layer", c.n_layer));
     PEFT_RETURN_IF_ERROR(positive("n_head", c.n_head));
@@ -235,6 +269,42 @@ absl::Status validate_model_config(const ModelConfig& cfg) {
     }
   }
   return absl::OkStatus();
+}
+
+double estimated_parameters(const ModelConfig& cfg) {
+  if (cfg.arch == Architecture::kLlama) {
+    const LlamaConfig& c = cfg.llama;
+    const double h = static_cast<double>(c.hidden_size), v = static_cast<double>(c.vocab_size);
+    const double q = static_cast<double>(c.num_attention_heads) * static_cast<double>(c.head_dim);
+    const double kv = static_cast<double>(c.num_key_value_heads) * static_cast<double>(c.head_dim);
+    const double block = h * q * 2 + h * kv * 2 + 3 * h * static_cast<double>(c.intermediate_size) + 2 * h;
+    return v * h * (c.tie_word_embeddings ? 1 : 2) + static_cast<double>(c.num_hidden_layers) * block + h;
+  }
+  const Gpt2Config& c = cfg.gpt2;
+  const double e = static_cast<double>(c.n_embd), inner = static_cast<double>(c.n_inner);
+  const double block = 4 * e * e + 4 * e + 2 * e * inner + inner + e + 4 * e;
+  return (static_cast<double>(c.vocab_size) + static_cast<double>(c.n_positions)) * e +
+         static_cast<double>(c.n_layer) * block + 2 * e;
+}
+
+double estimated_model_bytes(const ModelConfig& cfg) {
+  double bytes = 4 * estimated_parameters(cfg);
+  if (cfg.arch == Architecture::kLlama) {
+    // cos and sin [positions, head_dim] in float32, built from float64.
+    bytes += 3 * 8 * static_cast<double>(cfg.llama.max_position_embeddings) * static_cast<double>(cfg.llama.head_dim);
+  }
+  return bytes;
+}
+
+int64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return -1;
 }
 
 absl::StatusOr<ModelConfig> parse_model_config(std::string_view text) {

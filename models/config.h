@@ -97,6 +97,17 @@ std::string model_config_to_json(const ModelConfig& config);
 /// Checks internal consistency (positive sizes, heads divide, GQA groups).
 absl::Status validate_model_config(const ModelConfig& config);
 
+/// Parameters the config implies (embeddings, blocks, norms, head), as a
+/// double so that an absurd config cannot overflow.
+double estimated_parameters(const ModelConfig& config);
+
+/// Bytes a model of this config takes in float32: its parameters and the
+/// RoPE cos/sin table (max_position_embeddings x head_dim).
+double estimated_model_bytes(const ModelConfig& config);
+
+/// MemAvailable of /proc/meminfo in bytes, or -1 where it cannot be read.
+int64_t available_memory_bytes();
+
 }  // namespace peft::models
 
 #endif  // PEFT_MODELS_CONFIG_H_

@@ -12,6 +12,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "models/gpt2.h"
 #include "models/llama.h"
@@ -65,6 +66,16 @@ std::string dtype_name(c10::ScalarType dtype) {
 
 absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config) {
   PEFT_RETURN_IF_ERROR(validate_model_config(config));
+  // Before allocating: a config whose fp32 weights (and RoPE table) cannot
+  // fit in this machine's available memory is refused with the numbers,
+  // instead of allocating until the kernel kills the process.
+  const double need = estimated_model_bytes(config);
+  const int64_t avail = available_memory_bytes();
+  if (avail > 0 && need > static_cast<double>(avail)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "config.json: this model needs about %.1f GB in float32 (%.3g parameters) but %.1f GB of memory is available",
+        need / 1e9, estimated_parameters(config), static_cast<double>(avail) / 1e9));
+  }
   std::shared_ptr<CausalLm> lm;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("create model", [&] {
     if (config.arch == Architecture::kLlama) {
@@ -134,6 +145,18 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
       PEFT_ASSIGN_OR_RETURN(at::Tensor src, reader->load(name));
       reader->release(name);
       PEFT_RETURN_IF_ERROR(status_from_torch_error(name.c_str(), [&] { p.tensor.copy_(src.t()); }));
+    }
+  }
+  // A NaN or infinite weight makes every output garbage: refuse it here, for
+  // every command, instead of printing nonsense with exit 0.
+  for (HfParameter& p : lm->hf_parameters()) {
+    if (!p.tensor.defined() || p.tensor.numel() == 0) continue;
+    bool finite = true;
+    PEFT_RETURN_IF_ERROR(
+        status_from_torch_error(p.hf_name.c_str(), [&] { finite = at::isfinite(p.tensor).all().item<bool>(); }));
+    if (!finite) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": tensor '", p.hf_name, "' holds NaN or infinite values; the checkpoint is corrupt"));
     }
   }
   if (!missing.empty()) {

@@ -1,6 +1,7 @@
 // Model directories: save/load round trips for every storage dtype and for
 // sharded checkpoints, GPT-2's Conv1D layout and Hub names, and the errors
 // for bad configs and checkpoints (each names the problem, nothing written).
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -179,6 +180,54 @@ TEST_F(BadCheckpointTest, UnsupportedModelType) {
   write_file(dir_ + "/config.json", R"({"model_type": "mamba", "vocab_size": 10})");
   absl::Status s = load_model(dir_).status();
   EXPECT_NE(s.message().find("model_type 'mamba' is not supported"), std::string::npos) << s;
+}
+
+// Every loaded number is range-checked before anything is allocated: a
+// corrupt size is named with its limit, an implausible model is refused with
+// the memory it would take, and a NaN weight is refused at load.
+TEST_F(BadCheckpointTest, NumbersAreRangeCheckedBeforeAllocating) {
+  const std::string cfg = read_file(dir_ + "/config.json");
+  auto edit = [](std::string text, const std::string& key, const std::string& value) {
+    const size_t at = text.find("\"" + key + "\"");
+    EXPECT_NE(at, std::string::npos) << key;
+    const size_t colon = text.find(':', at), end = text.find_first_of(",\n}", colon);
+    return text.substr(0, colon + 1) + " " + value + text.substr(end);
+  };
+  auto with = [&](const std::string& key, const std::string& value) {
+    write_file(dir_ + "/config.json", edit(cfg, key, value));
+    return load_model(dir_).status();
+  };
+  absl::Status s = with("num_hidden_layers", "1e9");
+  EXPECT_NE(s.message().find("'num_hidden_layers' = 1000000000 is larger than 1024"), std::string::npos) << s;
+  s = with("max_position_embeddings", "100000000");
+  EXPECT_NE(s.message().find("'max_position_embeddings' = 100000000 is larger than 16777216"), std::string::npos) << s;
+  s = with("rope_theta", "0");
+  EXPECT_NE(s.message().find("'rope_theta' must be positive, got 0"), std::string::npos) << s;
+  s = with("rms_norm_eps", "-1e-5");
+  EXPECT_NE(s.message().find("'rms_norm_eps' must be >= 0"), std::string::npos) << s;
+  s = with("vocab_size", "1e30");
+  EXPECT_NE(s.message().find("field 'vocab_size' is out of range"), std::string::npos) << s;
+  // Each size allowed, together far beyond any machine: refused, not allocated.
+  write_file(dir_ + "/config.json", edit(edit(cfg, "num_hidden_layers", "1024"), "intermediate_size", "524288"));
+  s = load_model(dir_).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("GB of memory is available"), std::string::npos) << s;
+}
+
+TEST_F(BadCheckpointTest, NonFiniteWeightIsRefused) {
+  auto file = io::SafetensorsFile::open(dir_ + "/model.safetensors");
+  std::vector<io::NamedTensor> tensors;
+  for (const io::TensorInfo& t : (*file)->tensors()) {
+    at::Tensor v = (*file)->load(t.name)->clone();
+    if (t.name == "model.layers.0.self_attn.q_proj.weight") v.view(-1)[3] = std::nan("");
+    tensors.push_back({t.name, v});
+  }
+  file->reset();
+  ASSERT_TRUE(io::save_safetensors(dir_ + "/model.safetensors", tensors).ok());
+  absl::Status s = load_model(dir_).status();
+  EXPECT_NE(s.message().find("tensor 'model.layers.0.self_attn.q_proj.weight' holds NaN or infinite values"),
+            std::string::npos)
+      << s;
 }
 
 TEST_F(BadCheckpointTest, NoCheckpointFiles) {
