@@ -188,6 +188,16 @@ absl::Status apply_override(proto::Recipe* recipe, const std::string& assignment
   }
   std::unique_ptr<pb::Message> tmp(msg->New());
   PEFT_RETURN_IF_ERROR(parse_text(absl::StrCat(f->name(), is_message ? " " : ": ", value), tmp.get(), "--set " + path));
+  // The value must set this field only: "{ steps: 2 } data { ... }" or
+  // "\"x\" output_dir: \"y\"" would reach other fields through the parser.
+  std::vector<const pb::FieldDescriptor*> set;
+  tmp->GetReflection()->ListFields(*tmp, &set);
+  for (const pb::FieldDescriptor* other : set) {
+    if (other != f) {
+      return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": the value also sets '", other->name(),
+                                                     "'; a --set changes only the field it names"));
+    }
+  }
   if (f->is_repeated() || is_message) msg->GetReflection()->ClearField(msg, f);
   msg->MergeFrom(*tmp);
   return absl::OkStatus();

@@ -125,6 +125,24 @@ TEST(Recipe, ACustomPromptTemplateServesRecordsWithoutInputToo) {
   EXPECT_NE(message(st).find("data.prompt_template_no_input has no \"{instruction}\""), std::string::npos) << st;
 }
 
+// A --set changes exactly the field it names: a value that would reach
+// other fields through the text-format parser is refused, and nothing
+// changes.
+TEST(Recipe, SetChangesOnlyTheFieldItNames) {
+  const proto::Recipe before = *parse_recipe(kRecipe);
+  proto::Recipe r = before;
+  absl::Status st = apply_override(&r, "training={ steps: 2 } data { train_file: \"/etc/passwd\" }");
+  EXPECT_EQ(message(st), "--set training: the value also sets 'data'; a --set changes only the field it names");
+  st = apply_override(&r, "model=\"/tmp/m\" output_dir: \"/etc\"");
+  EXPECT_EQ(message(st), "--set model: the value also sets 'output_dir'; a --set changes only the field it names");
+  st = apply_override(&r, "training.steps=3 micro_batch: 9");
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(r.SerializeAsString(), before.SerializeAsString());
+  ASSERT_TRUE(apply_override(&r, "training={ steps: 2 }").ok());
+  EXPECT_EQ(r.training().steps(), 2);
+  EXPECT_EQ(r.data().train_file(), before.data().train_file());
+}
+
 TEST(Recipe, ErrorsNameTheField) {
   proto::Recipe r = *parse_recipe(kRecipe);
   EXPECT_NE(message(apply_override(&r, "training.stepz=3")).find("unknown field 'training.stepz'"), std::string::npos);
