@@ -34,6 +34,7 @@ class SentencePieceTokenizer final : public Tokenizer {
 
   ~SentencePieceTokenizer() override;
 
+  using Tokenizer::encode;  // the EncodeOptions overload: nothing to split here
   /// sentencepiece Encode without BOS/EOS.
   std::vector<int32_t> encode(std::string_view text) const override;
   /// sentencepiece Decode after dropping control and out-of-range ids.

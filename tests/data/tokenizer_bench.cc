@@ -1,0 +1,109 @@
+// Tokenizer encode throughput in MB/s (a benchmark program, not a test).
+//
+//   bazel build //tests/data:tokenizer_bench
+//   PEFT_SHARED_DIR=... bazel-bin/tests/data/tokenizer_bench [--tokenizer=PATH]
+//       [--text=PATH] [--passes=3] [--threads=1] [--split_special_tokens]
+//
+// Defaults: the Llama 3 tokenizer.json and tinyshakespeare.txt from the shared
+// assets. The text is cut into documents at blank lines (as the dataset
+// reader does for plain text) and each document is encoded with one encode()
+// call; each thread encodes every document. Pass 1 starts with an empty word
+// cache; later passes show the warm rate. MB/s counts input bytes per thread.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "tests/testing/assets.h"
+
+namespace {
+
+bool flag(const char* arg, const char* name, std::string* value) {
+  const size_t n = std::strlen(name);
+  if (std::strncmp(arg, name, n) != 0 || arg[n] != '=') return false;
+  *value = arg + n + 1;
+  return true;
+}
+
+std::vector<std::string> documents(const std::string& text) {
+  std::vector<std::string> docs;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find("\n\n", start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) docs.push_back(text.substr(start, end - start));
+    start = end + 2;
+  }
+  return docs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string assets = peft::testing::shared_assets_dir();
+  std::string tokenizer = assets + "/llama3_tokenizer/tokenizer.json";
+  std::string text_path = assets + "/corpus/tinyshakespeare.txt";
+  std::string passes_s = "3", threads_s = "1";
+  peft::data::TokenizerOptions options;
+  for (int i = 1; i < argc; ++i) {
+    std::string v;
+    if (flag(argv[i], "--tokenizer", &v)) {
+      tokenizer = v;
+    } else if (flag(argv[i], "--text", &v)) {
+      text_path = v;
+    } else if (flag(argv[i], "--passes", &v)) {
+      passes_s = v;
+    } else if (flag(argv[i], "--threads", &v)) {
+      threads_s = v;
+    } else if (std::strcmp(argv[i], "--split_special_tokens") == 0) {
+      options.split_special_tokens = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", argv[i]);
+      return 2;
+    }
+  }
+  const int passes = std::atoi(passes_s.c_str()), threads = std::atoi(threads_s.c_str());
+  if (passes < 1 || threads < 1) {
+    std::fprintf(stderr, "--passes and --threads must be >= 1\n");
+    return 2;
+  }
+  const std::string text = peft::testing::slurp(text_path);
+  if (text.empty()) {
+    std::fprintf(stderr, "cannot read %s (set PEFT_SHARED_DIR or pass --text)\n", text_path.c_str());
+    return 1;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  auto tok = peft::data::load_tokenizer(tokenizer, options);
+  if (!tok.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(tok.status().message()).c_str());
+    return 1;
+  }
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::vector<std::string> docs = documents(text);
+  size_t bytes = 0;
+  for (const std::string& d : docs) bytes += d.size();
+  std::printf("tokenizer %s (%s), loaded in %.2f s\n", tokenizer.c_str(), (*tok)->kind().c_str(), load_s);
+  std::printf("text %s: %zu documents, %.2f MB; %d thread(s)\n", text_path.c_str(), docs.size(), bytes / 1e6, threads);
+  for (int pass = 1; pass <= passes; ++pass) {
+    std::atomic<int64_t> tokens{0};
+    auto start = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        int64_t n = 0;
+        for (const std::string& d : docs) n += static_cast<int64_t>((*tok)->encode(d).size());
+        tokens += n;
+      });
+    }
+    for (std::thread& t : pool) t.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("pass %d: %.3f s, %.2f MB/s per thread, %lld tokens per thread (%.2f bytes/token)\n", pass, s,
+                bytes / 1e6 / s, static_cast<long long>(tokens / threads), bytes / double(tokens / threads));
+  }
+  return 0;
+}
