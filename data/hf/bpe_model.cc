@@ -1,6 +1,7 @@
 #include "data/hf/bpe_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <functional>
 #include <utility>
@@ -19,7 +20,9 @@ constexpr int64_t kMaxIdSlack = 1 << 16;
 // HF caches words shorter than this many bytes; longer ones are rare and
 // would crowd out the useful entries.
 constexpr size_t kMaxCachedWordBytes = 256;
-constexpr size_t kMaxCacheEntriesPerShard = 1 << 13;
+constexpr size_t kMaxCachedWords = 1 << 16;
+// Models a thread keeps caches for; the least recently created goes first.
+constexpr size_t kMaxCachedModels = 4;
 constexpr uint32_t kSmallChars = 2048;
 
 // Splits on every `sep` (empty fields kept, like Python's str.split(sep)).
@@ -35,6 +38,25 @@ std::vector<std::string_view> split_on(std::string_view s, char sep) {
 }
 
 uint64_t pair_key(int32_t l, int32_t r) { return (static_cast<uint64_t>(l) << 32) | static_cast<uint32_t>(r); }
+
+std::atomic<uint64_t> next_cache_key{1};
+
+struct WordCache {
+  uint64_t key = 0;
+  std::unordered_map<std::string, std::vector<int32_t>> words;
+};
+
+// This thread's cache for the model `key`.
+WordCache& thread_cache(uint64_t key) {
+  thread_local std::vector<std::unique_ptr<WordCache>> caches;
+  for (auto& c : caches) {
+    if (c->key == key) return *c;
+  }
+  if (caches.size() >= kMaxCachedModels) caches.erase(caches.begin());
+  caches.push_back(std::make_unique<WordCache>());
+  caches.back()->key = key;
+  return *caches.back();
+}
 
 const std::string& empty_string() {
   static const std::string* empty = new std::string();
@@ -75,9 +97,13 @@ absl::Status BpeModel::set_vocab(const json& vocab, const std::string& where) {
 
 absl::Status BpeModel::add_merge(std::string_view left, std::string_view right, int32_t rank,
                                  const std::string& where) {
+  // HF spells the merged token without the right part's continuing-subword
+  // prefix: "a" + "##b" -> "ab".
+  std::string_view right_text = right;
+  if (!prefix_.empty() && right_text.substr(0, prefix_.size()) == prefix_) right_text.remove_prefix(prefix_.size());
   std::string joined;
-  joined.reserve(left.size() + right.size());
-  joined.append(left).append(right);
+  joined.reserve(left.size() + right_text.size());
+  joined.append(left).append(right_text);
   const int32_t l = token_to_id(left), r = token_to_id(right), m = token_to_id(joined);
   if (l < 0 || r < 0 || m < 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": merge #", rank, " \"", std::string(left), " ",
@@ -89,6 +115,7 @@ absl::Status BpeModel::add_merge(std::string_view left, std::string_view right, 
 }
 
 absl::Status BpeModel::finish(const std::string& where) {
+  cache_key_ = next_cache_key.fetch_add(1);
   byte_token_ids_.fill(-1);
   char name[8];
   for (int b = 0; b < 256; ++b) {
@@ -116,6 +143,17 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::from_json(const json& model,
   const json* vocab = f.get("vocab");
   if (vocab == nullptr) return f.error("no \"vocab\"");
   PEFT_RETURN_IF_ERROR(m->set_vocab(*vocab, where));
+  auto optional_string = [&](const char* key, std::string* out) -> absl::Status {
+    const json* v = f.get(key);
+    if (v == nullptr || v->is_null()) return absl::OkStatus();
+    if (!v->is_string()) return f.error(absl::StrCat("\"", key, "\" must be a string or null"));
+    *out = v->get<std::string>();
+    return absl::OkStatus();
+  };
+  std::string unk;
+  PEFT_RETURN_IF_ERROR(optional_string("unk_token", &unk));
+  PEFT_RETURN_IF_ERROR(optional_string("continuing_subword_prefix", &m->prefix_));
+  PEFT_RETURN_IF_ERROR(optional_string("end_of_word_suffix", &m->suffix_));
   PEFT_ASSIGN_OR_RETURN(const json* merges, f.array("merges"));
   m->merges_.reserve(merges->size());
   int32_t rank = 0;
@@ -135,17 +173,6 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::from_json(const json& model,
     }
     ++rank;
   }
-  auto optional_string = [&](const char* key, std::string* out) -> absl::Status {
-    const json* v = f.get(key);
-    if (v == nullptr || v->is_null()) return absl::OkStatus();
-    if (!v->is_string()) return f.error(absl::StrCat("\"", key, "\" must be a string or null"));
-    *out = v->get<std::string>();
-    return absl::OkStatus();
-  };
-  std::string unk;
-  PEFT_RETURN_IF_ERROR(optional_string("unk_token", &unk));
-  PEFT_RETURN_IF_ERROR(optional_string("continuing_subword_prefix", &m->prefix_));
-  PEFT_RETURN_IF_ERROR(optional_string("end_of_word_suffix", &m->suffix_));
   if (!unk.empty()) {
     m->unk_id_ = m->token_to_id(unk);
     if (m->unk_id_ < 0) return f.error(absl::StrCat("unk_token \"", unk, "\" is not in the vocabulary"));
@@ -267,10 +294,9 @@ void BpeModel::tokenize(const std::string& word, std::vector<int32_t>* out) cons
   // The cache is consulted first, also for ignore_merges: a word's result
   // never changes, and the small cache is faster to probe than the vocabulary.
   const bool cacheable = word.size() < kMaxCachedWordBytes;
-  CacheShard& shard = cache_[std::hash<std::string>()(word) % kShards];
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(shard.mu);
-    if (auto it = shard.words.find(word); it != shard.words.end()) {
+  WordCache* cache = cacheable ? &thread_cache(cache_key_) : nullptr;
+  if (cache != nullptr) {
+    if (auto it = cache->words.find(word); it != cache->words.end()) {
       out->insert(out->end(), it->second.begin(), it->second.end());
       return;
     }
@@ -284,10 +310,9 @@ void BpeModel::tokenize(const std::string& word, std::vector<int32_t>* out) cons
     merge_word(word, &ids);
   }
   out->insert(out->end(), ids.begin(), ids.end());
-  if (!cacheable) return;
-  std::lock_guard<std::mutex> lock(shard.mu);
-  if (shard.words.size() >= kMaxCacheEntriesPerShard) shard.words.clear();
-  shard.words.emplace(word, std::move(ids));
+  if (cache == nullptr) return;
+  if (cache->words.size() >= kMaxCachedWords) cache->words.clear();
+  cache->words.emplace(word, std::move(ids));
 }
 
 }  // namespace peft::data::hf

@@ -14,15 +14,15 @@
 //   end_of_word_suffix          spelling of the final character ("</w>")
 //   dropout                     ignored: encoding is deterministic
 //
-// Word results are cached (words under 256 bytes); all methods are const and
-// thread-safe.
+// Word results are cached per thread (words under 256 bytes; no locks, so
+// threads encoding at once do not slow each other down); all methods are
+// const and thread-safe.
 #ifndef PEFT_DATA_HF_BPE_MODEL_H_
 #define PEFT_DATA_HF_BPE_MODEL_H_
 
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -83,13 +83,9 @@ class BpeModel {
   std::string prefix_, suffix_;                // continuing_subword_prefix, end_of_word_suffix
   std::array<int32_t, 256> byte_token_ids_{};  // <0xXX> ids, -1 where missing
   std::vector<int32_t> small_char_ids_;        // code point < 2048 -> id of the one-character token, -1
-
-  static constexpr int kShards = 16;
-  struct CacheShard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<int32_t>> words;
-  };
-  mutable std::array<CacheShard, kShards> cache_;
+  // Identifies this model's entries in the per-thread word caches (an address
+  // could be reused by a later model; this number is never).
+  uint64_t cache_key_ = 0;
 };
 
 }  // namespace peft::data::hf

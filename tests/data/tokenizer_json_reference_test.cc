@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,32 +89,47 @@ class TokenizerJsonReferenceTest : public ::testing::TestWithParam<const char*> 
     ASSERT_GT(lines_.size(), 100u);
   }
 
+  // Loads once per suite: a Llama 3 tokenizer.json takes about a second.
+  const Tokenizer& tokenizer(bool split_special_tokens) {
+    static auto* cache = new std::map<std::string, std::unique_ptr<Tokenizer>>();
+    const std::string key = dir_ + (split_special_tokens ? "#split" : "");
+    auto it = cache->find(key);
+    if (it == cache->end()) {
+      TokenizerOptions options;
+      options.split_special_tokens = split_special_tokens;
+      auto tok = load_tokenizer(dir_ + "/tokenizer.json", options);
+      EXPECT_TRUE(tok.ok()) << tok.status();
+      it = cache->emplace(key, tok.ok() ? *std::move(tok) : nullptr).first;
+    }
+    return *it->second;
+  }
+
   std::string dir_;
   std::vector<Line> lines_;
 };
 
 TEST_P(TokenizerJsonReferenceTest, EveryLineMatchesInBothModes) {
-  auto tok = load_tokenizer(dir_ + "/tokenizer.json");
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  auto split = load_tokenizer(dir_ + "/tokenizer.json", TokenizerOptions{/*split_special_tokens=*/true});
-  ASSERT_TRUE(split.ok()) << split.status();
-  EXPECT_EQ((*tok)->kind(), "tokenizer_json");
+  const Tokenizer* tok = &tokenizer(false);
+  const Tokenizer* split = &tokenizer(true);
+  ASSERT_NE(tok, nullptr);
+  ASSERT_NE(split, nullptr);
+  EXPECT_EQ(tok->kind(), "tokenizer_json");
 
   Tally dflt, split_opt, split_call, with_bos;
   int special_lines = 0;
   for (const Line& l : lines_) {
-    dflt.check(l, l.ids, (*tok)->encode(l.text));
+    dflt.check(l, l.ids, tok->encode(l.text));
     // Where the text has no special-token spelling, both modes give `ids`.
     const std::vector<int32_t>& split_want = l.split_ids ? *l.split_ids : l.ids;
     special_lines += l.split_ids.has_value();
-    split_opt.check(l, split_want, (*split)->encode(l.text));
+    split_opt.check(l, split_want, split->encode(l.text));
     EncodeOptions per_call;
     per_call.split_special_tokens = true;
-    split_call.check(l, split_want, (*tok)->encode(l.text, per_call));
+    split_call.check(l, split_want, tok->encode(l.text, per_call));
     if (l.bos_ids) {
       EncodeOptions add;
       add.add_special_tokens = true;
-      with_bos.check(l, *l.bos_ids, (*tok)->encode(l.text, add));
+      with_bos.check(l, *l.bos_ids, tok->encode(l.text, add));
     }
   }
   EXPECT_EQ(dflt.passed, dflt.total) << dflt.failures;
@@ -128,8 +144,7 @@ TEST_P(TokenizerJsonReferenceTest, EveryLineMatchesInBothModes) {
 }
 
 TEST_P(TokenizerJsonReferenceTest, DecodingRoundTripsWhereTheReferenceSaysSo) {
-  auto tok = load_tokenizer(dir_ + "/tokenizer.json");
-  ASSERT_TRUE(tok.ok()) << tok.status();
+  const Tokenizer& tok = tokenizer(false);
   // Llama 3: HF decodes every line's ids back to its text. Mistral: every line
   // without a special-token spelling. decode() skips special tokens, so a
   // line with special text is checked through its plain-text encoding.
@@ -140,7 +155,7 @@ TEST_P(TokenizerJsonReferenceTest, DecodingRoundTripsWhereTheReferenceSaysSo) {
     if (l.split_ids && !all_lines) continue;
     const std::vector<int32_t>& ids = l.split_ids ? *l.split_ids : l.ids;
     ++total;
-    const std::string back = (*tok)->decode(ids);
+    const std::string back = tok.decode(ids);
     if (back == l.text) {
       ++passed;
     } else if (total - passed <= 3) {
