@@ -33,6 +33,7 @@ struct BpeTokenizer::State {
   bool split_special_tokens = false;
   int32_t bos = -1, eos = -1, pad = -1;
   bool add_bos = false;
+  std::string chat_template;
   std::vector<char> special;  // id -> skipped by decode
 
   // A byte-level vocabulary must spell every byte; one that does not cannot
@@ -71,6 +72,27 @@ struct BpeTokenizer::State {
       if (const json* a = hf::member(config, "add_bos_token"); a != nullptr && a->is_boolean()) {
         add_bos = a->get<bool>();
       }
+      if (const json* t = hf::member(config, "chat_template"); t != nullptr) {
+        if (t->is_string()) {
+          chat_template = t->get<std::string>();
+        } else if (t->is_array()) {
+          // transformers' named templates: [{"name": "default", "template": ...}, ...].
+          for (const json& entry : *t) {
+            const json* name = hf::member(entry, "name");
+            const json* text = hf::member(entry, "template");
+            if (name != nullptr && name->is_string() && name->get<std::string>() == "default" && text != nullptr &&
+                text->is_string()) {
+              chat_template = text->get<std::string>();
+            }
+          }
+        }
+      }
+    }
+    // transformers saves the template as chat_template.jinja beside the
+    // config, and reads that file first.
+    const std::filesystem::path jinja = dir / "chat_template.jinja";
+    if (std::filesystem::is_regular_file(jinja, ec)) {
+      PEFT_ASSIGN_OR_RETURN(chat_template, io::read_file(jinja.string()));
     }
     const int32_t n = pipeline->vocab_size();
     for (int32_t* id : {&bos, &eos, &pad}) {
@@ -147,6 +169,7 @@ int32_t BpeTokenizer::eos_id() const { return state_->eos; }
 int32_t BpeTokenizer::pad_id() const { return state_->pad; }
 bool BpeTokenizer::add_bos_by_default() const { return state_->add_bos; }
 std::string BpeTokenizer::kind() const { return state_->kind; }
+std::string BpeTokenizer::chat_template() const { return state_->chat_template; }
 
 std::string BpeTokenizer::id_to_piece(int32_t id) const { return state_->pipeline->id_to_token(id); }
 

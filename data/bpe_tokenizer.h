@@ -95,6 +95,9 @@ class BpeTokenizer final : public Tokenizer {
   std::string id_to_piece(int32_t id) const override;
   /// The id of the added token spelled `text` (tokenizer.json), -1 when none.
   int32_t added_token_id(std::string_view text) const override;
+  /// chat_template.jinja beside the loaded file, else tokenizer_config.json's
+  /// "chat_template" (a string, or the entry named "default" of a list).
+  std::string chat_template() const override;
   /// "gpt2_bpe" (vocab + merges files) or "tokenizer_json".
   std::string kind() const override;
 

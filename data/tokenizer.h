@@ -107,6 +107,11 @@ class Tokenizer {
   /// the tokenizer has no such token (formats without added tokens).
   virtual int32_t added_token_id(std::string_view text) const { return -1; }
 
+  /// The Jinja chat template shipped with the tokenizer (chat_template.jinja
+  /// beside it, else tokenizer_config.json's "chat_template"); "" when none.
+  /// data/chat_template.h recognises the common layouts in it.
+  virtual std::string chat_template() const { return ""; }
+
   /// "sentencepiece", "tokenizer_json", "gpt2_bpe" or "llama2c".
   virtual std::string kind() const = 0;
 };
