@@ -111,8 +111,7 @@ absl::Status check_roles(const std::vector<ChatMessage>& messages) {
   return absl::OkStatus();
 }
 
-absl::Status build_llama3(const std::vector<ChatMessage>& messages, const Tokenizer& tok, bool generation,
-                          Builder* b) {
+absl::Status build_llama3(const std::vector<ChatMessage>& messages, const Tokenizer& tok, bool generation, Builder* b) {
   // Meta-Llama-3-Instruct: bos_token, then per message
   // <|start_header_id|>role<|end_header_id|>\n\n + content|trim + <|eot_id|>.
   if (tok.bos_id() < 0) return absl::InvalidArgumentError("chat template llama3 needs a BOS token");
@@ -193,8 +192,7 @@ absl::Status build_mistral(const std::vector<ChatMessage>& messages, const Token
   return absl::OkStatus();
 }
 
-absl::Status build_plain(const std::vector<ChatMessage>& messages, const Tokenizer& tok, bool generation,
-                         Builder* b) {
+absl::Status build_plain(const std::vector<ChatMessage>& messages, const Tokenizer& tok, bool generation, Builder* b) {
   if (tok.add_bos_by_default() && tok.bos_id() >= 0) b->id(tok.bos_id());
   for (const ChatMessage& m : messages) {
     if (m.role == "assistant") {
@@ -280,6 +278,16 @@ absl::StatusOr<ChatTemplate> resolve_chat_template(const std::string& name, cons
   const std::string jinja = tokenizer.chat_template();
   if (jinja.empty()) return chat_template_by_name("plain");
   return recognize_chat_template(jinja, "the tokenizer's chat template");
+}
+
+int32_t chat_turn_end_id(const ChatTemplate& t, const Tokenizer& tokenizer) {
+  switch (t.kind) {
+    case ChatTemplateKind::kLlama3: return tokenizer.added_token_id("<|eot_id|>");
+    case ChatTemplateKind::kChatMl: return tokenizer.added_token_id("<|im_end|>");
+    case ChatTemplateKind::kMistral:
+    case ChatTemplateKind::kPlain: return tokenizer.eos_id();
+  }
+  return -1;
 }
 
 absl::StatusOr<RenderedChat> render_chat(const ChatTemplate& t, const std::vector<ChatMessage>& messages,

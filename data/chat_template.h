@@ -87,6 +87,11 @@ struct RenderedChat {
   std::vector<uint8_t> targets;  // per id: 1 for the assistant's content and closing token
 };
 
+/// The id that closes an assistant turn under `t` (<|eot_id|>, <|im_end|>,
+/// or EOS for mistral and plain); -1 when the tokenizer has none. Generation
+/// with a chat prompt stops there.
+int32_t chat_turn_end_id(const ChatTemplate& t, const Tokenizer& tokenizer);
+
 /// Renders `messages` with `t`. InvalidArgumentError for an empty
 /// conversation, an unknown role, roles the template cannot lay out
 /// (mistral), or a tokenizer that lacks a token the template needs (named).

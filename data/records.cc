@@ -136,7 +136,8 @@ class RecordReader {
     for (size_t i = 0; i < list->size(); ++i) {
       const json& m = (*list)[i];
       if (!m.is_object()) {
-        return reject(BadRecord::kWrongType, absl::StrCat("messages[", i, "] is a ", m.type_name(), ", expected an object"));
+        return reject(BadRecord::kWrongType,
+                      absl::StrCat("messages[", i, "] is a ", m.type_name(), ", expected an object"));
       }
       ChatMessage msg;
       for (auto [key, out] : {std::pair<const char*, std::string*>{"role", &msg.role}, {"content", &msg.content}}) {
@@ -473,8 +474,8 @@ absl::Status DataOptions::validate() const {
     return absl::InvalidArgumentError("DataOptions.prompt_template_no_input has no \"{instruction}\"");
   }
   if (!chat_template.empty() && chat_template != "auto" && !chat_template_by_name(chat_template).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("DataOptions.chat_template: ",
-                                                   chat_template_by_name(chat_template).status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("DataOptions.chat_template: ", chat_template_by_name(chat_template).status().message()));
   }
   return absl::OkStatus();
 }
@@ -508,11 +509,12 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
     // alike: say so once, before reading.
     absl::StatusOr<RenderedChat> probe =
         render_chat(*t, {{"user", "a"}, {"assistant", "b"}}, tokenizer, ChatRenderOptions());
-    if (!probe.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": chat records: ", probe.status().message()));
+    if (!probe.ok())
+      return absl::InvalidArgumentError(absl::StrCat(name, ": chat records: ", probe.status().message()));
     chat = *t;
   }
-  PEFT_ASSIGN_OR_RETURN(std::vector<Document> docs, read_all(content, name, stats->format, tokenizer, options,
-                                                             chat ? &*chat : nullptr, stats));
+  PEFT_ASSIGN_OR_RETURN(std::vector<Document> docs,
+                        read_all(content, name, stats->format, tokenizer, options, chat ? &*chat : nullptr, stats));
   if (docs.empty()) {
     std::string why = stats->skipped_total() > 0 ? absl::StrCat("; first: ", stats->skipped_messages.front()) : "";
     return absl::InvalidArgumentError(absl::StrCat(name, ": no usable records (", stats->records, " read, ",

@@ -122,11 +122,11 @@ struct DataOptions {
 
 /// Why a record was rejected.
 enum class BadRecord {
-  kMalformedJson,  // not JSON, or not a JSON object
-  kMissingField,   // no "text"/"ids" (text format), "instruction"/"output", "messages", "role"/"content"
-  kWrongType,      // a field of the wrong type (non-string text, non-integer id, ...)
-  kTooLong,        // longer than seq_len + 1 tokens with pack = false
-  kIdOutOfRange,   // a pre-tokenized id outside [0, vocab_size)
+  kMalformedJson,    // not JSON, or not a JSON object
+  kMissingField,     // no "text"/"ids" (text format), "instruction"/"output", "messages", "role"/"content"
+  kWrongType,        // a field of the wrong type (non-string text, non-integer id, ...)
+  kTooLong,          // longer than seq_len + 1 tokens with pack = false
+  kIdOutOfRange,     // a pre-tokenized id outside [0, vocab_size)
   kBadConversation,  // a chat record with an unknown role, no assistant turn, or turns its template cannot lay out
 };
 inline constexpr int kNumBadRecordKinds = 6;

@@ -41,16 +41,15 @@ std::string tiny_tokenizer_dir() {
   const std::string alphabet = "abcdefghijklmnopqrstuvwxyz \n#:SUA";
   nlohmann::json vocab = nlohmann::json::object();
   for (size_t i = 0; i < alphabet.size(); ++i) vocab[std::string(1, alphabet[i])] = i;
-  nlohmann::json root = {
-      {"added_tokens",
-       {{{"id", kImStart}, {"content", "<|im_start|>"}, {"special", true}, {"normalized", false}},
-        {{"id", kImEnd}, {"content", "<|im_end|>"}, {"special", true}, {"normalized", false}},
-        {{"id", kEos}, {"content", "</s>"}, {"special", true}, {"normalized", false}}}},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", nullptr},
-      {"post_processor", nullptr},
-      {"decoder", {{"type", "Fuse"}}},
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  nlohmann::json root = {{"added_tokens",
+                          {{{"id", kImStart}, {"content", "<|im_start|>"}, {"special", true}, {"normalized", false}},
+                           {{"id", kImEnd}, {"content", "<|im_end|>"}, {"special", true}, {"normalized", false}},
+                           {{"id", kEos}, {"content", "</s>"}, {"special", true}, {"normalized", false}}}},
+                         {"normalizer", nullptr},
+                         {"pre_tokenizer", nullptr},
+                         {"post_processor", nullptr},
+                         {"decoder", {{"type", "Fuse"}}},
+                         {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
   const std::string dir = make_temp_dir("chat_tok_");
   write_binary_file(dir + "/tokenizer.json", root.dump());
   write_binary_file(dir + "/tokenizer_config.json", R"({"eos_token": "</s>", "chat_template":
@@ -86,18 +85,18 @@ TEST(ChatTemplate, ChatMlWithTheTemplatesDefaultSystemPrompt) {
   RenderedChat r = render("auto", {{"user", "hi"}, {"assistant", "ok"}}, *tok);
   EXPECT_EQ(r.text,
             "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n");
-  EXPECT_EQ(r.ids, (Ids{33, 18, 24, 18, 19, 4, 12, 27, 18, 24, 18, 34, 27,            // system\nsys
-                        33, 20, 18, 4, 17, 27, 7, 8, 34, 27,                          // user\nhi
-                        33, 0, 18, 18, 8, 18, 19, 0, 13, 19, 27, 14, 10, 34, 27}));  // assistant\nok
-  EXPECT_EQ(r.targets, (Targets{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
-                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0,           //
+  EXPECT_EQ(r.ids, (Ids{33, 18, 24, 18, 19, 4,  12, 27, 18, 24, 18, 34, 27,             // system\nsys
+                        33, 20, 18, 4,  17, 27, 7,  8,  34, 27,                         // user\nhi
+                        33, 0,  18, 18, 8,  18, 19, 0,  13, 19, 27, 14, 10, 34, 27}));  // assistant\nok
+  EXPECT_EQ(r.targets, (Targets{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                  //
+                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                           //
                                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0}));
   // A conversation with its own system message gets no default one; the
   // generation prompt opens an assistant turn.
   RenderedChat g = render("chatml", {{"system", "s"}, {"user", "hi"}}, *tok, /*generation=*/true);
   EXPECT_EQ(g.text, "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-  EXPECT_EQ(g.ids, (Ids{33, 18, 24, 18, 19, 4, 12, 27, 18, 34, 27, 33, 20, 18, 4, 17, 27, 7, 8, 34, 27, 33, 0, 18,
-                        18, 8, 18, 19, 0, 13, 19, 27}));
+  EXPECT_EQ(g.ids, (Ids{33, 18, 24, 18, 19, 4,  12, 27, 18, 34, 27, 33, 20, 18, 4,  17,
+                        27, 7,  8,  34, 27, 33, 0,  18, 18, 8,  18, 19, 0,  13, 19, 27}));
 }
 
 TEST(ChatTemplate, PlainFallback) {
@@ -105,9 +104,9 @@ TEST(ChatTemplate, PlainFallback) {
   ASSERT_NE(tok, nullptr);
   RenderedChat r = render("plain", {{"user", "hi"}, {"assistant", "ok"}}, *tok);
   EXPECT_EQ(r.text, "### User:\nhi\n\n### Assistant:\nok</s>\n\n");
-  EXPECT_EQ(r.ids, (Ids{28, 28, 28, 26, 31, 18, 4, 17, 29, 27, 7, 8, 27, 27,           // ### User:\nhi\n\n
-                        28, 28, 28, 26, 32, 18, 18, 8, 18, 19, 0, 13, 19, 29, 27,       // ### Assistant:\n
-                        14, 10, kEos, 27, 27}));                                       // ok</s>\n\n
+  EXPECT_EQ(r.ids, (Ids{28, 28, 28,   26, 31, 18, 4,  17, 29, 27, 7, 8,  27, 27,      // ### User:\nhi\n\n
+                        28, 28, 28,   26, 32, 18, 18, 8,  18, 19, 0, 13, 19, 29, 27,  // ### Assistant:\n
+                        14, 10, kEos, 27, 27}));                                      // ok</s>\n\n
   Targets want(r.ids.size(), 0);
   want[29] = want[30] = want[31] = 1;  // "ok" and </s>
   EXPECT_EQ(r.targets, want);
@@ -122,20 +121,26 @@ TEST(ChatTemplate, Llama3OnTheRealTokenizer) {
   absl::StatusOr<ChatTemplate> t = resolve_chat_template("auto", *tok);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->name(), "llama3");
-  RenderedChat r = render("auto", {{"system", "hello world"}, {"user", " Hello world\n"}, {"assistant", "Hello, world!"}},
-                          *tok);
+  RenderedChat r =
+      render("auto", {{"system", "hello world"}, {"user", " Hello world\n"}, {"assistant", "Hello, world!"}}, *tok);
   EXPECT_EQ(r.text,
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nhello world<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nHello world<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\nHello, world!<|eot_id|>");
   // Content ids from reference_ids.jsonl: "hello world" [15339, 1917],
   // "Hello world" [9906, 1917], "Hello, world!" [9906, 11, 1917, 0].
-  EXPECT_EQ(r.ids, (Ids{128000, 128006, 9125, 128007, 271, 15339, 1917, 128009,  //
-                        128006, 882, 128007, 271, 9906, 1917, 128009,            //
-                        128006, 78191, 128007, 271, 9906, 11, 1917, 0, 128009}));
+  EXPECT_EQ(r.ids, (Ids{128000, 128006, 9125,   128007, 271,  15339, 1917,   128009,  //
+                        128006, 882,    128007, 271,    9906, 1917,  128009,          //
+                        128006, 78191,  128007, 271,    9906, 11,    1917,   0,      128009}));
   Targets want(r.ids.size(), 0);
   for (size_t i = r.ids.size() - 5; i < r.ids.size(); ++i) want[i] = 1;
   EXPECT_EQ(r.targets, want);
+  // reference_ids.jsonl has this conversation as text (category special_text).
+  RenderedChat hi = render("llama3", {{"user", "Hi!"}}, *tok, /*generation=*/true);
+  EXPECT_EQ(hi.ids, (Ids{128000, 128006, 882, 128007, 271, 13347, 0, 128009, 128006, 78191, 128007, 271}));
+  EXPECT_EQ(hi.text,
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
   // Generation prompt; special-token text in a message stays text when split.
   RenderedChat g = render("llama3", {{"user", "<|eot_id|>"}}, *tok, /*generation=*/true, /*split=*/true);
   EXPECT_EQ(g.ids.front(), 128000);
@@ -293,8 +298,7 @@ TEST(ChatRecords, BadRecordsNameFileAndLineAndCanBeSkipped) {
   o.chat_template = "llama3";
   absl::StatusOr<DataSplits> d = load_dataset_from_memory(good + "\n", "chat.jsonl", *tok, o);
   ASSERT_FALSE(d.ok());
-  EXPECT_NE(d.status().message().find("chat.jsonl: chat records: chat template llama3 needs"),
-            std::string::npos)
+  EXPECT_NE(d.status().message().find("chat.jsonl: chat records: chat template llama3 needs"), std::string::npos)
       << d.status();
   o.chat_template = "vicuna";
   EXPECT_FALSE(load_dataset_from_memory(good + "\n", "chat.jsonl", *tok, o).ok());
