@@ -276,9 +276,9 @@ class IdsOnlyTokenizer : public data::Tokenizer {
 
 // The documents `peft eval` scores, read by the training data loader's rules
 // (data/records.h): JSON lines with "text" or "ids", instruction records
-// (only the response is scored), or plain text split into documents at blank
-// lines. Each document is scored whole, in windows of the model's context; no
-// EOS is appended (the loss is that of the text as written).
+// (only the response is scored), chat records (only the assistant turns are),
+// or plain text split into documents at blank lines. Each document is scored whole, in windows of the model's context;
+// no EOS is appended (the loss is that of the text as written).
 absl::StatusOr<std::vector<data::Document>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
                                                            int32_t vocab, bool add_bos) {
   PEFT_ASSIGN_OR_RETURN(const std::string content, with_context(io::read_file(path), "--data"));
