@@ -1,5 +1,6 @@
 #include "data/bpe_tokenizer.h"
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <mutex>
@@ -643,5 +644,21 @@ std::string BpeTokenizer::id_to_piece(int32_t id) const {
 }
 
 int32_t BpeTokenizer::piece_to_id(std::string_view piece) const { return state_->id_of(piece); }
+
+std::vector<std::string> BpeTokenizer::merges() const {
+  // The table is keyed by pair; rebuild the list by rank.
+  std::vector<std::pair<int32_t, uint64_t>> by_rank;
+  by_rank.reserve(state_->merges.size());
+  for (const auto& [pair, merge] : state_->merges) by_rank.emplace_back(merge.rank, pair);
+  std::sort(by_rank.begin(), by_rank.end());
+  std::vector<std::string> out;
+  out.reserve(by_rank.size());
+  for (const auto& [rank, pair] : by_rank) {
+    out.push_back(state_->pieces[pair >> 32] + " " + state_->pieces[pair & 0xFFFFFFFFu]);
+  }
+  return out;
+}
+
+bool BpeTokenizer::is_special(int32_t id) const { return id >= 0 && id < vocab_size() && state_->special[id]; }
 
 }  // namespace peft::data
