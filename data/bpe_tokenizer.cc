@@ -180,4 +180,12 @@ int32_t BpeTokenizer::added_token_id(std::string_view text) const {
 
 int32_t BpeTokenizer::piece_to_id(std::string_view piece) const { return state_->pipeline->token_to_id(piece); }
 
+std::vector<std::string> BpeTokenizer::merges() const {
+  std::vector<std::string> out;
+  for (const auto& [left, right] : state_->pipeline->model().merges()) out.push_back(left + " " + right);
+  return out;
+}
+
+bool BpeTokenizer::is_special(int32_t id) const { return id >= 0 && id < vocab_size() && state_->special[id]; }
+
 }  // namespace peft::data

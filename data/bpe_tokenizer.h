@@ -104,6 +104,14 @@ class BpeTokenizer final : public Tokenizer {
   /// The id of vocabulary or added token `piece`, -1 when none.
   int32_t piece_to_id(std::string_view piece) const;
 
+  /// The merges as "left right" in priority order (highest first); a merge
+  /// listed twice appears once, at the place that counts (the later one).
+  std::vector<std::string> merges() const;
+
+  /// True for ids decode() skips: special added tokens, BOS/EOS/PAD, and
+  /// ids no vocabulary entry uses.
+  bool is_special(int32_t id) const;
+
   struct State;  // defined in bpe_tokenizer.cc
 
  private:

@@ -54,6 +54,14 @@ class SentencePieceTokenizer final : public Tokenizer {
   /// "sentencepiece".
   std::string kind() const override { return "sentencepiece"; }
 
+  /// The piece's score (0 when out of range).
+  float score(int32_t id) const;
+  /// The ModelProto piece type: 1 normal, 2 unknown, 3 control, 5 unused,
+  /// 6 byte (user-defined pieces read as 1); 0 when out of range.
+  int piece_type(int32_t id) const;
+  /// From the model's trainer spec (0 for LLaMA); -1 when disabled.
+  int32_t unk_id() const;
+
  private:
   explicit SentencePieceTokenizer(std::unique_ptr<spm_shim::SpmModel> model);
 

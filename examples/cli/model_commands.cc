@@ -32,6 +32,8 @@ std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<models::CausalLm>> load_base(const std::string& dir) {
   models::LoadReport report;
   absl::StatusOr<std::shared_ptr<models::CausalLm>> lm = models::load_model(dir, {}, &report);
@@ -67,6 +69,8 @@ absl::Status load_adapters(PeftModel& pm, const std::string& list) {
   }
   return pm.set_active(active);
 }
+
+namespace {
 
 // The model of --model, with the adapter of --adapter (unmerged) when given.
 // The PeftModel must outlive uses of the model: it owns the stream hook.
@@ -413,6 +417,8 @@ absl::Status run_init(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 // --prune: the HSM structural prune with hard 0/1 gates; other active
 // adapters (LoRA) are folded in.
 absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) {
@@ -424,6 +430,8 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) 
   }
   return absl::InvalidArgumentError("--prune needs an HSM adapter among --adapter");
 }
+
+namespace {
 
 absl::Status run_merge(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(apply_threads(f));
