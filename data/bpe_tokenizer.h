@@ -1,36 +1,36 @@
 //
-// GPT-2 byte-level BPE (OpenAI encoder.py; Hugging Face ByteLevel BPE).
+// BPE tokenizers: Hugging Face tokenizer.json files (Llama 3, Qwen2.5,
+// Mistral, TinyLlama, SmolLM, GPT-2 ...) and GPT-2's vocab.json + merges.txt.
 //
-// Sources (same content, two spellings):
-//   - encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt (Hugging
-//     Face): a JSON object token -> id, and one merge "a b" per line (lower
-//     line = higher priority; an optional first line "#version: ...");
-//   - a Hugging Face tokenizer.json whose model is {"type": "BPE"}, with merges
-//     as "a b" strings or ["a", "b"] pairs, `added_tokens`, and a ByteLevel
-//     pre-tokenizer (alone, or in a Sequence after Split{Regex, "Isolated"}
-//     steps as in Llama 3). Other normalizers / pre-tokenizers, word prefixes
-//     or suffixes are rejected with InvalidArgumentError; dropout is ignored
-//     (encoding is deterministic).
+// Sources:
+//   - a tokenizer.json whose model is {"type": "BPE"}, run as the Hugging
+//     Face tokenizers library runs it (data/hf/tokenizer_json.h): added
+//     tokens, normalizers, pre-tokenizers, the BPE model, post-processor and
+//     decoder. The supported components are listed in data/hf/*.h; any other
+//     is refused with InvalidArgumentError naming it, never approximated.
+//   - encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt: GPT-2's
+//     byte-level BPE (ByteLevel pre-tokenizer with GPT-2's regex, no added
+//     tokens; "<|endoftext|>" in the text is ordinary text, as in OpenAI's
+//     encoder.py).
 //
-// encode: the text is split into pre-tokens with the GPT-2 regex
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// (PCRE2, UTF + UCP), each pre-token's bytes are mapped to GPT-2's printable
-// byte alphabet, and adjacent symbols merge by lowest merge rank until none
-// applies. Results are cached per pre-token. Invalid UTF-8 never reaches the
-// regex: each maximal run of invalid bytes is a pre-token of its own, so any
-// byte string encodes and decodes back to itself. Added/special tokens in the
-// text are NOT matched: "<|endoftext|>" in the input is ordinary text (as in
-// OpenAI's encoder and the gpt-3-encoder reference).
+// Special tokens in the text: with a tokenizer.json, the text of an added
+// token maps to its id ("<|eot_id|>" -> 128009), as HF does. With
+// TokenizerOptions::split_special_tokens (or EncodeOptions per call), the
+// text of *special* added tokens is tokenized as ordinary text instead, which
+// is what training on untrusted text needs; non-special added tokens still
+// match.
 //
-// decode: ids map back through the byte alphabet to bytes; special tokens
-// (<|endoftext|>, BOS/EOS/PAD, added tokens marked special) are skipped,
-// other added tokens are emitted verbatim.
+// Text is bytes: ill-formed UTF-8 never reaches a regex and never fails; with
+// a byte-level tokenizer any byte string encodes and decodes back to itself.
+// decode() skips special tokens and BOS/EOS/PAD, and keeps bytes that do not
+// form UTF-8 as they are (HF would write U+FFFD).
 //
 // Special ids: when a tokenizer_config.json sits beside the loaded file, its
 // bos_token / eos_token / pad_token / add_bos_token are used. Otherwise BOS is
-// the first special token of a TemplateProcessing post-processor (then
-// add_bos_by_default() is true), else "<|endoftext|>"; EOS is "<|endoftext|>";
-// PAD is -1. For GPT-2 this gives BOS = EOS = 50256, no BOS by default.
+// the first token a TemplateProcessing post-processor puts before the text
+// (then add_bos_by_default() is true), else "<|endoftext|>"; EOS is the last
+// token the template puts after the text, else "<|endoftext|>"; PAD is -1.
+// For GPT-2 this gives BOS = EOS = 50256, no BOS by default.
 #ifndef PEFT_DATA_BPE_TOKENIZER_H_
 #define PEFT_DATA_BPE_TOKENIZER_H_
 
@@ -40,12 +40,14 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "absl/status/statusor.h"
 #include "data/tokenizer.h"
 
 namespace peft::data {
 
-/// Byte-level BPE in the GPT-2 family.
+/// A BPE tokenizer from tokenizer.json or GPT-2's vocab + merges files.
 class BpeTokenizer final : public Tokenizer {
  public:
   /// Loads encoder.json/vocab.json (`vocab_path`) and vocab.bpe/merges.txt
@@ -57,15 +59,26 @@ class BpeTokenizer final : public Tokenizer {
   static absl::StatusOr<std::unique_ptr<BpeTokenizer>> create(const std::string& vocab_path,
                                                               const std::string& merges_path);
 
-  /// Loads a Hugging Face tokenizer.json with a byte-level BPE model. Errors
-  /// as above, plus InvalidArgumentError naming the file for a model that is
-  /// not BPE or an unsupported normalizer / pre-tokenizer.
-  static absl::StatusOr<std::unique_ptr<BpeTokenizer>> create(const std::string& tokenizer_json_path);
+  /// Loads a Hugging Face tokenizer.json with a BPE model. Errors as above,
+  /// plus InvalidArgumentError naming the file and the component for a model
+  /// that is not BPE or any unsupported or malformed component.
+  static absl::StatusOr<std::unique_ptr<BpeTokenizer>> create(const std::string& tokenizer_json_path,
+                                                              const TokenizerOptions& options = {});
+
+  /// create(tokenizer_json_path, options) for the file's content already
+  /// parsed as `root` (load_tokenizer() parses a JSON file once to see what
+  /// it is; a Llama 3 tokenizer.json takes ~0.5 s to parse).
+  static absl::StatusOr<std::unique_ptr<BpeTokenizer>> create_from_json(const nlohmann::json& root,
+                                                                        const std::string& tokenizer_json_path,
+                                                                        const TokenizerOptions& options);
 
   ~BpeTokenizer() override;
 
-  /// Byte-level BPE of `text` (see file comment). Thread-safe.
+  /// The ids of `text` (see the file comment). Thread-safe.
   std::vector<int32_t> encode(std::string_view text) const override;
+  /// encode() with per-call options; add_special_tokens applies the
+  /// tokenizer.json post-processor (e.g. BOS first).
+  std::vector<int32_t> encode(std::string_view text, const EncodeOptions& options) const override;
   /// Bytes of `ids`, special tokens skipped.
   std::string decode(const std::vector<int32_t>& ids) const override;
   /// One past the largest id of the vocabulary and added tokens (50257 for GPT-2).
@@ -80,11 +93,24 @@ class BpeTokenizer final : public Tokenizer {
   bool add_bos_by_default() const override;
   /// The vocabulary spelling, e.g. "Ġthe"; "" when out of range.
   std::string id_to_piece(int32_t id) const override;
-  /// "gpt2_bpe".
-  std::string kind() const override { return "gpt2_bpe"; }
+  /// The id of the added token spelled `text` (tokenizer.json), -1 when none.
+  int32_t added_token_id(std::string_view text) const override;
+  /// chat_template.jinja beside the loaded file, else tokenizer_config.json's
+  /// "chat_template" (a string, or the entry named "default" of a list).
+  std::string chat_template() const override;
+  /// "gpt2_bpe" (vocab + merges files) or "tokenizer_json".
+  std::string kind() const override;
 
   /// The id of vocabulary or added token `piece`, -1 when none.
   int32_t piece_to_id(std::string_view piece) const;
+
+  /// The merges as "left right" in priority order (highest first); a merge
+  /// listed twice appears once, at the place that counts (the later one).
+  std::vector<std::string> merges() const;
+
+  /// True for ids decode() skips: special added tokens, BOS/EOS/PAD, and
+  /// ids no vocabulary entry uses.
+  bool is_special(int32_t id) const;
 
   struct State;  // defined in bpe_tokenizer.cc
 

@@ -51,6 +51,7 @@ class Llama2cTokenizer final : public Tokenizer {
   Llama2cTokenizer(const Llama2cTokenizer&) = delete;
   Llama2cTokenizer& operator=(const Llama2cTokenizer&) = delete;
 
+  using Tokenizer::encode;  // the EncodeOptions overload: nothing to split here
   /// run.c encode(text, bos=0, eos=0).
   std::vector<int32_t> encode(std::string_view text) const override;
   /// run.c decode over the sequence, BOS/EOS skipped.

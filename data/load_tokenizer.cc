@@ -70,12 +70,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> upcast(absl::StatusOr<std::unique_ptr
 }
 
 // A JSON file: tokenizer.json, or a vocab.json / encoder.json with its merges beside it.
-absl::StatusOr<std::unique_ptr<Tokenizer>> load_json(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> load_json(const std::string& path, const TokenizerOptions& options) {
   PEFT_ASSIGN_OR_RETURN(nlohmann::json root, internal::read_json(path));
   if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": JSON but not an object"));
   // Not just contains("model"): GPT-2's vocabulary has a token "model" too.
   if (auto model = root.find("model"); model != root.end() && model->is_object()) {
-    return upcast(BpeTokenizer::create(path));
+    return upcast(BpeTokenizer::create_from_json(root, path, options));
   }
   bool vocab_like = !root.empty();
   for (auto it = root.begin(); vocab_like && it != root.end(); ++it) vocab_like = it.value().is_number_integer();
@@ -94,10 +94,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_json(const std::string& path) {
       absl::StrCat(path, ": a BPE vocabulary, but there is no merges.txt or vocab.bpe beside it"));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> load_file(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> load_file(const std::string& path, const TokenizerOptions& options) {
   PEFT_ASSIGN_OR_RETURN(std::string head, io::read_file_prefix(path, kSniffBytes));
   if (head.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file, not a tokenizer"));
-  if (looks_like_json(head)) return load_json(path);
+  if (looks_like_json(head)) return load_json(path, options);
   if (looks_like_sentencepiece(head)) return upcast(SentencePieceTokenizer::create(path));
 
   std::error_code ec;
@@ -124,11 +124,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_file(const std::string& path) {
                    why));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> load_directory(const fs::path& dir) {
-  if (fs::path p = dir / "tokenizer.model"; is_file(p)) return upcast(SentencePieceTokenizer::create(p.string()));
+absl::StatusOr<std::unique_ptr<Tokenizer>> load_directory(const fs::path& dir, const TokenizerOptions& options) {
+  // tokenizer.json first: Hugging Face checkpoints often ship tokenizer.model
+  // too, and transformers' AutoTokenizer reads tokenizer.json when both exist.
   if (fs::path p = dir / "tokenizer.json"; is_file(p)) {
-    return upcast(BpeTokenizer::create(p.string()));
+    return upcast(BpeTokenizer::create(p.string(), options));
   }
+  if (fs::path p = dir / "tokenizer.model"; is_file(p)) return upcast(SentencePieceTokenizer::create(p.string()));
   for (auto [vocab, merges] : {std::pair{"vocab.json", "merges.txt"}, std::pair{"encoder.json", "vocab.bpe"}}) {
     if (is_file(dir / vocab) && is_file(dir / merges)) {
       return upcast(BpeTokenizer::create((dir / vocab).string(), (dir / merges).string()));
@@ -137,18 +139,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> load_directory(const fs::path& dir) {
   if (fs::path p = dir / "tokenizer.bin"; is_file(p)) return upcast(Llama2cTokenizer::create(p.string()));
   return absl::InvalidArgumentError(
       absl::StrCat(dir.string(),
-                   ": no tokenizer in this directory (looked for tokenizer.model, tokenizer.json, "
+                   ": no tokenizer in this directory (looked for tokenizer.json, tokenizer.model, "
                    "vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.bin)"));
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer(const std::string& path, const TokenizerOptions& options) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
-  if (fs::is_directory(status)) return load_directory(path);
-  return load_file(path);
+  if (fs::is_directory(status)) return load_directory(path, options);
+  return load_file(path, options);
 }
 
 }  // namespace peft::data

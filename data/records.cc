@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "data/chat_template.h"
 #include "peft/core/status.h"
 
 namespace peft::data {
@@ -86,7 +87,8 @@ Format detect_format(std::string_view content, const std::string& name) {
   std::string error;
   std::optional<json> j = parse_object(first, &error);
   if (!j.has_value()) return jsonl_ext ? Format::kJsonlText : Format::kPlainText;
-  return j->contains("instruction") ? Format::kInstruction : Format::kJsonlText;
+  if (j->contains("instruction")) return Format::kInstruction;
+  return j->contains("messages") ? Format::kChat : Format::kJsonlText;
 }
 
 uint64_t hash_tokens(const std::vector<int32_t>& tokens) {
@@ -101,17 +103,69 @@ uint64_t hash_tokens(const std::vector<int32_t>& tokens) {
 // Turns records into documents for one tokenizer and options.
 class RecordReader {
  public:
-  RecordReader(const Tokenizer& tok, const DataOptions& opts)
+  // `chat` is the resolved template of chat records (null for other formats).
+  RecordReader(const Tokenizer& tok, const DataOptions& opts, const ChatTemplate* chat)
       : tok_(tok),
         opts_(opts),
+        chat_(chat),
         bos_(opts.add_bos && tok.bos_id() >= 0 && tok.add_bos_by_default() ? tok.bos_id() : -1),
-        eos_(opts.add_eos && tok.eos_id() >= 0 ? tok.eos_id() : -1) {}
+        eos_(opts.add_eos && tok.eos_id() >= 0 ? tok.eos_id() : -1) {
+    enc_.split_special_tokens = opts.split_special_tokens;
+  }
 
   Record text(std::string_view text) const {
     Record r;
     append(&r.doc, bos_, 0);
-    append(&r.doc, tok_.encode(text), 1);
+    append(&r.doc, tok_.encode(text, enc_), 1);
     append(&r.doc, eos_, 1);
+    return r;
+  }
+
+  Record chat(std::string_view line) const {
+    std::string error;
+    std::optional<json> j = parse_object(line, &error);
+    if (!j.has_value()) return reject(BadRecord::kMalformedJson, error);
+    auto list = j->find("messages");
+    if (list == j->end()) return reject(BadRecord::kMissingField, "missing field \"messages\"");
+    if (!list->is_array()) {
+      return reject(BadRecord::kWrongType, absl::StrCat("\"messages\" is a ", list->type_name(), ", expected a list"));
+    }
+    if (list->empty()) return reject(BadRecord::kBadConversation, "\"messages\" is empty");
+    std::vector<ChatMessage> messages;
+    bool has_assistant = false;
+    for (size_t i = 0; i < list->size(); ++i) {
+      const json& m = (*list)[i];
+      if (!m.is_object()) {
+        return reject(BadRecord::kWrongType,
+                      absl::StrCat("messages[", i, "] is a ", m.type_name(), ", expected an object"));
+      }
+      ChatMessage msg;
+      for (auto [key, out] : {std::pair<const char*, std::string*>{"role", &msg.role}, {"content", &msg.content}}) {
+        auto it = m.find(key);
+        if (it == m.end() || it->is_null()) {
+          return reject(BadRecord::kMissingField, absl::StrCat("messages[", i, "]: missing field \"", key, "\""));
+        }
+        if (!it->is_string()) {
+          return reject(BadRecord::kWrongType,
+                        absl::StrCat("messages[", i, "]: \"", key, "\" is a ", it->type_name(), ", expected a string"));
+        }
+        *out = it->get<std::string>();
+      }
+      if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
+        return reject(BadRecord::kBadConversation, absl::StrCat("messages[", i, "]: unknown role \"", msg.role,
+                                                                "\" (expected system, user or assistant)"));
+      }
+      has_assistant = has_assistant || msg.role == "assistant";
+      messages.push_back(std::move(msg));
+    }
+    if (!has_assistant) return reject(BadRecord::kBadConversation, "no assistant turn (nothing to learn from)");
+    ChatRenderOptions ro;
+    ro.split_special_tokens = opts_.split_special_tokens;
+    absl::StatusOr<RenderedChat> rendered = render_chat(*chat_, messages, tok_, ro);
+    if (!rendered.ok()) return reject(BadRecord::kBadConversation, std::string(rendered.status().message()));
+    Record r;
+    r.doc.tokens = std::move(rendered->ids);
+    r.doc.targets = std::move(rendered->targets);
     return r;
   }
 
@@ -153,8 +207,8 @@ class RecordReader {
     const std::string prompt = absl::StrReplaceAll(tmpl, {{"{instruction}", fields[0]}, {"{input}", fields[1]}});
     Record r;
     append(&r.doc, bos_, 0);
-    append(&r.doc, tok_.encode(prompt), 0);
-    append(&r.doc, tok_.encode(fields[2]), 1);
+    append(&r.doc, tok_.encode(prompt, enc_), 0);
+    append(&r.doc, tok_.encode(fields[2], enc_), 1);
     append(&r.doc, eos_, 1);
     return r;
   }
@@ -204,8 +258,10 @@ class RecordReader {
 
   const Tokenizer& tok_;
   const DataOptions& opts_;
+  const ChatTemplate* chat_;
   const int32_t bos_;
   const int32_t eos_;
+  EncodeOptions enc_;
 };
 
 // Whether `d` can teach anything: some target, and with padding also a label
@@ -247,8 +303,8 @@ class ProgressMeter {
 // options.on_bad.
 absl::StatusOr<std::vector<Document>> read_chunk(std::string_view chunk, int64_t lines_before, const std::string& name,
                                                  Format format, const Tokenizer& tok, const DataOptions& opts,
-                                                 ProgressMeter* meter, DataStats* stats) {
-  RecordReader reader(tok, opts);
+                                                 const ChatTemplate* chat, ProgressMeter* meter, DataStats* stats) {
+  RecordReader reader(tok, opts, chat);
   std::vector<Document> docs;
   auto report = [&](std::string_view line) { meter->add(static_cast<int64_t>(line.size()) + 1); };
   auto handle = [&](Record r, int64_t chunk_lineno) -> absl::Status {
@@ -301,6 +357,7 @@ absl::StatusOr<std::vector<Document>> read_chunk(std::string_view chunk, int64_t
     PEFT_RETURN_IF_ERROR(for_each_line(chunk, [&](std::string_view line, int64_t lineno) -> absl::Status {
       report(line);
       if (is_blank(line)) return absl::OkStatus();
+      if (format == Format::kChat) return handle(reader.chat(line), lineno);
       return handle(format == Format::kInstruction ? reader.instruction(line) : reader.json_text(line), lineno);
     }));
   }
@@ -339,7 +396,8 @@ std::vector<size_t> chunk_starts(std::string_view content, Format format, int pi
 // The documents of `content` in file order, read by options.threads threads
 // (each a run of whole lines; the result does not depend on the count).
 absl::StatusOr<std::vector<Document>> read_all(std::string_view content, const std::string& name, Format format,
-                                               const Tokenizer& tok, const DataOptions& opts, DataStats* stats) {
+                                               const Tokenizer& tok, const DataOptions& opts, const ChatTemplate* chat,
+                                               DataStats* stats) {
   ProgressMeter meter(opts, static_cast<int64_t>(content.size()));
   int threads = opts.threads > 0 ? opts.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // Small files are not worth the threads.
@@ -359,7 +417,7 @@ absl::StatusOr<std::vector<Document>> read_all(std::string_view content, const s
   auto work = [&](size_t i) {
     const size_t end = i + 1 < n ? starts[i + 1] : content.size();
     pieces[i].docs = read_chunk(content.substr(starts[i], end - starts[i]), lines_before[i], name, format, tok, opts,
-                                &meter, &pieces[i].stats);
+                                chat, &meter, &pieces[i].stats);
   };
   if (n == 1) {  // always so for one thread
     for (size_t i = 0; i < n; ++i) work(i);
@@ -396,6 +454,7 @@ const char* format_name(Format format) {
     case Format::kJsonlText: return "jsonl_text";
     case Format::kPlainText: return "plain_text";
     case Format::kInstruction: return "instruction";
+    case Format::kChat: return "chat";
   }
   return "?";
 }
@@ -414,6 +473,10 @@ absl::Status DataOptions::validate() const {
   if (prompt_template_no_input.find("{instruction}") == std::string::npos) {
     return absl::InvalidArgumentError("DataOptions.prompt_template_no_input has no \"{instruction}\"");
   }
+  if (!chat_template.empty() && chat_template != "auto" && !chat_template_by_name(chat_template).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DataOptions.chat_template: ", chat_template_by_name(chat_template).status().message()));
+  }
   return absl::OkStatus();
 }
 
@@ -424,6 +487,7 @@ const char* bad_record_name(BadRecord kind) {
     case BadRecord::kWrongType: return "wrong field type";
     case BadRecord::kTooLong: return "longer than the context";
     case BadRecord::kIdOutOfRange: return "id outside the vocabulary";
+    case BadRecord::kBadConversation: return "bad conversation";
   }
   return "?";
 }
@@ -437,7 +501,20 @@ absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, c
   if (content.substr(0, 3) == "\xEF\xBB\xBF") content.remove_prefix(3);  // UTF-8 byte order mark
   if (is_blank(content)) return absl::InvalidArgumentError(absl::StrCat(name, ": empty file (no records)"));
   stats->format = options.format == Format::kAuto ? detect_format(content, name) : options.format;
-  PEFT_ASSIGN_OR_RETURN(std::vector<Document> docs, read_all(content, name, stats->format, tokenizer, options, stats));
+  std::optional<ChatTemplate> chat;
+  if (stats->format == Format::kChat) {
+    absl::StatusOr<ChatTemplate> t = resolve_chat_template(options.chat_template, tokenizer);
+    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": chat records: ", t.status().message()));
+    // A template that needs tokens this tokenizer lacks fails every record
+    // alike: say so once, before reading.
+    absl::StatusOr<RenderedChat> probe =
+        render_chat(*t, {{"user", "a"}, {"assistant", "b"}}, tokenizer, ChatRenderOptions());
+    if (!probe.ok())
+      return absl::InvalidArgumentError(absl::StrCat(name, ": chat records: ", probe.status().message()));
+    chat = *t;
+  }
+  PEFT_ASSIGN_OR_RETURN(std::vector<Document> docs,
+                        read_all(content, name, stats->format, tokenizer, options, chat ? &*chat : nullptr, stats));
   if (docs.empty()) {
     std::string why = stats->skipped_total() > 0 ? absl::StrCat("; first: ", stats->skipped_messages.front()) : "";
     return absl::InvalidArgumentError(absl::StrCat(name, ": no usable records (", stats->records, " read, ",

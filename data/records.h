@@ -13,6 +13,13 @@
 //                 and tokenized separately from the output, so the boundary is
 //                 exact: prompt tokens are never targets; output tokens and the
 //                 EOS are.
+//   kChat         {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+//                 rendered with a chat template (data/chat_template.h: llama3,
+//                 chatml, mistral or plain; chat_template "auto" takes the
+//                 tokenizer's own). Template tokens go in as ids; the targets are
+//                 the assistant turns' content and closing token. The template
+//                 places BOS/EOS itself: add_bos / add_eos do not apply. A
+//                 conversation needs an assistant turn.
 //   kPlainText    UTF-8 text split into documents at blank lines (lines that are
 //                 empty or whitespace only); a document keeps its inner line
 //                 breaks. Chosen over "the whole file is one document" so that the
@@ -22,8 +29,13 @@
 //                 -> plain text; any other name is JSON lines when its first
 //                 non-blank line parses as a JSON object, else plain text. JSON
 //                 lines are kInstruction when that first line has an
-//                 "instruction" key, else kJsonlText. A JSON *array* file (one
-//                 big [...]) is not supported.
+//                 "instruction" key, kChat when it has "messages", else
+//                 kJsonlText. A JSON *array* file (one big [...]) is not supported.
+//
+// Special-token text ("<|eot_id|>") inside record text maps to the token's id
+// where the tokenizer matches added tokens (tokenizer.json), as Hugging Face
+// does; split_special_tokens keeps it as ordinary text, which training on
+// untrusted text needs.
 //
 // Documents: BOS + tokens + EOS. BOS is added when add_bos, the tokenizer has
 // one and its convention is to add it (add_bos_by_default(): LLaMA yes, GPT-2
@@ -60,7 +72,7 @@ namespace peft::data {
 ///   o.pack = false;                 // one padded example per record
 ///   o.on_bad = DataOptions::OnBadRecord::kSkip;
 struct DataOptions {
-  enum class Format { kAuto, kJsonlText, kPlainText, kInstruction };
+  enum class Format { kAuto, kJsonlText, kPlainText, kInstruction, kChat };
   enum class OnBadRecord { kStop, kSkip };
 
   Format format = Format::kAuto;
@@ -70,6 +82,12 @@ struct DataOptions {
   std::string prompt_template = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
   /// Prompt of an instruction record whose input is missing, null or "".
   std::string prompt_template_no_input = "### Instruction:\n{instruction}\n\n### Response:\n";
+  /// Template of chat records: "auto" (the tokenizer's own chat template when
+  /// it is one of the recognised layouts, plain when it has none), "llama3",
+  /// "chatml", "mistral" or "plain".
+  std::string chat_template = "auto";
+  /// Tokenize special-token text inside records as ordinary text.
+  bool split_special_tokens = false;
   /// Tokens the model sees per example (T); an example holds seq_len + 1
   /// tokens so that inputs and shifted labels both have length T. Required.
   int64_t seq_len = 0;
@@ -97,19 +115,21 @@ struct DataOptions {
   static constexpr int64_t kMaxSeqLen = int64_t{1} << 24;
 
   /// InvalidArgumentError naming the field for seq_len outside [1, 2^24],
-  /// validation_fraction outside [0, 1), or a template without "{instruction}".
+  /// validation_fraction outside [0, 1), a template without "{instruction}",
+  /// or an unknown chat_template name.
   absl::Status validate() const;
 };
 
 /// Why a record was rejected.
 enum class BadRecord {
-  kMalformedJson,  // not JSON, or not a JSON object
-  kMissingField,   // no "text"/"ids" (text format) or "instruction"/"output"
-  kWrongType,      // a field of the wrong type (non-string text, non-integer id, ...)
-  kTooLong,        // longer than seq_len + 1 tokens with pack = false
-  kIdOutOfRange,   // a pre-tokenized id outside [0, vocab_size)
+  kMalformedJson,    // not JSON, or not a JSON object
+  kMissingField,     // no "text"/"ids" (text format), "instruction"/"output", "messages", "role"/"content"
+  kWrongType,        // a field of the wrong type (non-string text, non-integer id, ...)
+  kTooLong,          // longer than seq_len + 1 tokens with pack = false
+  kIdOutOfRange,     // a pre-tokenized id outside [0, vocab_size)
+  kBadConversation,  // a chat record with an unknown role, no assistant turn, or turns its template cannot lay out
 };
-inline constexpr int kNumBadRecordKinds = 5;
+inline constexpr int kNumBadRecordKinds = 6;
 
 /// "malformed JSON", "missing field", ...
 const char* bad_record_name(BadRecord kind);
@@ -137,7 +157,7 @@ struct DataStats {
   std::string summary() const;
 };
 
-/// "jsonl_text", "plain_text", "instruction" ("auto" for kAuto).
+/// "jsonl_text", "plain_text", "instruction", "chat" ("auto" for kAuto).
 const char* format_name(DataOptions::Format format);
 
 /// A tokenized record: BOS + tokens + EOS as the options say, and which
@@ -152,8 +172,8 @@ struct Document {
 /// order, read by options.threads threads. Sets stats->format (auto-detected
 /// when options.format is kAuto), ->records, ->empty_documents and the
 /// skipped counts. Errors: an empty file, a bad record under kStop
-/// ("name:line: what"), and no usable record at all. A UTF-8 byte order mark
-/// is ignored.
+/// ("name:line: what"), no usable record at all, and for chat records a
+/// chat template that cannot be resolved. A UTF-8 byte order mark is ignored.
 absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name,
                                                      const Tokenizer& tokenizer, const DataOptions& options,
                                                      DataStats* stats);

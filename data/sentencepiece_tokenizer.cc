@@ -49,4 +49,8 @@ int32_t SentencePieceTokenizer::pad_id() const { return model_->pad_id(); }
 
 std::string SentencePieceTokenizer::id_to_piece(int32_t id) const { return std::string(model_->id_to_piece(id)); }
 
+float SentencePieceTokenizer::score(int32_t id) const { return model_->score(id); }
+int SentencePieceTokenizer::piece_type(int32_t id) const { return model_->piece_type(id); }
+int32_t SentencePieceTokenizer::unk_id() const { return model_->unk_id(); }
+
 }  // namespace peft::data

@@ -34,6 +34,7 @@ class SentencePieceTokenizer final : public Tokenizer {
 
   ~SentencePieceTokenizer() override;
 
+  using Tokenizer::encode;  // the EncodeOptions overload: nothing to split here
   /// sentencepiece Encode without BOS/EOS.
   std::vector<int32_t> encode(std::string_view text) const override;
   /// sentencepiece Decode after dropping control and out-of-range ids.
@@ -52,6 +53,14 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string id_to_piece(int32_t id) const override;
   /// "sentencepiece".
   std::string kind() const override { return "sentencepiece"; }
+
+  /// The piece's score (0 when out of range).
+  float score(int32_t id) const;
+  /// The ModelProto piece type: 1 normal, 2 unknown, 3 control, 5 unused,
+  /// 6 byte (user-defined pieces read as 1); 0 when out of range.
+  int piece_type(int32_t id) const;
+  /// From the model's trainer spec (0 for LLaMA); -1 when disabled.
+  int32_t unk_id() const;
 
  private:
   explicit SentencePieceTokenizer(std::unique_ptr<spm_shim::SpmModel> model);

@@ -19,8 +19,10 @@
 //   4. LoRA r=8 on all linear projections via trainers::train
 //      (examples/recipes/quickstart_lora.textproto).
 //   5. Accuracy of base + adapter (unmerged), then merge_and_unload_, export a
-//      Hugging Face directory (<work_dir>/merged), reload it with load_model,
-//      and check the merged model answers exactly as base + adapter did.
+//      Hugging Face directory (<work_dir>/merged) and a GGUF file for
+//      llama.cpp (<work_dir>/merged.gguf), reload the directory with
+//      load_model, and check the merged model answers exactly as base +
+//      adapter did.
 //   6. A few generations from the merged model, a summary table on stdout and
 //      <work_dir>/summary.json.
 //
@@ -44,6 +46,7 @@
 #include "data/tokenizer.h"
 #include "examples/bench_task.h"
 #include "examples/cli/flags.h"
+#include "models/gguf/export.h"
 #include "models/model_io.h"
 #include "peft/core/status.h"
 #include "peft/peft_model.h"
@@ -72,6 +75,17 @@ absl::Status apply_overrides(proto::Recipe* r, const std::vector<std::string>& s
 // ---- The run ----------------------------------------------------------------
 
 std::string pct(double a) { return absl::StrFormat("%.0f%%", 100.0 * a); }
+
+// What `peft export --model=<work_dir>/merged --format=gguf` writes: f32 (answers as the
+// merged model does), with the tokenizer at `tokenizer` (file or directory).
+absl::Status write_gguf(models::CausalLm& merged, const std::string& tokenizer, const std::string& path) {
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(tokenizer));
+  PEFT_ASSIGN_OR_RETURN(models::gguf::Vocab vocab, models::gguf::vocab_from_tokenizer(*tok, tokenizer));
+  models::gguf::ExportOptions o;
+  o.overwrite = true;
+  o.name = "merged";
+  return models::gguf::export_model(merged, std::move(vocab), path, o).status();
+}
 
 absl::Status run(const cli::ParsedFlags& f) {
   const double t_start = now();
@@ -210,11 +224,17 @@ absl::Status run(const cli::ParsedFlags& f) {
   // The tokenizer travels with the export, so `peft generate --model=merged` works.
   so.extra_files = models::export_files(recipe.model(), recipe.tokenizer());
   PEFT_RETURN_IF_ERROR(models::save_model(pm.model(), merged_dir, so));
+  // The same merged model for llama.cpp. A tokenizer llama.cpp has no
+  // counterpart for (only possible with --base) skips the file, not the run.
+  const std::string merged_gguf = work + "/merged.gguf";
+  const absl::Status gguf_status = write_gguf(pm.model(), tok_path, merged_gguf);
   lm.reset();
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> merged, models::load_model(merged_dir));
   PEFT_ASSIGN_OR_RETURN(const TaskScores merged_scores, score_tasks(*merged, prompting, data.test_words));
   const int64_t same = identical_answers(after, merged_scores);
   const bool match = same == n_test;
+  say(gguf_status.ok() ? absl::StrCat("      ", merged_gguf, " (GGUF for llama.cpp)")
+                       : absl::StrCat("      merged.gguf not written: ", gguf_status.message()));
   say(absl::StrFormat("      %s (reloaded): %s: %s; %s: %s; identical answers to base + adapter: %lld/%lld", merged_dir,
                       kTask, fraction(merged_scores.task), kControl, fraction(merged_scores.control),
                       static_cast<long long>(same), static_cast<long long>(n_test)));
@@ -274,6 +294,7 @@ absl::Status run(const cli::ParsedFlags& f) {
       {"merged_identical_answers", same},
       {"merged_matches_unmerged", match},
       {"merged_dir", merged_dir},
+      {"merged_gguf", gguf_status.ok() ? json(merged_gguf) : json(nullptr)},
       {"examples", examples},
       {"total_seconds", total},
   };
@@ -314,7 +335,8 @@ absl::Status run(const cli::ParsedFlags& f) {
         absl::StrFormat("%s%s%s", e["prompt"].get<std::string>(), e["generated"].get<std::string>(),
                         e["correct"].get<bool>() ? "" : "  (expected " + e["expected"].get<std::string>() + ")"));
   }
-  row("outputs", absl::StrCat(work, "/{summary.json, lora/adapter, merged}"));
+  row("outputs",
+      absl::StrCat(work, "/{summary.json, lora/adapter, merged", gguf_status.ok() ? ", merged.gguf" : "", "}"));
   row("total time", absl::StrFormat("%.0f s", total));
   if (!match) {
     return absl::InternalError("the merged export does not answer exactly as base + adapter (see summary.json)");

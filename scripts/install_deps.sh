@@ -15,6 +15,7 @@ PACKAGES=(
   libsentencepiece-dev    # loaded through a dlopen shim (see third_party/sentencepiece_shim)
   nlohmann-json3-dev
   libpcre2-dev            # GPT-2 pre-tokenizer regex
+  libicu-dev              # Unicode tables for tokenizer.json normalizers and pre-tokenizers
   libgloo-dev             # c10d Gloo backend headers
   clang-format            # scripts/format.sh (checked by scripts/test.sh)
 )

@@ -11,8 +11,9 @@
 # exact-match accuracy on "reverse: <word> -> " for 100 held-out words,
 # fine-tunes LoRA r=8 on all linear layers through the recipe-driven trainer
 # (examples/recipes/quickstart_lora.textproto), measures again, merges,
-# exports a Hugging Face directory (runs/quickstart/merged), reloads it,
-# checks it answers exactly as base + adapter, and generates from it.
+# exports a Hugging Face directory (runs/quickstart/merged) and a GGUF file
+# for llama.cpp (runs/quickstart/merged.gguf), reloads the directory, checks
+# it answers exactly as base + adapter, and generates from it.
 # Other flags are passed to the program (bazel-bin/examples/quickstart --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,3 +72,15 @@ echo
 echo "quickstart: the merged export with the peft tool:"
 echo "  $PEFT generate --model=$WORK/merged --prompt='reverse: peft -> ' --max_new_tokens=8"
 "$PEFT" generate --model="$WORK/merged" --prompt="reverse: peft -> " --max_new_tokens=8
+
+# The same merged model as one GGUF file for llama.cpp (the program already
+# wrote it; this is the command that does it for any model directory).
+echo
+echo "quickstart: the merged model as GGUF for llama.cpp:"
+echo "  $PEFT export --model=$WORK/merged --format=gguf --output=$WORK/merged.gguf --overwrite"
+"$PEFT" export --model="$WORK/merged" --format=gguf --output="$WORK/merged.gguf" --overwrite
+if command -v llama-cli >/dev/null 2>&1; then
+  llama-cli -m "$WORK/merged.gguf" -p "reverse: peft -> " -n 8 --temp 0 -no-cnv
+else
+  echo "  with llama.cpp installed: llama-cli -m $WORK/merged.gguf -p 'reverse: peft -> ' -n 8 --temp 0 -no-cnv"
+fi

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "data/chat_template.h"
 #include "peft/core/status.h"
 #include "peft/io/read_file.h"
 #include "peft/registry.h"
@@ -222,6 +223,11 @@ absl::Status validate_recipe(const proto::Recipe& r) {
       return absl::InvalidArgumentError(absl::StrCat("recipe: ", name, " has no \"{instruction}\": '", text, "'"));
     }
   }
+  if (r.data().chat_template() != "auto") {
+    if (absl::Status st = data::chat_template_by_name(r.data().chat_template()).status(); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("recipe: data.chat_template: ", st.message()));
+    }
+  }
   PEFT_RETURN_IF_ERROR(positive("optimizer.lr", r.optimizer().lr()));
   PEFT_RETURN_IF_ERROR(non_negative("optimizer.weight_decay", r.optimizer().weight_decay()));
   for (const auto& [name, v] : {std::pair<const char*, float>{"optimizer.beta1", r.optimizer().beta1()},
@@ -303,12 +309,15 @@ data::DataOptions data_options(const proto::Recipe& r) {
     case proto::DataConfig::JSONL_TEXT: o.format = data::DataOptions::Format::kJsonlText; break;
     case proto::DataConfig::PLAIN_TEXT: o.format = data::DataOptions::Format::kPlainText; break;
     case proto::DataConfig::INSTRUCTION: o.format = data::DataOptions::Format::kInstruction; break;
+    case proto::DataConfig::CHAT: o.format = data::DataOptions::Format::kChat; break;
     default: o.format = data::DataOptions::Format::kAuto;
   }
   // One custom template serves both kinds of record unless the recipe gives
   // a second one (never a mix of the recipe's and Alpaca's).
   if (r.data().has_prompt_template()) o.prompt_template = o.prompt_template_no_input = r.data().prompt_template();
   if (r.data().has_prompt_template_no_input()) o.prompt_template_no_input = r.data().prompt_template_no_input();
+  o.chat_template = r.data().chat_template();
+  o.split_special_tokens = r.data().split_special_tokens();
   o.seq_len = r.data().seq_len();
   o.pack = r.data().pack();
   o.validation_fraction = r.data().has_validation_file() ? 0.0 : r.data().validation_fraction();

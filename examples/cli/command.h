@@ -16,6 +16,13 @@
 #include "data/tokenizer.h"
 #include "examples/cli/flags.h"
 
+namespace peft {
+class PeftModel;
+namespace models {
+class CausalLm;
+}  // namespace models
+}  // namespace peft
+
 namespace peft::cli {
 
 struct Command {
@@ -26,10 +33,11 @@ struct Command {
 };
 
 /// The subcommands, in help order.
-std::vector<Command> model_commands();  // convert, init, merge, to-lora, generate, eval
-std::vector<Command> data_commands();   // tokenize
-std::vector<Command> train_commands();  // train
-std::vector<Command> bench_commands();  // bench
+std::vector<Command> model_commands();   // convert, init, merge, to-lora, generate, eval
+std::vector<Command> data_commands();    // tokenize
+std::vector<Command> train_commands();   // train
+std::vector<Command> bench_commands();   // bench
+std::vector<Command> export_commands();  // export
 
 /// `peft launch --nproc=N [--master_port=P] -- COMMAND...`: starts N local
 /// processes with the torchrun environment (RANK, WORLD_SIZE, ...); returns
@@ -44,6 +52,19 @@ absl::Status apply_threads(const ParsedFlags& flags);
 
 /// The --threads flag every model command takes.
 FlagSpec threads_flag();
+
+/// The model of --model; warns on stderr about tensors in the files that the
+/// model does not use.
+absl::StatusOr<std::shared_ptr<models::CausalLm>> load_base(const std::string& dir);
+
+/// --adapter=DIR[,DIR...]: loads every adapter into `pm` ("default",
+/// "adapter1", ...) and makes them all active; HSM adapters use their hard
+/// 0/1 gate.
+absl::Status load_adapters(PeftModel& pm, const std::string& list);
+
+/// --prune: the HSM structural prune of the HSM adapter among `pm`'s (hard
+/// gates), other active adapters folded in; a new, smaller model.
+absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm);
 
 }  // namespace peft::cli
 

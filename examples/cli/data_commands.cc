@@ -15,7 +15,9 @@ namespace {
 using json = nlohmann::ordered_json;
 
 absl::Status run_tokenize(const ParsedFlags& f) {
-  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(f.get("tokenizer")));
+  data::TokenizerOptions options;
+  PEFT_ASSIGN_OR_RETURN(options.split_special_tokens, f.get_bool("split_special_tokens"));
+  PEFT_ASSIGN_OR_RETURN(std::unique_ptr<data::Tokenizer> tok, data::load_tokenizer(f.get("tokenizer"), options));
   PEFT_ASSIGN_OR_RETURN(bool add_bos, f.get_bool("add_bos"));
   if (add_bos && tok->bos_id() < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--add_bos: this ", tok->kind(), " tokenizer has no BOS token"));
@@ -44,11 +46,14 @@ absl::Status run_tokenize(const ParsedFlags& f) {
 }  // namespace
 
 std::vector<Command> data_commands() {
-  return {{"tokenize",
-           "Encode JSON lines {\"text\": ...} from stdin to {\"ids\": [...]} on stdout.",
-           {text_flag("tokenizer", "tokenizer file or model directory").required(),
-            bool_flag("add_bos", "prepend the BOS id")},
-           run_tokenize}};
+  return {
+      {"tokenize",
+       "Encode JSON lines {\"text\": ...} from stdin to {\"ids\": [...]} on stdout.",
+       {text_flag("tokenizer", "tokenizer file or model directory").required(),
+        bool_flag("add_bos", "prepend the BOS id"),
+        bool_flag("split_special_tokens",
+                  "read special-token text such as <|eot_id|> as ordinary text (default: map it to the token's id)")},
+       run_tokenize}};
 }
 
 }  // namespace peft::cli

@@ -11,6 +11,7 @@ namespace {
 std::vector<peft::cli::Command> all_commands() {
   std::vector<peft::cli::Command> all = peft::cli::train_commands();
   for (peft::cli::Command& c : peft::cli::model_commands()) all.push_back(std::move(c));
+  for (peft::cli::Command& c : peft::cli::export_commands()) all.push_back(std::move(c));
   for (peft::cli::Command& c : peft::cli::data_commands()) all.push_back(std::move(c));
   for (peft::cli::Command& c : peft::cli::bench_commands()) all.push_back(std::move(c));
   return all;

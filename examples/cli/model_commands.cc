@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "data/chat_template.h"
 #include "data/records.h"
 #include "examples/cli/command.h"
 #include "models/generate.h"
@@ -30,6 +31,8 @@ using json = nlohmann::ordered_json;
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<models::CausalLm>> load_base(const std::string& dir) {
   models::LoadReport report;
@@ -66,6 +69,8 @@ absl::Status load_adapters(PeftModel& pm, const std::string& list) {
   }
   return pm.set_active(active);
 }
+
+namespace {
 
 // The model of --model, with the adapter of --adapter (unmerged) when given.
 // The PeftModel must outlive uses of the model: it owns the stream hook.
@@ -129,8 +134,8 @@ absl::Status run_convert(const ParsedFlags& f) {
     std::string name = fs::path(f.get("tokenizer")).filename().string();
     if (tok->kind() == "sentencepiece") name = "tokenizer.model";
     if (tok->kind() == "llama2c") name = "tokenizer.bin";
-    if (tok->kind() == "gpt2_bpe" && fs::is_directory(f.get("tokenizer"))) {
-      return absl::InvalidArgumentError("--tokenizer for a GPT-2 BPE must be a tokenizer.json file");
+    if ((tok->kind() == "gpt2_bpe" || tok->kind() == "tokenizer_json") && fs::is_directory(f.get("tokenizer"))) {
+      return absl::InvalidArgumentError("--tokenizer for a BPE tokenizer must be a tokenizer.json file");
     }
     so.extra_files.push_back({f.get("tokenizer"), name});
   }
@@ -166,9 +171,12 @@ absl::Status run_generate(const ParsedFlags& f) {
   if (o.max_new_tokens < 0) return absl::InvalidArgumentError("--max_new_tokens must be >= 0");
   if (o.temperature < 0) return absl::InvalidArgumentError("--temperature must be >= 0");
   PEFT_ASSIGN_OR_RETURN(bool no_bos, f.get_bool("no_bos"));
+  PEFT_ASSIGN_OR_RETURN(bool chat, f.get_bool("chat"));
 
   const bool by_ids = f.has("prompt_ids");
   if (by_ids == f.has("prompt")) return absl::InvalidArgumentError("give exactly one of --prompt and --prompt_ids");
+  if (chat && by_ids) return absl::InvalidArgumentError("--chat needs --prompt (a user message), not --prompt_ids");
+  if (!chat && f.has("system")) return absl::InvalidArgumentError("--system needs --chat");
   // With --prompt_ids the tokenizer is optional (used only to print text).
   std::unique_ptr<data::Tokenizer> tok;
   absl::StatusOr<std::unique_ptr<data::Tokenizer>> t = tokenizer_for(f, f.get("model"));
@@ -183,6 +191,19 @@ absl::Status run_generate(const ParsedFlags& f) {
   std::vector<int64_t> prompt;
   if (by_ids) {
     PEFT_ASSIGN_OR_RETURN(prompt, parse_id_list(f.get("prompt_ids")));
+  } else if (chat) {
+    // The conversation as training renders it, ending with the header of the
+    // assistant's turn; generation stops at the turn's closing token.
+    PEFT_ASSIGN_OR_RETURN(data::ChatTemplate t,
+                          with_context(data::resolve_chat_template(f.get("chat_template"), *tok), "--chat"));
+    std::vector<data::ChatMessage> messages;
+    if (f.has("system")) messages.push_back({"system", f.get("system")});
+    messages.push_back({"user", f.get("prompt")});
+    data::ChatRenderOptions ro;
+    ro.add_generation_prompt = true;
+    PEFT_ASSIGN_OR_RETURN(data::RenderedChat r, with_context(data::render_chat(t, messages, *tok, ro), "--chat"));
+    prompt.assign(r.ids.begin(), r.ids.end());
+    if (const int32_t end = data::chat_turn_end_id(t, *tok); end >= 0) o.stop_ids.push_back(end);
   } else {
     prompt = encode_prompt(*tok, f.get("prompt"), tok->add_bos_by_default() && !no_bos);
   }
@@ -197,7 +218,7 @@ absl::Status run_generate(const ParsedFlags& f) {
   // step keeps multi-byte characters split across tokens intact.
   std::vector<int32_t> so_far;
   std::string printed;
-  if (format == "text" && tok) {
+  if (format == "text" && tok && !chat) {  // with --chat only the reply is printed
     std::fputs(by_ids ? tok->decode(to_i32(prompt)).c_str() : f.get("prompt").c_str(), stdout);
     std::fflush(stdout);
   }
@@ -259,9 +280,9 @@ class IdsOnlyTokenizer : public data::Tokenizer {
 
 // The documents `peft eval` scores, read by the training data loader's rules
 // (data/records.h): JSON lines with "text" or "ids", instruction records
-// (only the response is scored), or plain text split into documents at blank
-// lines. Each document is scored whole, in windows of the model's context; no
-// EOS is appended (the loss is that of the text as written).
+// (only the response is scored), chat records (only the assistant turns are),
+// or plain text split into documents at blank lines. Each document is scored whole, in windows of the model's context;
+// no EOS is appended (the loss is that of the text as written).
 absl::StatusOr<std::vector<data::Document>> read_eval_data(const std::string& path, const data::Tokenizer* tok,
                                                            int32_t vocab, bool add_bos) {
   PEFT_ASSIGN_OR_RETURN(const std::string content, with_context(io::read_file(path), "--data"));
@@ -396,6 +417,8 @@ absl::Status run_init(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 // --prune: the HSM structural prune with hard 0/1 gates; other active
 // adapters (LoRA) are folded in.
 absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) {
@@ -407,6 +430,8 @@ absl::StatusOr<std::shared_ptr<models::CausalLm>> prune_adapters(PeftModel& pm) 
   }
   return absl::InvalidArgumentError("--prune needs an HSM adapter among --adapter");
 }
+
+namespace {
 
 absl::Status run_merge(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(apply_threads(f));
@@ -551,7 +576,10 @@ std::vector<Command> model_commands() {
         int_flag("top_k", "sample from the k most likely tokens (0 = all)", 0),
         double_flag("top_p", "nucleus sampling threshold (1 = off)", 1),
         int_flag("seed", "random seed for sampling", 0), text_flag("format", "text (streamed) or json", "text"),
-        bool_flag("no_bos", "do not prepend BOS even if the tokenizer uses one"), threads_flag()},
+        bool_flag("no_bos", "do not prepend BOS even if the tokenizer uses one"),
+        bool_flag("chat", "send --prompt as a user message through the chat template and print the assistant's reply"),
+        text_flag("chat_template", "with --chat: auto (the tokenizer's), llama3, chatml, mistral or plain", "auto"),
+        text_flag("system", "with --chat: a system message"), threads_flag()},
        run_generate});
   c.push_back(
       {"eval",
@@ -560,7 +588,8 @@ std::vector<Command> model_commands() {
         text_flag("adapter", "adapter directory (or several, comma-separated) run on top of the model, unmerged"),
         text_flag("tokenizer", "tokenizer file or directory (default: the model directory)"),
         text_flag("data",
-                  "data as training reads it: JSON lines (\"text\", \"ids\" or instruction records) or plain text")
+                  "data as training reads it: JSON lines (\"text\", \"ids\", instruction or chat records) or plain "
+                  "text")
             .required(),
         bool_flag("no_bos", "do not prepend BOS even if the tokenizer uses one"), threads_flag()},
        run_eval});

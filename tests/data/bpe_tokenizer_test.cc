@@ -226,6 +226,12 @@ TEST_F(BpeTokenizerTest, TokenizerJsonMatchesEncoderJsonForBothMergeSpellings) {
     EXPECT_EQ(tok->bos_id(), kEndOfText);
     EXPECT_EQ(tok->eos_id(), kEndOfText);
     EXPECT_FALSE(tok->add_bos_by_default());
+    // The added token <|endoftext|> is matched in text, unless split_special_tokens.
+    EXPECT_EQ(tok->encode("a<|endoftext|>b"),
+              (std::vector<int32_t>{gpt2_->encode("a")[0], kEndOfText, gpt2_->encode("b")[0]}));
+    EncodeOptions split;
+    split.split_special_tokens = true;
+    EXPECT_EQ(tok->encode("a<|endoftext|>b", split), gpt2_->encode("a<|endoftext|>b"));
     std::cout << "gpt2 tokenizer.json (" << (pairs ? "pairs" : "strings") << "): " << enc.passed << "/" << enc.total
               << " encodings\n";
   }
@@ -292,19 +298,43 @@ TEST_F(BpeTokenizerTest, UnsupportedOrBrokenTokenizerJsonIsInvalidArgument) {
     std::string phrase;
   };
   std::vector<Case> cases = {
-      {"wordpiece", [](json* j) { (*j)["model"]["type"] = "WordPiece"; }, "not BPE"},
+      {"wordpiece", [](json* j) { (*j)["model"]["type"] = "WordPiece"; }, "unsupported model \"WordPiece\""},
       {"normalizer",
        [](json* j) {
-         (*j)["normalizer"] = {{"type", "NFC"}};
+         (*j)["normalizer"] = {{"type", "BertNormalizer"}};
        },
-       "normalizer"},
-      {"metaspace",
+       "unsupported normalizer \"BertNormalizer\""},
+      {"pre_tokenizer",
        [](json* j) {
-         (*j)["pre_tokenizer"] = {{"type", "Metaspace"}};
+         (*j)["pre_tokenizer"] = {{"type", "UnicodeScripts"}};
        },
-       "Metaspace"},
-      {"no_pre_tokenizer", [](json* j) { (*j)["pre_tokenizer"] = nullptr; }, "byte-level"},
-      {"suffix", [](json* j) { (*j)["model"]["end_of_word_suffix"] = "</w>"; }, "end_of_word_suffix"},
+       "unsupported pre_tokenizer \"UnicodeScripts\""},
+      {"nested_pre_tokenizer",
+       [](json* j) {
+         (*j)["pre_tokenizer"] = {{"type", "Sequence"},
+                                  {"pretokenizers", json::array({{{"type", "ByteLevel"}, {"add_prefix_space", false}},
+                                                                 {{"type", "Bert"}}})}};
+       },
+       "unsupported pre_tokenizer \"Bert\""},
+      {"decoder",
+       [](json* j) {
+         (*j)["decoder"] = {{"type", "CTC"}};
+       },
+       "unsupported decoder \"CTC\""},
+      {"post_processor",
+       [](json* j) {
+         (*j)["post_processor"] = {{"type", "BertProcessing"}};
+       },
+       "unsupported post_processor \"BertProcessing\""},
+      {"byte_level_without_prefix_flag", [](json* j) { (*j)["pre_tokenizer"].erase("add_prefix_space"); },
+       "add_prefix_space"},
+      {"bad_behavior",
+       [](json* j) {
+         (*j)["pre_tokenizer"] = {
+             {"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}, {"invert", false}};
+       },
+       "unknown behavior \"Sideways\""},
+      {"unk_missing", [](json* j) { (*j)["model"]["unk_token"] = "<nope>"; }, "unk_token \"<nope>\""},
       {"bad_merge", [](json* j) { (*j)["model"]["merges"][3] = "a b c"; }, "merge #3"},
       {"unknown_merge", [](json* j) { (*j)["model"]["merges"][5] = "zzzq qqqz"; }, "missing from the vocabulary"},
       {"string_id", [](json* j) { (*j)["model"]["vocab"]["hello"] = "7"; }, "non-integer id"},

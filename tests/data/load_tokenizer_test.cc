@@ -108,9 +108,10 @@ TEST_F(LoadTokenizerTest, DirectoriesFollowThePreferenceOrder) {
   vocab += ", \"ab\": 256}";
   const std::string json_dir = make_temp_dir("load_tok_json_");
   // A vocab whose non-printable bytes do not use GPT-2's alphabet is rejected, naming the file.
-  write_binary_file(json_dir + "/tokenizer.json",
-                    "{\"model\": {\"type\": \"BPE\", \"vocab\": " + vocab +
-                        ", \"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+  write_binary_file(
+      json_dir + "/tokenizer.json",
+      "{\"model\": {\"type\": \"BPE\", \"vocab\": " + vocab +
+          ", \"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}");
   expect_invalid(json_dir, "byte-level");
   // The real GPT-2 files as tokenizer.json load from the directory.
   const std::string gpt2_dir = make_temp_dir("load_tok_gpt2json_");
@@ -139,9 +140,13 @@ TEST_F(LoadTokenizerTest, DirectoriesFollowThePreferenceOrder) {
   write_binary_file(
       gpt2_dir + "/tokenizer.json",
       "{\"model\": {\"type\": \"BPE\", \"vocab\": " + read_binary_file(assets_ + "/gpt2_bpe/encoder.json") +
-          ", \"merges\": " + merges + "}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
-  expect_loads(gpt2_dir, "gpt2_bpe", kGpt2Hello);
-  expect_loads(gpt2_dir + "/tokenizer.json", "gpt2_bpe", kGpt2Hello);
+          ", \"merges\": " + merges + "}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}");
+  expect_loads(gpt2_dir, "tokenizer_json", kGpt2Hello);
+  expect_loads(gpt2_dir + "/tokenizer.json", "tokenizer_json", kGpt2Hello);
+  // tokenizer.json wins over tokenizer.model in a directory.
+  const std::string both = dir_with({{"tokenizer.model", "llama2c_stories260K/tok512.model"}});
+  write_binary_file(both + "/tokenizer.json", read_binary_file(gpt2_dir + "/tokenizer.json"));
+  expect_loads(both, "tokenizer_json", kGpt2Hello);
 }
 
 TEST_F(LoadTokenizerTest, WrongKindsAndCorruptFilesAreInvalidArgument) {

@@ -1,7 +1,8 @@
 // End-to-end tests of the `peft` binary: convert stories260K with
 // `peft convert`, reproduce llama2.c's greedy output through
-// `peft generate --format=json`, tokenize and eval, and the error contract
-// (non-zero exit, one-line message, no output directory) for bad input.
+// `peft generate --format=json`, tokenize and eval, tokenizer.json options
+// (--split_special_tokens, --chat), and the error contract (non-zero exit,
+// one-line message, no output directory) for bad input.
 #include <sys/wait.h>
 
 #include <array>
@@ -176,6 +177,39 @@ TEST_F(CliStoriesTest, BadInputFailsCleanly) {
   EXPECT_NE(r.err.find("--top_k must be an integer"), std::string::npos) << r.err;
   // Errors are one line.
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+// tokenizer.json end to end: `peft tokenize --split_special_tokens` and
+// `peft generate --chat`, against the Llama 3 reference ids
+// (llama3_tokenizer/reference_ids.jsonl, category special_text).
+TEST(CliTokenizerJsonTest, SplitSpecialTokensAndChatPrompt) {
+  const std::string assets = testing::shared_assets_dir();
+  if (assets.empty()) GTEST_SKIP() << testing::kNoAssetsReason;
+  const std::string tok = assets + "/llama3_tokenizer";
+  CliRun r = run({"tokenize", "--tokenizer=" + tok}, "{\"text\": \"Hello<|eot_id|>world\"}\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"ids\":[9906,128009,14957]}\n");
+  r = run({"tokenize", "--tokenizer=" + tok, "--split_special_tokens"}, "{\"text\": \"Hello<|eot_id|>world\"}\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"ids\":[9906,27,91,68,354,851,91,29,14957]}\n");
+
+  // A random model with Llama 3's vocabulary; only the prompt ids matter.
+  const std::string model = testing::make_temp_dir("cli_chat") + "/m";
+  r = run({"init", "--arch=llama", "--output=" + model, "--vocab_size=128256", "--hidden_size=16",
+           "--intermediate_size=32", "--num_layers=1", "--num_heads=2", "--max_positions=64"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run({"generate", "--model=" + model, "--tokenizer=" + tok, "--chat", "--prompt=Hi!", "--max_new_tokens=2",
+           "--format=json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The reference line for the rendered "<|begin_of_text|>...user...Hi!...assistant...\n\n".
+  EXPECT_EQ(json::parse(r.out)["prompt_ids"].get<std::vector<int64_t>>(),
+            (std::vector<int64_t>{128000, 128006, 882, 128007, 271, 13347, 0, 128009, 128006, 78191, 128007, 271}));
+  r = run({"generate", "--model=" + model, "--tokenizer=" + tok, "--chat", "--prompt_ids=1,2"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--chat needs --prompt"), std::string::npos) << r.err;
+  r = run({"generate", "--model=" + model, "--tokenizer=" + tok, "--system=be brief", "--prompt=Hi"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--system needs --chat"), std::string::npos) << r.err;
 }
 
 TEST(CliTest, HelpAndUnknownCommand) {

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/assets.h"
+#include "tests/testing/gguf_reader.h"
 #include "tests/testing/tiny_task.h"
 
 namespace peft {
@@ -111,6 +112,24 @@ TEST_F(QuickstartTest, MergedExportAnswersLikeBasePlusAdapter) {
   EXPECT_EQ(s["merged_identical_answers"], 8);
   EXPECT_EQ(s["accuracy_merged"].get<double>(), s["accuracy_after"].get<double>());
   EXPECT_EQ(s["control_accuracy_merged"].get<double>(), s["control_accuracy_after"].get<double>());
+}
+
+// merged.gguf: the built-in base's byte-level BPE has no merges, and
+// llama.cpp refuses a gpt2 vocabulary without the key: it is written empty.
+TEST_F(QuickstartTest, WritesMergedGgufForLlamaCpp) {
+  ASSERT_EQ(first_.code, 0) << first_.err;
+  EXPECT_EQ(first_summary_["merged_gguf"], work_ + "/merged.gguf");
+  const testing::GgufFile f = testing::read_gguf(work_ + "/merged.gguf");
+  ASSERT_EQ(f.error, "");
+  EXPECT_EQ(f.get("general.architecture")->s, "llama");
+  EXPECT_EQ(f.get("tokenizer.ggml.model")->s, "gpt2");
+  EXPECT_EQ(f.get("tokenizer.ggml.pre")->s, "gpt-2");
+  ASSERT_NE(f.get("tokenizer.ggml.merges"), nullptr);
+  EXPECT_TRUE(f.get("tokenizer.ggml.merges")->array.empty());
+  const json config = read_json(work_ + "/merged/config.json");
+  EXPECT_EQ(f.strings("tokenizer.ggml.tokens").size(), config["vocab_size"].get<size_t>());
+  EXPECT_EQ(f.get("llama.block_count")->u, config["num_hidden_layers"].get<uint64_t>());
+  EXPECT_NE(f.tensor("blk.0.attn_q.weight"), nullptr);
 }
 
 TEST_F(QuickstartTest, WritesDataAdapterAndSelfContainedExport) {

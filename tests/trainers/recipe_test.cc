@@ -141,6 +141,23 @@ TEST(Recipe, SetChangesOnlyTheFieldItNames) {
   ASSERT_TRUE(apply_override(&r, "training={ steps: 2 }").ok());
   EXPECT_EQ(r.training().steps(), 2);
   EXPECT_EQ(r.data().train_file(), before.data().train_file());
+
+TEST(Recipe, ChatDataOptions) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  data::DataOptions o = data_options(r);
+  EXPECT_EQ(o.chat_template, "auto");
+  EXPECT_FALSE(o.split_special_tokens);
+  ASSERT_TRUE(apply_override(&r, "data.format=CHAT").ok());
+  ASSERT_TRUE(apply_override(&r, "data.chat_template=\"chatml\"").ok());
+  ASSERT_TRUE(apply_override(&r, "data.split_special_tokens=true").ok());
+  o = data_options(r);
+  EXPECT_EQ(o.format, data::DataOptions::Format::kChat);
+  EXPECT_EQ(o.chat_template, "chatml");
+  EXPECT_TRUE(o.split_special_tokens);
+  EXPECT_TRUE(validate_recipe(r).ok());
+  ASSERT_TRUE(apply_override(&r, "data.chat_template=\"vicuna\"").ok());
+  absl::Status st = validate_recipe(r);
+  EXPECT_NE(message(st).find("data.chat_template: unknown chat template \"vicuna\""), std::string::npos) << st;
 }
 
 TEST(Recipe, ErrorsNameTheField) {

@@ -75,6 +75,8 @@ struct ShimApi {
   decltype(&peft_spm_pad_id) pad_id = nullptr;
   decltype(&peft_spm_unk_id) unk_id = nullptr;
   decltype(&peft_spm_is_control) is_control = nullptr;
+  decltype(&peft_spm_score) score = nullptr;
+  decltype(&peft_spm_piece_type) piece_type = nullptr;
 };
 
 namespace {
@@ -125,6 +127,8 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   bind(h, "peft_spm_pad_id", &api->pad_id, &missing);
   bind(h, "peft_spm_unk_id", &api->unk_id, &missing);
   bind(h, "peft_spm_is_control", &api->is_control, &missing);
+  bind(h, "peft_spm_score", &api->score, &missing);
+  bind(h, "peft_spm_piece_type", &api->piece_type, &missing);
   if (!missing.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("sentencepiece shim ", path, " lacks symbols: ", absl::StrJoin(missing, ", ")));
@@ -267,6 +271,8 @@ int32_t SpmModel::eos_id() const { return api_->eos_id(model_.get()); }
 int32_t SpmModel::pad_id() const { return api_->pad_id(model_.get()); }
 int32_t SpmModel::unk_id() const { return api_->unk_id(model_.get()); }
 bool SpmModel::is_control(int32_t id) const { return api_->is_control(model_.get(), id) != 0; }
+float SpmModel::score(int32_t id) const { return api_->score(model_.get(), id); }
+int SpmModel::piece_type(int32_t id) const { return api_->piece_type(model_.get(), id); }
 const std::string& SpmModel::shim_path() const { return api_->path; }
 
 }  // namespace peft::spm_shim

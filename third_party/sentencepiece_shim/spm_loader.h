@@ -80,6 +80,13 @@ class SpmModel final {
   /// True for control pieces such as <s> and </s>.
   bool is_control(int32_t id) const;
 
+  /// The score of `id` (0 when out of range).
+  float score(int32_t id) const;
+
+  /// The ModelProto piece type of `id` (1 normal, 2 unknown, 3 control,
+  /// 5 unused, 6 byte); 0 when out of range. See spm_shim.h.
+  int piece_type(int32_t id) const;
+
   /// Path of the shim library this model was loaded through.
   const std::string& shim_path() const;
 

@@ -165,4 +165,19 @@ int peft_spm_is_control(const PeftSpmModel* model, int32_t id) {
   return in_range(model, id) && model->processor.IsControl(id) ? 1 : 0;
 }
 
+float peft_spm_score(const PeftSpmModel* model, int32_t id) {
+  return in_range(model, id) ? model->processor.GetScore(id) : 0.0f;
+}
+
+int peft_spm_piece_type(const PeftSpmModel* model, int32_t id) {
+  if (!in_range(model, id)) return 0;
+  const sentencepiece::SentencePieceProcessor& p = model->processor;
+  // 0.1.97 has no IsUserDefined: such pieces read as normal.
+  if (p.IsUnknown(id)) return 2;
+  if (p.IsControl(id)) return 3;
+  if (p.IsUnused(id)) return 5;
+  if (p.IsByte(id)) return 6;
+  return 1;
+}
+
 }  // extern "C"

@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the functions below. */
-#define PEFT_SPM_SHIM_ABI_VERSION 1
+#define PEFT_SPM_SHIM_ABI_VERSION 2
 
 /* Opaque model handle (a sentencepiece::SentencePieceProcessor). */
 typedef struct PeftSpmModel PeftSpmModel;
@@ -72,6 +72,14 @@ int32_t peft_spm_unk_id(const PeftSpmModel* model);
 
 /* 1 when `id` is a control piece (<s>, </s>, ...), else 0 (also when out of range). */
 int peft_spm_is_control(const PeftSpmModel* model, int32_t id);
+
+/* The score of `id` (0 when out of range). */
+float peft_spm_score(const PeftSpmModel* model, int32_t id);
+
+/* The piece type of `id` as sentencepiece's ModelProto numbers it: 1 normal,
+ * 2 unknown, 3 control, 5 unused, 6 byte (user-defined pieces read as 1);
+ * 0 when out of range. */
+int peft_spm_piece_type(const PeftSpmModel* model, int32_t id);
 
 #ifdef __cplusplus
 } /* extern "C" */
