@@ -50,7 +50,8 @@ absl::StatusOr<FileLock> FileLock::acquire(const std::string& path, const std::s
       }
       return absl::FailedPreconditionError(absl::StrCat("cannot lock ", path, ": ", errno_text(err)));
     }
-    struct stat held {}, now {};
+    struct stat held {
+    }, now{};
     if (::fstat(fd, &held) != 0 || ::stat(path.c_str(), &now) != 0 || held.st_ino != now.st_ino ||
         held.st_dev != now.st_dev) {
       ::close(fd);
