@@ -141,127 +141,125 @@ TEST(Recipe, SetChangesOnlyTheFieldItNames) {
   ASSERT_TRUE(apply_override(&r, "training={ steps: 2 }").ok());
   EXPECT_EQ(r.training().steps(), 2);
   EXPECT_EQ(r.data().train_file(), before.data().train_file());
+}
 
-  TEST(Recipe, ChatDataOptions) {
-    proto::Recipe r = *parse_recipe(kRecipe);
-    data::DataOptions o = data_options(r);
-    EXPECT_EQ(o.chat_template, "auto");
-    EXPECT_FALSE(o.split_special_tokens);
-    ASSERT_TRUE(apply_override(&r, "data.format=CHAT").ok());
-    ASSERT_TRUE(apply_override(&r, "data.chat_template=\"chatml\"").ok());
-    ASSERT_TRUE(apply_override(&r, "data.split_special_tokens=true").ok());
-    o = data_options(r);
-    EXPECT_EQ(o.format, data::DataOptions::Format::kChat);
-    EXPECT_EQ(o.chat_template, "chatml");
-    EXPECT_TRUE(o.split_special_tokens);
-    EXPECT_TRUE(validate_recipe(r).ok());
-    ASSERT_TRUE(apply_override(&r, "data.chat_template=\"vicuna\"").ok());
-    absl::Status st = validate_recipe(r);
-    EXPECT_NE(message(st).find("data.chat_template: unknown chat template \"vicuna\""), std::string::npos) << st;
-  }
+TEST(Recipe, ChatDataOptions) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  data::DataOptions o = data_options(r);
+  EXPECT_EQ(o.chat_template, "auto");
+  EXPECT_FALSE(o.split_special_tokens);
+  ASSERT_TRUE(apply_override(&r, "data.format=CHAT").ok());
+  ASSERT_TRUE(apply_override(&r, "data.chat_template=\"chatml\"").ok());
+  ASSERT_TRUE(apply_override(&r, "data.split_special_tokens=true").ok());
+  o = data_options(r);
+  EXPECT_EQ(o.format, data::DataOptions::Format::kChat);
+  EXPECT_EQ(o.chat_template, "chatml");
+  EXPECT_TRUE(o.split_special_tokens);
+  EXPECT_TRUE(validate_recipe(r).ok());
+  ASSERT_TRUE(apply_override(&r, "data.chat_template=\"vicuna\"").ok());
+  absl::Status st = validate_recipe(r);
+  EXPECT_NE(message(st).find("data.chat_template: unknown chat template \"vicuna\""), std::string::npos) << st;
+}
 
-  TEST(Recipe, ErrorsNameTheField) {
-    proto::Recipe r = *parse_recipe(kRecipe);
-    EXPECT_NE(message(apply_override(&r, "training.stepz=3")).find("unknown field 'training.stepz'"),
-              std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "training.steps=many")).find("--set training.steps"), std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "training.precision=FP8")).find("--set training.precision"),
-              std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "adapters.3.lora.r=1")).find("no index 3"), std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "adapters.lora.r=1")).find("needs an index"), std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "adapters.99999999999.lora.r=1")).find("no index 99999999999"),
-              std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "adapters.99999999999={ }")).find("no index 99999999999"), std::string::npos);
-    EXPECT_NE(message(apply_override(&r, "nonsense")).find("expected path.to.field=value"), std::string::npos);
+TEST(Recipe, ErrorsNameTheField) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  EXPECT_NE(message(apply_override(&r, "training.stepz=3")).find("unknown field 'training.stepz'"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "training.steps=many")).find("--set training.steps"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "training.precision=FP8")).find("--set training.precision"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.3.lora.r=1")).find("no index 3"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.lora.r=1")).find("needs an index"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.99999999999.lora.r=1")).find("no index 99999999999"),
+            std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "adapters.99999999999={ }")).find("no index 99999999999"), std::string::npos);
+  EXPECT_NE(message(apply_override(&r, "nonsense")).find("expected path.to.field=value"), std::string::npos);
 
-    absl::Status s = parse_recipe("model: \"m\"\nbogus_field: 3\n").status();
-    EXPECT_NE(message(s).find("line 2"), std::string::npos) << s;
-    EXPECT_NE(message(s).find("bogus_field"), std::string::npos) << s;
-    s = parse_recipe("training { steps: \"ten\" }").status();
-    EXPECT_FALSE(s.ok());
+  absl::Status s = parse_recipe("model: \"m\"\nbogus_field: 3\n").status();
+  EXPECT_NE(message(s).find("line 2"), std::string::npos) << s;
+  EXPECT_NE(message(s).find("bogus_field"), std::string::npos) << s;
+  s = parse_recipe("training { steps: \"ten\" }").status();
+  EXPECT_FALSE(s.ok());
 
-    auto invalid = [&](const std::string& assignment) {
-      proto::Recipe copy = *parse_recipe(kRecipe);
-      EXPECT_TRUE(apply_override(&copy, assignment).ok()) << assignment;
-      return message(validate_recipe(copy));
-    };
-    EXPECT_NE(invalid("training.micro_batch=0").find("training.micro_batch must be positive, got 0"),
-              std::string::npos);
-    EXPECT_NE(invalid("optimizer.lr=-1").find("optimizer.lr must be positive"), std::string::npos);
-    EXPECT_NE(invalid("data.validation_fraction=1.5").find("data.validation_fraction must be in [0, 1)"),
-              std::string::npos);
-    EXPECT_NE(invalid("schedule.warmup_steps=50").find("exceeds training.steps"), std::string::npos);
-    EXPECT_NE(invalid("adapters.0.lora.r=0").find("adapters[0]: lora.r must be positive"), std::string::npos);
-    proto::Recipe no_model = *parse_recipe(kRecipe);
-    no_model.clear_model();
-    EXPECT_NE(message(validate_recipe(no_model)).find("model is required"), std::string::npos);
-    EXPECT_EQ(load_recipe("/nonexistent.textproto").status().code(), absl::StatusCode::kNotFound);
-  }
+  auto invalid = [&](const std::string& assignment) {
+    proto::Recipe copy = *parse_recipe(kRecipe);
+    EXPECT_TRUE(apply_override(&copy, assignment).ok()) << assignment;
+    return message(validate_recipe(copy));
+  };
+  EXPECT_NE(invalid("training.micro_batch=0").find("training.micro_batch must be positive, got 0"), std::string::npos);
+  EXPECT_NE(invalid("optimizer.lr=-1").find("optimizer.lr must be positive"), std::string::npos);
+  EXPECT_NE(invalid("data.validation_fraction=1.5").find("data.validation_fraction must be in [0, 1)"),
+            std::string::npos);
+  EXPECT_NE(invalid("schedule.warmup_steps=50").find("exceeds training.steps"), std::string::npos);
+  EXPECT_NE(invalid("adapters.0.lora.r=0").find("adapters[0]: lora.r must be positive"), std::string::npos);
+  proto::Recipe no_model = *parse_recipe(kRecipe);
+  no_model.clear_model();
+  EXPECT_NE(message(validate_recipe(no_model)).find("model is required"), std::string::npos);
+  EXPECT_EQ(load_recipe("/nonexistent.textproto").status().code(), absl::StatusCode::kNotFound);
+}
 
-  TEST(Recipe, DeviceDefaultsToTheCpuWithGloo) {
-    proto::Recipe r = *parse_recipe(kRecipe);
-    EXPECT_EQ(r.training().device(), proto::TrainingConfig::CPU);
-    EXPECT_TRUE(validate_recipe(r).ok());
-    EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CPU);
-    EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
+TEST(Recipe, DeviceDefaultsToTheCpuWithGloo) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  EXPECT_EQ(r.training().device(), proto::TrainingConfig::CPU);
+  EXPECT_TRUE(validate_recipe(r).ok());
+  EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CPU);
+  EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
+  ASSERT_TRUE(apply_override(&r, "distributed.backend=GLOO").ok());
+  EXPECT_TRUE(validate_recipe(r).ok());
+  EXPECT_NE(message(apply_override(&r, "training.device=TPU")).find("--set training.device"), std::string::npos);
+}
+
+TEST(Recipe, AutoDeviceFollowsTheMachine) {
+  proto::Recipe r = *parse_recipe("training { device: AUTO }");
+  ASSERT_EQ(r.training().device(), proto::TrainingConfig::AUTO);
+  r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "training.device=AUTO").ok());
+  EXPECT_TRUE(validate_recipe(r).ok());
+  const bool cuda = torch::cuda::is_available();
+  EXPECT_EQ(resolved_device(r), cuda ? proto::TrainingConfig::CUDA : proto::TrainingConfig::CPU);
+  EXPECT_EQ(resolved_backend(r), cuda ? proto::DistributedConfig::NCCL : proto::DistributedConfig::GLOO);
+}
+
+TEST(Recipe, CudaDeviceNeedsACudaDevice) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "training.device=CUDA").ok());
+  const absl::Status s = validate_recipe(r);
+  if (torch::cuda::is_available()) {
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CUDA);
+    EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::NCCL);
     ASSERT_TRUE(apply_override(&r, "distributed.backend=GLOO").ok());
-    EXPECT_TRUE(validate_recipe(r).ok());
-    EXPECT_NE(message(apply_override(&r, "training.device=TPU")).find("--set training.device"), std::string::npos);
+    EXPECT_TRUE(validate_recipe(r).ok());  // Gloo stages CUDA tensors through the CPU
+    EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
+    return;
   }
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+#if defined(PEFT_WITH_CUDA)
+  const char* const has_cuda = "yes";
+#else
+  const char* const has_cuda = "no";
+#endif
+  EXPECT_NE(message(s).find(std::string("training.device: CUDA requested but no CUDA device is available (this ") +
+                            "LibTorch has CUDA: " + has_cuda + ")"),
+            std::string::npos)
+      << s;
+}
 
-  TEST(Recipe, AutoDeviceFollowsTheMachine) {
-    proto::Recipe r = *parse_recipe("training { device: AUTO }");
-    ASSERT_EQ(r.training().device(), proto::TrainingConfig::AUTO);
-    r = *parse_recipe(kRecipe);
-    ASSERT_TRUE(apply_override(&r, "training.device=AUTO").ok());
-    EXPECT_TRUE(validate_recipe(r).ok());
-    const bool cuda = torch::cuda::is_available();
-    EXPECT_EQ(resolved_device(r), cuda ? proto::TrainingConfig::CUDA : proto::TrainingConfig::CPU);
-    EXPECT_EQ(resolved_backend(r), cuda ? proto::DistributedConfig::NCCL : proto::DistributedConfig::GLOO);
-  }
-
-  TEST(Recipe, CudaDeviceNeedsACudaDevice) {
-    proto::Recipe r = *parse_recipe(kRecipe);
+TEST(Recipe, NcclNeedsACudaBuildAndTheCudaDevice) {
+  proto::Recipe r = *parse_recipe(kRecipe);
+  ASSERT_TRUE(apply_override(&r, "distributed.backend=NCCL").ok());
+  const absl::Status s = validate_recipe(r);  // training.device CPU
+#if defined(PEFT_WITH_CUDA)
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(message(s).find("distributed.backend: NCCL needs training.device CUDA"), std::string::npos) << s;
+  EXPECT_NE(message(s).find("training.device CPU"), std::string::npos) << s;
+  if (torch::cuda::is_available()) {
     ASSERT_TRUE(apply_override(&r, "training.device=CUDA").ok());
-    const absl::Status s = validate_recipe(r);
-    if (torch::cuda::is_available()) {
-      EXPECT_TRUE(s.ok()) << s;
-      EXPECT_EQ(resolved_device(r), proto::TrainingConfig::CUDA);
-      EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::NCCL);
-      ASSERT_TRUE(apply_override(&r, "distributed.backend=GLOO").ok());
-      EXPECT_TRUE(validate_recipe(r).ok());  // Gloo stages CUDA tensors through the CPU
-      EXPECT_EQ(resolved_backend(r), proto::DistributedConfig::GLOO);
-      return;
-    }
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-#if defined(PEFT_WITH_CUDA)
-    const char* const has_cuda = "yes";
-#else
-    const char* const has_cuda = "no";
-#endif
-    EXPECT_NE(message(s).find(std::string("training.device: CUDA requested but no CUDA device is available (this ") +
-                              "LibTorch has CUDA: " + has_cuda + ")"),
-              std::string::npos)
-        << s;
+    EXPECT_TRUE(validate_recipe(r).ok());
   }
-
-  TEST(Recipe, NcclNeedsACudaBuildAndTheCudaDevice) {
-    proto::Recipe r = *parse_recipe(kRecipe);
-    ASSERT_TRUE(apply_override(&r, "distributed.backend=NCCL").ok());
-    const absl::Status s = validate_recipe(r);  // training.device CPU
-#if defined(PEFT_WITH_CUDA)
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(message(s).find("distributed.backend: NCCL needs training.device CUDA"), std::string::npos) << s;
-    EXPECT_NE(message(s).find("training.device CPU"), std::string::npos) << s;
-    if (torch::cuda::is_available()) {
-      ASSERT_TRUE(apply_override(&r, "training.device=CUDA").ok());
-      EXPECT_TRUE(validate_recipe(r).ok());
-    }
 #else
-    EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-    EXPECT_NE(message(s).find("distributed.backend NCCL needs a CUDA build"), std::string::npos) << s;
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(message(s).find("distributed.backend NCCL needs a CUDA build"), std::string::npos) << s;
 #endif
-  }
+}
 
 }  // namespace
 }  // namespace peft::trainers
