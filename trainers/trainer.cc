@@ -374,6 +374,7 @@ class TrainingRun {
       return absl::InvalidArgumentError(
           absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ", lm->config().vocab_size()));
     }
+    PEFT_RETURN_IF_ERROR(check_step_memory(*lm));
     if (recipe_.data().seq_len() > lm->config().max_positions()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "data.seq_len = ", recipe_.data().seq_len(),
@@ -678,6 +679,26 @@ class TrainingRun {
   absl::StatusOr<double> evaluate_now() {
     return evaluate(*pm_, validation_, micro() * env_.world_size, recipe_.eval().max_batches(), bf16_, device_,
                     /*interruptible=*/env_.world_size == 1);
+  }
+
+  // A lower bound on what one step needs beyond the weights: a
+  // micro-batch's logits with their log-softmax or gradient (fp32) and the
+  // step's batches (ids, labels, mask: int64, all grad_accum of them). A run
+  // whose lower bound exceeds the available memory cannot run: it is refused
+  // before the data is read (so --dry_run reports it), with the numbers.
+  absl::Status check_step_memory(const models::CausalLm& lm) const {
+    const int64_t avail = models::available_memory_bytes();
+    if (avail <= 0) return absl::OkStatus();
+    const double tokens = static_cast<double>(micro()) * static_cast<double>(recipe_.data().seq_len());
+    const double logits = tokens * static_cast<double>(lm.config().vocab_size()) * 4 * 2;
+    const double batches = static_cast<double>(tc_.grad_accum()) * tokens * 3 * 8;
+    if (logits + batches <= static_cast<double>(avail)) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "training.micro_batch = %d x data.seq_len = %d tokens (grad_accum %d, vocabulary %d) need at least %.1f GB "
+        "for the logits and batches alone, but %.1f GB of memory is available: lower training.micro_batch, "
+        "data.seq_len or training.grad_accum",
+        micro(), recipe_.data().seq_len(), tc_.grad_accum(), lm.config().vocab_size(), (logits + batches) / 1e9,
+        static_cast<double>(avail) / 1e9));
   }
 
   absl::Status stopped(const std::string& when) {

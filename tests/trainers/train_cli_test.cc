@@ -369,6 +369,13 @@ TEST_F(TrainCliTest, FailedStartsLeaveNothingBehind) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("data.seq_len = 100000 is longer than the model's context"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
+  // A micro-batch whose logits alone exceed the machine's memory.
+  r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out +
+          " --set=training.micro_batch=1000000 --dry_run");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("training.micro_batch = 1000000 x data.seq_len = 64 tokens"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GB of memory is available: lower training.micro_batch"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
 
   // The lock is taken after the stop handler is installed: once the
   // directory exists, a SIGTERM stops the run cleanly.
