@@ -44,8 +44,17 @@ absl::StatusOr<std::vector<std::string>> string_list(const json& j, const char* 
 }  // namespace
 
 absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& text, const std::string& source) {
-  const json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("peft_type") || !j["peft_type"].is_string()) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.byte: where the text stopped making sense (a truncated file ends
+    // there); e.what() carries nlohmann's internal prefix, left out.
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON at byte ", e.byte, " of ", text.size(),
+                                                   text.empty() ? " (the file is empty)" : ""));
+  }
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (!j.contains("peft_type") || !j["peft_type"].is_string()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": no peft_type"));
   }
   PEFT_ASSIGN_OR_RETURN(const AdapterMethod* m, method_for_peft_type(j["peft_type"].get<std::string>()));

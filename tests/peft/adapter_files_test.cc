@@ -133,6 +133,11 @@ TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
     ASSERT_FALSE(c.ok()) << keys;
     EXPECT_NE(std::string(c.status().message()).find(want), std::string::npos) << keys << ": " << c.status();
   }
+  // A truncated file is named as such, not as "no peft_type".
+  absl::StatusOr<proto::AdapterConfig> cut = parse_hf_adapter_config(R"({"peft_type": "LORA", "r": 8, "lora_al)", "D");
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(std::string(cut.status().message()).find("D: not valid JSON at byte "), std::string::npos) << cut.status();
+  EXPECT_NE(std::string(cut.status().message()).find(" of 38"), std::string::npos) << cut.status();
   absl::StatusOr<proto::AdapterConfig> miss = parse_hf_adapter_config(
       R"({"peft_type": "MISS", "target_modules": ["q_proj"], "r": 8, "miss_dropout": "x"})", "D");
   ASSERT_FALSE(miss.ok());
