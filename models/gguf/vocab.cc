@@ -123,9 +123,62 @@ absl::StatusOr<std::string> bpe_pre_name(const json& root, const std::string& so
     const json& pattern = (*steps[0]).value("pattern", json::object());
     if (pattern.is_object() && pattern.value("Regex", "") == kLlama3Split) return std::string("llama-bpe");
   }
-  return absl::UnimplementedError(
-      absl::StrCat(source, ": the tokenizer's pre_tokenizer ", pt ? pt->dump().substr(0, 160) : "null",
-                   " has no llama.cpp counterpart here (supported: GPT-2's ByteLevel, Llama 3's Split + ByteLevel)"));
+  return absl::UnimplementedError(absl::StrCat(
+      source, ": the tokenizer's pre_tokenizer ", pt ? pt->dump().substr(0, 160) : "null",
+      " has no llama.cpp counterpart here (supported: GPT-2's ByteLevel, Llama 3's Split + ByteLevel, or a "
+      "byte_fallback BPE with a Sequence decoder as Llama 2 / Mistral have)"));
+}
+
+// What llama.cpp's converter keys on to read a tokenizer.json as a Llama /
+// Mistral sentencepiece-style BPE (LlamaHfVocab): a BPE model with
+// byte_fallback and a Sequence decoder (Replace "▁", ByteFallback, Fuse ...).
+bool is_llama_hf_bpe(const json& root) {
+  const json& model = root["model"];
+  const json* decoder = root.contains("decoder") ? &root["decoder"] : nullptr;
+  const json* fallback = model.contains("byte_fallback") ? &model["byte_fallback"] : nullptr;
+  return model.value("type", "") == "BPE" && fallback != nullptr && fallback->is_boolean() && fallback->get<bool>() &&
+         decoder != nullptr && decoder->is_object() && decoder->value("type", "") == "Sequence";
+}
+
+// As llama.cpp's _set_vocab_llama_hf writes it: model "llama", pre
+// "default", the vocabulary spellings ("▁the"), every score -1000 (the
+// converter has no scores for a BPE), types byte for "<0xNN>", control for
+// the special ids (special added tokens, BOS/EOS/PAD, UNK), user defined for
+// other added tokens past the base vocabulary, else normal; no merges.
+Vocab from_llama_hf_bpe(const data::BpeTokenizer& t, const json& root) {
+  Vocab v;
+  v.model = "llama";
+  v.pre = "default";
+  const json& model = root["model"];
+  const std::string unk_token = model.contains("unk_token") && model["unk_token"].is_string()
+                                    ? model["unk_token"].get<std::string>()
+                                    : std::string();
+  v.unk = unk_token.empty() ? -1 : t.piece_to_id(unk_token);
+  const int64_t base =
+      model.contains("vocab") && model["vocab"].is_object() ? static_cast<int64_t>(model["vocab"].size()) : 0;
+  const int32_t n = t.vocab_size();
+  for (int32_t id = 0; id < n; ++id) {
+    std::string piece = t.id_to_piece(id);
+    int32_t type = kTokenNormal;
+    if (piece.empty()) {
+      piece = pad_token(id);
+      type = kTokenUnused;
+    } else if (is_byte_piece(piece)) {
+      type = kTokenByte;
+    } else if (t.is_special(id) || id == v.unk) {
+      type = kTokenControl;
+    } else if (id >= base) {
+      type = kTokenUserDefined;
+    }
+    v.tokens.push_back(std::move(piece));
+    v.scores.push_back(-1000.0f);
+    v.types.push_back(type);
+  }
+  v.bos = t.bos_id();
+  v.eos = t.eos_id();
+  v.pad = t.pad_id();
+  v.add_bos = t.add_bos_by_default();
+  return v;
 }
 
 absl::StatusOr<Vocab> from_bpe(const data::BpeTokenizer& t, const std::string& source) {
@@ -133,6 +186,7 @@ absl::StatusOr<Vocab> from_bpe(const data::BpeTokenizer& t, const std::string& s
   v.model = "gpt2";
   v.pre = "gpt-2";  // vocab.json + merges.txt, encoder.json + vocab.bpe: GPT-2's regex
   PEFT_ASSIGN_OR_RETURN(std::optional<json> root, tokenizer_json(source));
+  if (root && is_llama_hf_bpe(*root)) return from_llama_hf_bpe(t, *root);
   if (root) {
     PEFT_ASSIGN_OR_RETURN(v.pre, bpe_pre_name(*root, source));
   }

@@ -10,6 +10,9 @@
 //     vocab.bpe, tokenizer.json)
 //   tokenizer.json with Llama 3's      gpt2                  llama-bpe    -       yes
 //     Split regex before ByteLevel
+//   tokenizer.json BPE with            llama                 default      -1000   -
+//     byte_fallback and a Sequence
+//     decoder (Llama 2, Mistral)
 //
 // Token types follow llama.cpp (1 normal, 2 unknown, 3 control, 4 user
 // defined, 5 unused, 6 byte). llama.cpp refuses a gpt2 vocabulary without the
@@ -46,7 +49,7 @@ enum TokenType : int32_t {
 
 /// Everything written under tokenizer.ggml.*.
 struct Vocab {
-  std::string model;                // "llama" (sentencepiece) or "gpt2" (byte-level BPE)
+  std::string model;                // "llama" (sentencepiece, byte_fallback BPE) or "gpt2" (byte-level BPE)
   std::string pre;                  // pre-tokenizer: "default", "gpt-2", "llama-bpe"
   std::vector<std::string> tokens;  // id -> text in llama.cpp's spelling ("▁the", "Ġthe")
   std::vector<float> scores;        // llama only

@@ -713,5 +713,59 @@ TEST(GgufExport, Llama3TokenizerJson) {
   EXPECT_EQ(f.tensor("blk.0.ffn_down.weight")->type, 8u);  // rows of 32
 }
 
+// Mistral's tokenizer.json (a byte_fallback BPE, "▁" prepended by the
+// normalizer, a Sequence decoder) exported as llama.cpp's converter exports
+// it without tokenizer.model (_set_vocab_llama_hf): model "llama", the
+// vocabulary spellings, every score -1000, the special ids control (UNK
+// included: it is one of transformers' all_special_ids), no merges. The
+// expected ids are the file's: "▁the" 272, "<0x0A>" 13, "<unk>"/"<s>"/"</s>"
+// 0/1/2 in added_tokens, tokenizer_config.json's add_bos_token true.
+TEST(GgufExport, MistralTokenizerJson) {
+  const std::string assets = testing::shared_assets_dir();
+  if (assets.empty()) GTEST_SKIP() << testing::kNoAssetsReason;
+  const std::string tdir = assets + "/mistral_tokenizer";
+  auto t = data::load_tokenizer(tdir);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto v = vocab_from_tokenizer(**t, tdir);
+  ASSERT_TRUE(v.ok()) << v.status();
+  ModelConfig c = testing::tiny_llama_config();
+  c.llama.vocab_size = 32000;
+  c.llama.hidden_size = 16;
+  c.llama.num_attention_heads = 2;
+  c.llama.num_key_value_heads = 1;
+  c.llama.head_dim = 8;
+  c.llama.intermediate_size = 32;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  auto lm = testing::tiny_model(c, 5);
+  const GgufFile f = export_and_read(*lm, *v, testing::make_temp_dir("gguf_mistral") + "/m.gguf");
+  EXPECT_EQ(f.get("tokenizer.ggml.model")->s, "llama");
+  EXPECT_EQ(f.get("tokenizer.ggml.pre")->s, "default");
+  const std::vector<std::string> tokens = f.strings("tokenizer.ggml.tokens");
+  ASSERT_EQ(tokens.size(), 32000u);
+  EXPECT_EQ(tokens[272], "\xE2\x96\x81the");  // "▁the"
+  EXPECT_EQ(tokens[13], "<0x0A>");
+  EXPECT_EQ(tokens[0], "<unk>");
+  EXPECT_EQ(tokens[1], "<s>");
+  EXPECT_EQ(tokens[2], "</s>");
+  const GgufValue& types = *f.get("tokenizer.ggml.token_type");
+  ASSERT_EQ(types.array.size(), 32000u);
+  EXPECT_EQ(types.array[13].i, kTokenByte);
+  EXPECT_EQ(types.array[1].i, kTokenControl);
+  EXPECT_EQ(types.array[2].i, kTokenControl);
+  EXPECT_EQ(types.array[0].i, kTokenControl);
+  EXPECT_EQ(types.array[272].i, kTokenNormal);
+  const GgufValue& scores = *f.get("tokenizer.ggml.scores");
+  ASSERT_EQ(scores.array.size(), 32000u);
+  for (int id : {0, 13, 272, 31999}) EXPECT_EQ(scores.array[id].f, -1000.0f) << id;
+  EXPECT_EQ(f.get("tokenizer.ggml.merges"), nullptr);
+  EXPECT_EQ(f.get("tokenizer.ggml.bos_token_id")->u, 1u);
+  EXPECT_EQ(f.get("tokenizer.ggml.eos_token_id")->u, 2u);
+  EXPECT_EQ(f.get("tokenizer.ggml.unknown_token_id")->u, 0u);
+  EXPECT_EQ(f.get("tokenizer.ggml.padding_token_id"), nullptr);  // pad_token null
+  EXPECT_TRUE(f.get("tokenizer.ggml.add_bos_token")->b);
+  EXPECT_FALSE(f.get("tokenizer.ggml.add_eos_token")->b);
+}
+
 }  // namespace
 }  // namespace peft::models::gguf
