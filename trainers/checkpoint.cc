@@ -96,6 +96,14 @@ absl::StatusOr<std::optional<std::string>> latest_checkpoint(const std::string& 
   return std::optional<std::string>(all.back().second.string());
 }
 
+std::optional<std::string> previous_checkpoint(const std::string& run_dir, int64_t before) {
+  std::optional<std::string> out;
+  for (const auto& [step, path] : checkpoints(fs::path(run_dir) / "checkpoints")) {
+    if (step < before) out = path.string();
+  }
+  return out;
+}
+
 absl::Status load_training_state(const std::string& dir, TrainingState* state, torch::optim::Optimizer& optimizer,
                                  int rank, const c10::Device& device) {
   std::ifstream in(dir + "/state.json");

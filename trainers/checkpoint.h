@@ -64,6 +64,10 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
 /// The newest complete checkpoint directory of `run_dir`, if any.
 absl::StatusOr<std::optional<std::string>> latest_checkpoint(const std::string& run_dir);
 
+/// The newest complete checkpoint directory of `run_dir` older than step
+/// `before`, if any (what to fall back to when the newest is unreadable).
+std::optional<std::string> previous_checkpoint(const std::string& run_dir, int64_t before);
+
 /// Restores `state` (step, data position, tensor values), the optimizer and
 /// this process's generators from `checkpoint_dir`: those saved for `rank`
 /// (the CPU one and, when `device` is CUDA and the checkpoint has it, the

@@ -490,7 +490,17 @@ class TrainingRun {
     state_.trainable = trainable_;
     state_.world_size = env_.world_size;
     if (latest_ && options_.resume) {
-      PEFT_RETURN_IF_ERROR(load_training_state(*latest_, &state_, *opt_, env_.rank, device_));
+      const absl::Status loaded = load_training_state(*latest_, &state_, *opt_, env_.rank, device_);
+      if (!loaded.ok()) {
+        // A corrupt newest checkpoint: say which older one to continue from.
+        const std::optional<std::string> older = previous_checkpoint(run_, checkpoint_step(*latest_));
+        return absl::Status(
+            loaded.code(),
+            absl::StrCat(loaded.message(),
+                         older ? absl::StrCat("; the previous checkpoint ", *older, " may be intact: move ", *latest_,
+                                              " aside and --resume again to continue from it")
+                               : ""));
+      }
       PEFT_RETURN_IF_ERROR(it_->restore({state_.data_epoch, state_.data_index}));
       summary_.resumed_from_step = state_.step;
       log_(absl::StrCat("resumed from ", *latest_, " at step ", state_.step));

@@ -412,6 +412,28 @@ TEST_F(TrainCliTest, MetricsWriteFailureStopsTheRun) {
   EXPECT_FALSE(fs::exists(out + "/summary.json"));
 }
 
+// A corrupt newest checkpoint fails --resume with a way on: the previous
+// checkpoint is named, and moving the corrupt one aside resumes from it.
+TEST_F(TrainCliTest, CorruptNewestCheckpointNamesThePreviousOne) {
+  const std::string out = work_ + "/corrupt_ckpt";
+  const std::string train = "train --recipe=" + work_ + "/recipe.textproto --set=training.steps=8 --output_dir=" + out;
+  Result r = run(train);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string newest = absl::StrFormat("%s/checkpoints/step-%08d", out, 8);
+  const std::string older = absl::StrFormat("%s/checkpoints/step-%08d", out, 4);
+  ASSERT_TRUE(fs::exists(older + "/state.json"));
+  std::ofstream(newest + "/trainable.safetensors", std::ios::trunc) << "garbage";
+  r = run(train + " --resume --set=training.steps=12");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("the previous checkpoint " + older + " may be intact: move " + newest + " aside"),
+            std::string::npos)
+      << r.err;
+  fs::rename(newest, out + "/step-8.bad");
+  r = run(train + " --resume --set=training.steps=12");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resumed from " + older + " at step 4"), std::string::npos) << r.err;
+}
+
 // checkpoint.every_steps = 0 keeps no checkpoint: a second run into the same
 // directory is refused instead of overwriting the first one's outputs.
 TEST_F(TrainCliTest, ARunWithoutCheckpointsIsNeverOverwritten) {
