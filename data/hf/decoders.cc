@@ -194,12 +194,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> parse_decoder(const json& j, const std:
   const std::string type = component_type(j);
   Fields f(j, where, "decoder " + type);
   if (type == "Sequence") {
-    PEFT_ASSIGN_OR_RETURN(const json* list, f.array("decoders"));
-    std::vector<std::unique_ptr<Decoder>> steps;
-    for (const json& item : *list) {
-      PEFT_ASSIGN_OR_RETURN(std::unique_ptr<Decoder> step, parse_decoder(item, where));
-      steps.push_back(std::move(step));
-    }
+    PEFT_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Decoder>> steps,
+                          parse_steps<Decoder>(f, "decoders", where, parse_decoder));
     return std::unique_ptr<Decoder>(new SequenceDecoder(std::move(steps)));
   }
   if (type == "ByteLevel") return byte_level_decoder();

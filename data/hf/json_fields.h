@@ -10,8 +10,10 @@
 #define PEFT_DATA_HF_JSON_FIELDS_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -86,6 +88,22 @@ class Fields {
   std::string where_;
   std::string what_;
 };
+
+/// The steps of a Sequence component: each item of list `key`, parsed by
+/// `parse(item, where)` into a std::unique_ptr<T>.
+template <typename T, typename Parse>
+absl::StatusOr<std::vector<std::unique_ptr<T>>> parse_steps(const Fields& f, const char* key, const std::string& where,
+                                                            Parse&& parse) {
+  absl::StatusOr<const json*> list = f.array(key);
+  if (!list.ok()) return list.status();
+  std::vector<std::unique_ptr<T>> steps;
+  for (const json& item : **list) {
+    absl::StatusOr<std::unique_ptr<T>> step = parse(item, where);
+    if (!step.ok()) return step.status();
+    steps.push_back(*std::move(step));
+  }
+  return steps;
+}
 
 }  // namespace peft::data::hf
 

@@ -122,12 +122,8 @@ absl::StatusOr<std::unique_ptr<Normalizer>> parse_normalizer(const json& j, cons
   const std::string type = component_type(j);
   Fields f(j, where, "normalizer " + type);
   if (type == "Sequence") {
-    PEFT_ASSIGN_OR_RETURN(const json* list, f.array("normalizers"));
-    std::vector<std::unique_ptr<Normalizer>> steps;
-    for (const json& item : *list) {
-      PEFT_ASSIGN_OR_RETURN(std::unique_ptr<Normalizer> step, parse_normalizer(item, where));
-      steps.push_back(std::move(step));
-    }
+    PEFT_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Normalizer>> steps,
+                          parse_steps<Normalizer>(f, "normalizers", where, parse_normalizer));
     return std::unique_ptr<Normalizer>(new SequenceNormalizer(std::move(steps)));
   }
   if (type == "Prepend") {

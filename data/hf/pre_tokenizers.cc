@@ -251,12 +251,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const json& j,
   const std::string type = component_type(j);
   Fields f(j, where, "pre_tokenizer " + type);
   if (type == "Sequence") {
-    PEFT_ASSIGN_OR_RETURN(const json* list, f.array("pretokenizers"));
-    std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (const json& item : *list) {
-      PEFT_ASSIGN_OR_RETURN(std::unique_ptr<PreTokenizer> step, parse_pre_tokenizer(item, where));
-      steps.push_back(std::move(step));
-    }
+    PEFT_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<PreTokenizer>> steps,
+                          parse_steps<PreTokenizer>(f, "pretokenizers", where, parse_pre_tokenizer));
     return std::unique_ptr<PreTokenizer>(new SequencePreTokenizer(std::move(steps)));
   }
   if (type == "Split") {
