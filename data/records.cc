@@ -13,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "data/chat_template.h"
 #include "peft/core/status.h"
@@ -491,6 +492,31 @@ const char* bad_record_name(BadRecord kind) {
   }
   return "?";
 }
+int64_t DataStats::skipped_total() const {
+  int64_t total = 0;
+  for (int64_t s : skipped) total += s;
+  return total;
+}
+
+std::string DataStats::summary() const {
+  std::string out =
+      absl::StrCat(format_name(format), ": ", records, " records -> ", train_documents, " train / ",
+                   validation_documents, " validation documents, ", train_tokens, " / ", validation_tokens, " tokens, ",
+                   train_examples, " / ", validation_examples, " examples");
+  if (dropped_tail_tokens > 0) absl::StrAppend(&out, "; ", dropped_tail_tokens, " tail tokens dropped");
+  if (empty_documents > 0) absl::StrAppend(&out, "; ", empty_documents, " empty documents dropped");
+  std::vector<std::string> skips;
+  for (int k = 0; k < kNumBadRecordKinds; ++k) {
+    if (skipped[k] > 0) skips.push_back(absl::StrCat(skipped[k], " ", bad_record_name(static_cast<BadRecord>(k))));
+  }
+  if (!skips.empty()) absl::StrAppend(&out, "; skipped ", absl::StrJoin(skips, ", "));
+  // Where: the first kMaxSkippedMessages skipped records, one "path:line: what" a line.
+  for (const std::string& m : skipped_messages) absl::StrAppend(&out, "\n  skipped ", m);
+  const int64_t unlisted = skipped_total() - static_cast<int64_t>(skipped_messages.size());
+  if (unlisted > 0) absl::StrAppend(&out, "\n  ... and ", unlisted, " more skipped records");
+  return out;
+}
+
 absl::StatusOr<std::vector<Document>> read_documents(std::string_view content, const std::string& name,
                                                      const Tokenizer& tokenizer, const DataOptions& options,
                                                      DataStats* stats) {

@@ -34,6 +34,7 @@ mkdir -p .fuzz
 # name | sources | libraries | seed files
 harnesses=(
   "config_json|models/config.cc peft/io/read_file.cc|$ABSL|$SHARED/assets/configs/*.json $SHARED/assets/hf_tiny/*/config.json"
+  "records|data/records.cc data/chat_template.cc data/hf/unicode.cc|$ABSL -licuuc -licudata|fuzz/seeds/records/*"
   "tokenizer_json|$(ls data/hf/*.cc | tr '\n' ' ')|$ABSL -licuuc -licudata -lpcre2-8|$SHARED/assets/llama3_tokenizer/tokenizer.json $SHARED/assets/mistral_tokenizer/tokenizer.json"
 )
 rc=0
