@@ -162,7 +162,8 @@ TEST_F(LoadTokenizerTest, WrongKindsAndCorruptFilesAreInvalidArgument) {
   write_binary_file(tmp_ + "/random.json", R"({"a": [1, 2, 3], "b": {"c": null}})");
   expect_invalid(tmp_ + "/random.json", "neither a tokenizer.json");
   write_binary_file(tmp_ + "/broken.json", R"({"model": {"type": "BPE", )");
-  expect_invalid(tmp_ + "/broken.json", "invalid JSON");
+  expect_invalid(tmp_ + "/broken.json", "broken.json: invalid JSON at byte ");
+  expect_invalid(tmp_ + "/broken.json", " of 26");  // the file's size: the reader names where it stopped
   expect_invalid(assets_ + "/hf_tiny/gpt2_tiny/config.json");
   // Empty file.
   write_binary_file(tmp_ + "/empty.model", "");
