@@ -171,14 +171,6 @@ class ReplaceDecoder final : public Decoder {
   std::string content_;
 };
 
-absl::StatusOr<uint32_t> one_char(const Fields& f, const char* key) {
-  PEFT_ASSIGN_OR_RETURN(std::string s, f.string(key));
-  if (s.empty() || utf8_char_len(s, 0) != s.size()) {
-    return f.error(std::string("\"") + key + "\" must be exactly one character");
-  }
-  return next_char(s, 0).cp;
-}
-
 }  // namespace
 
 std::string Decoder::decode(std::vector<std::string> tokens) const {

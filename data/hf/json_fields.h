@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "data/hf/unicode.h"
 
 namespace peft::data::hf {
 
@@ -88,6 +89,17 @@ class Fields {
   std::string where_;
   std::string what_;
 };
+
+/// A string field of exactly one character (Metaspace and Strip's
+/// replacement, Replace's content): its code point.
+inline absl::StatusOr<uint32_t> one_char(const Fields& f, const char* key) {
+  absl::StatusOr<std::string> s = f.string(key);
+  if (!s.ok()) return s.status();
+  if (s->empty() || utf8_char_len(*s, 0) != s->size()) {
+    return f.error(std::string("\"") + key + "\" must be exactly one character");
+  }
+  return next_char(*s, 0).cp;
+}
 
 /// The steps of a Sequence component: each item of list `key`, parsed by
 /// `parse(item, where)` into a std::unique_ptr<T>.

@@ -227,15 +227,6 @@ absl::StatusOr<SplitBehavior> behavior_field(const Fields& f, const char* key, c
   return b;
 }
 
-// A one-character string field (Metaspace replacement).
-absl::StatusOr<uint32_t> char_field(const Fields& f, const char* key) {
-  PEFT_ASSIGN_OR_RETURN(std::string s, f.string(key));
-  if (s.empty() || utf8_char_len(s, 0) != s.size()) {
-    return f.error(std::string("\"") + key + "\" must be exactly one character");
-  }
-  return next_char(s, 0).cp;
-}
-
 }  // namespace
 
 const std::string& byte_to_symbol(unsigned char b) { return byte_alphabet().symbol[b]; }
@@ -282,7 +273,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const json& j,
     return std::unique_ptr<PreTokenizer>(new ByteLevelPreTokenizer(prefix, std::move(re)));
   }
   if (type == "Metaspace") {
-    PEFT_ASSIGN_OR_RETURN(uint32_t replacement, char_field(f, "replacement"));
+    PEFT_ASSIGN_OR_RETURN(uint32_t replacement, one_char(f, "replacement"));
     PrependScheme scheme = PrependScheme::kAlways;
     if (const json* s = f.get("prepend_scheme"); s != nullptr && !s->is_null()) {
       const std::string name = s->is_string() ? s->get<std::string>() : s->dump();
