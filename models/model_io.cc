@@ -146,14 +146,11 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
       reader->release(name);
       PEFT_RETURN_IF_ERROR(status_from_torch_error(name.c_str(), [&] { p.tensor.copy_(src.t()); }));
     }
-  }
-  // A NaN or infinite weight makes every output garbage: refuse it here, for
-  // every command, instead of printing nonsense with exit 0.
-  for (HfParameter& p : lm->hf_parameters()) {
-    if (!p.tensor.defined() || p.tensor.numel() == 0) continue;
+    // A NaN or infinite weight makes every output garbage: refused here, for
+    // every command, while the tensor just read is still in cache.
     bool finite = true;
     PEFT_RETURN_IF_ERROR(
-        status_from_torch_error(p.hf_name.c_str(), [&] { finite = at::isfinite(p.tensor).all().item<bool>(); }));
+        status_from_torch_error(name.c_str(), [&] { finite = at::isfinite(p.tensor).all().item<bool>(); }));
     if (!finite) {
       return absl::InvalidArgumentError(
           absl::StrCat(dir, ": tensor '", p.hf_name, "' holds NaN or infinite values; the checkpoint is corrupt"));

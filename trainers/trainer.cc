@@ -234,8 +234,8 @@ class TrainingRun {
   }
 
   // A run that ends before its first step (an error, a stop signal) leaves
-  // nothing behind: what it wrote is removed, and the directory when it made
-  // it, so the next run starts as if this one never did.
+  // nothing behind: what it wrote is removed, and the directory when nothing
+  // else is in it, so the next run starts as if this one never did.
   ~TrainingRun() {
     if (!completed_ && !resumed_ && !stepped_) discard_unstarted();
   }
@@ -740,7 +740,7 @@ class TrainingRun {
     std::error_code ec;
     if (!fs::is_directory(run_, ec)) {
       if (options_.dry_run) return absl::OkStatus();
-      created_dir_ = fs::create_directories(run_, ec);
+      fs::create_directories(run_, ec);
       if (ec) {
         return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", run_, ": ", ec.message()));
       }
@@ -759,7 +759,7 @@ class TrainingRun {
       for (const char* f : {"recipe.textproto", "metrics.jsonl", "loss.svg"}) fs::remove(run_ + "/" + f, ec);
     }
     lock_.release_and_remove();
-    if (created_dir_ || fs::is_empty(run_, ec)) fs::remove(run_, ec);  // only when empty
+    fs::remove(run_, ec);  // removes the directory only when nothing else is in it
   }
 
   // Every rank's generators go into rank 0's checkpoint (a collective: all
@@ -828,7 +828,6 @@ class TrainingRun {
   std::optional<StopSignals> stop_;  // from start_processes to the end
   // plan_resume
   io::FileLock lock_;                  // rank 0: <run>/.lock
-  bool created_dir_ = false;           // this run made the run directory
   bool wrote_ = false;                 // open_run_directory ran: recipe.textproto, metrics.jsonl are this run's
   bool resumed_ = false;               // continues (or reports) an earlier run: never discarded
   std::optional<std::string> latest_;  // the newest checkpoint

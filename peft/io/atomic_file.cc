@@ -156,9 +156,9 @@ absl::Status write_directory_atomically(const std::string& dir, bool overwrite,
   // killed process leaves ".name.tmp-PID" (incomplete, removed) and, when it
   // died between its two renames, ".name.old-PID" with the previous output
   // (put back when the output is missing, else removed).
+  const std::string tmp_prefix = absl::StrCat(".", name, ".tmp-"), old_prefix = absl::StrCat(".", name, ".old-");
   for (const fs::directory_entry& e : fs::directory_iterator(parent, ec)) {
     const std::string n = e.path().filename().string();
-    const std::string tmp_prefix = absl::StrCat(".", name, ".tmp-"), old_prefix = absl::StrCat(".", name, ".old-");
     std::error_code ec2;
     if (n.rfind(tmp_prefix, 0) == 0) {
       fs::remove_all(e.path(), ec2);
