@@ -38,7 +38,10 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
 
 EmbeddingImpl::EmbeddingImpl(int64_t num, int64_t dim) { weight = register_parameter("weight", at::empty({num, dim})); }
 
-at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) {
+  at::Tensor rows = at::embedding(weight, ids);
+  return output_dtype && rows.scalar_type() != *output_dtype ? rows.to(*output_dtype) : rows;
+}
 
 RopeTables make_rope_tables(const RopeSpec& s) {
   TORCH_CHECK(s.head_dim > 0 && s.head_dim % 2 == 0, "RoPE: head_dim must be positive and even, got ", s.head_dim);

@@ -11,6 +11,7 @@
 #define PEFT_MODELS_BLOCKS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,6 +49,9 @@ class EmbeddingImpl : public torch::nn::Module {
   EmbeddingImpl(int64_t num, int64_t dim);
   at::Tensor forward(const at::Tensor& ids);  // [B, T] int64 -> [B, T, C]
   at::Tensor weight;                          // [N, C]
+  /// The dtype of the rows returned, when it differs from the weight's: a
+  /// base stored in bf16 under a float32 residual stream sets kFloat.
+  std::optional<at::ScalarType> output_dtype;
 };
 TORCH_MODULE(Embedding);
 

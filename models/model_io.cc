@@ -110,7 +110,20 @@ absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, con
                                                      LoadReport* report) {
   PEFT_ASSIGN_OR_RETURN(ModelConfig config, read_model_config(dir));
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, create_model(config));
-  if (options.dtype != at::kFloat) lm->module().to(options.dtype);
+  if (options.dtype != at::kFloat) {
+    // Fresh storage in the target dtype, never touched before the file is
+    // read into it: a cast of the (unread) float32 parameters would make
+    // both copies resident at once.
+    torch::NoGradGuard no_grad;
+    for (at::Tensor& p : lm->module().parameters()) {
+      if (!options.matrices_only || p.dim() >= 2) p.set_data(at::empty(p.sizes(), p.options().dtype(options.dtype)));
+    }
+    if (options.matrices_only) {
+      for (const std::shared_ptr<torch::nn::Module>& m : lm->module().modules()) {
+        if (auto* emb = dynamic_cast<EmbeddingImpl*>(m.get())) emb->output_dtype = at::kFloat;
+      }
+    }
+  }
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<io::CheckpointReader> reader, io::CheckpointReader::open(dir));
 
   std::set<std::string> unused;

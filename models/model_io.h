@@ -36,6 +36,11 @@ void init_weights_(CausalLm& model, uint64_t seed, double std = 0.02);
 struct LoadOptions {
   /// dtype of the parameters in memory (the file's dtype is converted).
   c10::ScalarType dtype = c10::ScalarType::Float;
+  /// Only the weight matrices (projections, embeddings: two or more
+  /// dimensions) take `dtype`; norms and biases stay float32 and so does
+  /// the residual stream (embeddings return float32 rows). The storage of a
+  /// frozen base under training (training.base_dtype).
+  bool matrices_only = false;
 };
 
 /// What load_model saw besides the parameters it needed.

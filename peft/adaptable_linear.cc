@@ -3,11 +3,39 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "peft/core/autocast.h"
 
 namespace peft {
+namespace {
+
+// x Wᵀ + b for a frozen W stored narrower than x (a bf16 base under a
+// float32 stream, no autocast): W is widened for the product and dropped,
+// and backward keeps only W itself (stored dtype) and widens it again, so
+// that a step holds one layer's wide copy at a time, never all of them.
+struct WidenedLinear : public torch::autograd::Function<WidenedLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({w});
+    return at::linear(x, w.to(x.scalar_type()));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor w = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grads[0];
+    return {at::matmul(g, w.to(g.scalar_type())), at::Tensor()};
+  }
+};
+
+// Whether x·Wᵀ needs W widened first: W is stored narrower than x and no
+// autocast casts the two to one dtype.
+bool needs_widening(const at::Tensor& x, const at::Tensor& w) {
+  return w.defined() && w.scalar_type() != x.scalar_type() && at::isFloatingType(w.scalar_type()) &&
+         c10::elementSize(w.scalar_type()) < c10::elementSize(x.scalar_type()) && !autocast_dtype_for(x).has_value();
+}
+
+}  // namespace
 
 AdaptableLinearImpl::AdaptableLinearImpl(const AdaptableLinearOptions& opts) : options(opts) {
   TORCH_CHECK(opts.in_features > 0 && opts.out_features > 0, "AdaptableLinear: bad shape [", opts.out_features, ", ",
@@ -29,13 +57,19 @@ at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
   }
   if (live == 0) return base_forward(x);
   // Additive adapters only add a term to x Wᵀ, so they may see the compute
-  // copy; the others transform W itself and get the master weight.
-  if (live == 1 && single != nullptr) return single->forward(x, single->additive() ? compute_weight() : weight, bias);
+  // copy; the others transform W itself and get the master weight (widened
+  // to float32 when the base is stored narrower: they compute with it).
+  const bool widen = needs_widening(x, weight);
+  auto master = [&] { return widen ? weight.to(at::kFloat) : weight; };
+  if (live == 1 && single != nullptr) {
+    if (!single->additive()) return single->forward(x, master(), bias);
+    if (!widen) return single->forward(x, compute_weight(), bias);
+  }
   at::Tensor y = base_forward(x);
   for (const auto& [name, scale] : active_) {
     if (is_merged(name)) continue;
     LinearAdapter* a = adapter(name);
-    at::Tensor d = a->forward_delta(x, a->additive() ? compute_weight() : weight);
+    at::Tensor d = a->forward_delta(x, a->additive() ? compute_weight() : master());
     y = scale == 1.0 ? y + d : y + d * scale;
   }
   return y;
@@ -45,7 +79,15 @@ at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
   TORCH_CHECK(weight.defined(), "AdaptableLinear: tied weight was never set");
   TORCH_CHECK(x.size(-1) == options.in_features, "AdaptableLinear: input has ", x.size(-1), " features, expected ",
               options.in_features);
-  return at::linear(x, compute_weight(), bias);
+  const at::Tensor w = compute_weight();
+  if (needs_widening(x, w)) {
+    TORCH_CHECK(!w.requires_grad(), "AdaptableLinear: a ", c10::toString(w.scalar_type()),
+                " weight is trained under a ", c10::toString(x.scalar_type()),
+                " stream; a trainable base must be stored in float32");
+    const at::Tensor y = WidenedLinear::apply(x, w);
+    return bias.defined() ? y + bias.to(y.scalar_type()) : y;
+  }
+  return at::linear(x, w, bias);
 }
 
 at::Tensor AdaptableLinearImpl::compute_weight() const {

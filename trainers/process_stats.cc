@@ -6,11 +6,21 @@
 #include <fstream>
 #include <string>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #if defined(PEFT_WITH_CUDA)
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 namespace peft::trainers {
+
+void bound_allocator_retention() {
+#if defined(__GLIBC__)
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
+}
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -41,7 +41,7 @@ ReweightOptions reweight_options(const proto::Recipe& r) {
 StepOptions step_options(const proto::Recipe& r) {
   StepOptions o;
   o.grad_accum = r.training().grad_accum();
-  o.bf16 = r.training().precision() == proto::TrainingConfig::BF16;
+  o.bf16 = r.training().precision() == proto::PrecisionChoice::BF16;
   o.max_grad_norm = r.optimizer().max_grad_norm();
   o.peak_lr = r.optimizer().lr();
   o.reweight = reweight_options(r);

@@ -42,6 +42,8 @@
 #include "trainers/distributed.h"
 #include "trainers/loss.h"
 #include "trainers/lr_schedule.h"
+#include "trainers/memory_plan.h"
+#include "trainers/precision.h"
 #include "trainers/process_stats.h"
 #include "trainers/progress.h"
 #include "trainers/recipe.h"
@@ -216,6 +218,14 @@ std::function<void(int64_t, int64_t)> data_progress(const std::function<void(con
   };
 }
 
+c10::ScalarType storage_dtype(proto::StorageDtype::Dtype d) {
+  switch (d) {
+    case proto::StorageDtype::BF16: return at::kBFloat16;
+    case proto::StorageDtype::FP16: return at::kHalf;
+    default: return at::kFloat;
+  }
+}
+
 // One run of `peft train`, in the order of its lifecycle (the shape of
 // torchtune's recipe classes): processes, resume decision, setup, the
 // optimizer and its state, the steps, the outputs. train() calls the
@@ -226,7 +236,8 @@ class TrainingRun {
       : recipe_(recipe),
         options_(options),
         tc_(recipe.training()),
-        bf16_(tc_.precision() == proto::TrainingConfig::BF16),
+        bf16_(tc_.precision() == proto::PrecisionChoice::BF16),
+        base_dtype_(storage_dtype(tc_.base_dtype())),
         tty_(isatty(2) && recipe.logging().progress_bar() && !options.log),
         run_(recipe.output_dir()),
         log_(options.log ? options.log : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); }) {
@@ -252,6 +263,7 @@ class TrainingRun {
     // step: with nothing left behind; after it: with a checkpoint).
     PEFT_ASSIGN_OR_RETURN(env_, distributed_env_from_environ());
     stop_.emplace(/*announce=*/env_.rank == 0, /*repeat_kills=*/true);
+    bound_allocator_retention();  // freed activations go back to the system (process_stats.h)
     at::set_num_threads(tc_.threads() > 0 ? tc_.threads()
                                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     at::manual_seed(tc_.seed());
@@ -273,6 +285,26 @@ class TrainingRun {
         pg_, ProcessGroup::create(env_, backend_, std::chrono::seconds(recipe_.distributed().timeout_s())));
     summary_.rank = env_.rank;
     if (!main_rank()) log_ = [](const std::string&) {};
+    return resolve_precision();
+  }
+
+  // training.precision: AUTO measures fp32 and bf16 matmuls (under a second)
+  // and takes the faster; an explicit BF16 that measures slower is warned
+  // about. Every rank follows rank 0's measurement.
+  absl::Status resolve_precision() {
+    if (tc_.precision() == proto::PrecisionChoice::FP32) return absl::OkStatus();
+    const MatmulRates rates = options_.matmul_rates ? *options_.matmul_rates : measure_matmul_rates(device_);
+    const PrecisionDecision d = choose_precision(tc_.precision(), rates);
+    bf16_ = d.bf16;
+    if (env_.world_size > 1) {
+      at::Tensor mine = at::tensor({int64_t{bf16_}}, at::kLong);
+      if (backend_ == Backend::kNccl) mine = mine.to(device_);
+      PEFT_ASSIGN_OR_RETURN(at::Tensor all, pg_->all_gather(mine));
+      bf16_ = all.to(at::kCPU).view({-1})[0].item<int64_t>() != 0;
+    }
+    if (tc_.precision() == proto::PrecisionChoice::AUTO) log_(d.reason);
+    if (!d.warning.empty()) log_(d.warning);
+    summary_.bf16 = bf16_;
     return absl::OkStatus();
   }
 
@@ -357,6 +389,7 @@ class TrainingRun {
     sched_ = schedule_options(recipe_);
     PEFT_RETURN_IF_ERROR(sched_.validate());
     step_opts_ = step_options(recipe_);
+    step_opts_.bf16 = bf16_;
     const ReweightOptions& rw = step_opts_.reweight;
     PEFT_RETURN_IF_ERROR(rw.validate());
     if (rw.strategy != ReweightStrategy::kUniform && rw.warmup_steps >= tc_.steps()) {
@@ -364,22 +397,35 @@ class TrainingRun {
                         " steps (reweighting.warmup_steps; the official default is 1000, set 0 to reweight from the "
                         "first step)"));
     }
-    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
-                          with_context(models::load_model(recipe_.model()), "model"));
+    if (base_dtype_ != at::kFloat && recipe_.adapters_size() == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("training.base_dtype ", proto::StorageDtype::Dtype_Name(tc_.base_dtype()),
+                       " stores a frozen base, but the recipe has no adapters (full fine-tuning trains every weight "
+                       "in float32): add an adapter or set training.base_dtype: FP32"));
+    }
+    PEFT_ASSIGN_OR_RETURN(models::ModelConfig config,
+                          with_context(models::read_model_config(recipe_.model()), "model"));
     PEFT_ASSIGN_OR_RETURN(
         std::unique_ptr<data::Tokenizer> tok,
         with_context(data::load_tokenizer(recipe_.has_tokenizer() ? recipe_.tokenizer() : recipe_.model()),
                      recipe_.has_tokenizer() ? "tokenizer" : "tokenizer (from model)"));
-    if (tok->vocab_size() > lm->config().vocab_size()) {
+    if (tok->vocab_size() > config.vocab_size()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ", lm->config().vocab_size()));
+          absl::StrCat("tokenizer has ", tok->vocab_size(), " ids, the model only ", config.vocab_size()));
     }
-    PEFT_RETURN_IF_ERROR(check_step_memory(*lm));
-    if (recipe_.data().seq_len() > lm->config().max_positions()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "data.seq_len = ", recipe_.data().seq_len(),
-          " is longer than the model's context (max_position_embeddings = ", lm->config().max_positions(), ")"));
+    if (recipe_.data().seq_len() > config.max_positions()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data.seq_len = ", recipe_.data().seq_len(),
+                       " is longer than the model's context (max_position_embeddings = ", config.max_positions(), ")"));
     }
+    // The memory plan, before the model is loaded: a run that cannot fit is
+    // refused here with the numbers instead of allocating until killed.
+    PEFT_RETURN_IF_ERROR(check_memory_plan(config));
+    models::LoadOptions load;
+    load.dtype = base_dtype_;
+    load.matrices_only = true;
+    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm,
+                          with_context(models::load_model(recipe_.model(), load), "model"));
     data::DataOptions dopts = data_options(recipe_);
     dopts.threads = tc_.threads();  // 0: every core, as for training
     dopts.progress = data_progress(log_, recipe_.data().train_file());
@@ -662,7 +708,9 @@ class TrainingRun {
               {"final_eval_loss", s.final_eval_loss},
               {"tokens_per_second", s.tokens_per_second},
               {"skipped_steps", s.skipped_steps},
-              {"peak_rss_mb", peak_rss_mb()}};
+              {"peak_rss_mb", peak_rss_mb()},
+              {"planned_peak_mb", s.planned_peak_mb},
+              {"bf16", s.bf16}};
     if (device_.is_cuda()) j["peak_cuda_mb"] = peak_cuda_mb(device_);
     PEFT_RETURN_IF_ERROR(io::write_file_atomically(run_ + "/summary.json", j.dump(2) + "\n"));
     // One readable line for people (the CLI's stdout JSON is for programs).
@@ -691,24 +739,79 @@ class TrainingRun {
                     /*interruptible=*/env_.world_size == 1);
   }
 
-  // A lower bound on what one step needs beyond the weights: a
-  // micro-batch's logits with their log-softmax or gradient (fp32) and the
-  // step's batches (ids, labels, mask: int64, all grad_accum of them). A run
-  // whose lower bound exceeds the available memory cannot run: it is refused
-  // before the data is read (so --dry_run reports it), with the numbers.
-  absl::Status check_step_memory(const models::CausalLm& lm) const {
+  // The memory plan of this run (trainers/memory_plan.h), from the config
+  // and the recipe alone: the adapters are counted on an unloaded copy of
+  // the model (its weights never touched, so it takes no memory).
+  absl::StatusOr<MemoryPlan> memory_plan(const models::ModelConfig& config) const {
+    MemoryPlanInput in;
+    in.config = config;
+    in.micro_batch = micro();
+    in.seq_len = recipe_.data().seq_len();
+    in.grad_accum = tc_.grad_accum();
+    in.base_dtype = base_dtype_;
+    in.bf16_compute = bf16_;
+    in.activation_checkpointing = tc_.activation_checkpointing();
+    in.process_bytes = proc_status_mb("VmRSS") * 1e6;
+    std::error_code ec;
+    for (const std::string& f : {recipe_.data().train_file(), recipe_.data().validation_file()}) {
+      if (f.empty()) continue;
+      const auto size = fs::file_size(f, ec);
+      if (!ec) in.data_bytes += static_cast<double>(size);
+    }
+    in.full_finetune = recipe_.adapters_size() == 0;
+    if (in.full_finetune) {
+      in.trainable_parameters = static_cast<int64_t>(models::estimated_parameters(config));
+      return plan_memory(in);
+    }
+    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> shape, models::create_model(config));
+    PeftModel counting(shape);
+    for (int i = 0; i < recipe_.adapters_size(); ++i) {
+      proto::AdapterConfig a = recipe_.adapters(i);
+      // Methods that initialise from the base's SVD or QR count as plain
+      // LoRA of the same rank and targets (the same parameters; no
+      // factorisation of weights that were never read).
+      if (a.has_lora()) {
+        in.adapter_rank = std::max<int64_t>(in.adapter_rank, a.lora().r());
+        a.mutable_lora()->set_init(proto::LoraOptions::DEFAULT);
+      } else if (a.has_sorsa()) {
+        in.adapter_rank = std::max<int64_t>(in.adapter_rank, a.sorsa().r());
+        const int32_t r = a.sorsa().r();
+        a.mutable_lora()->set_r(r);
+      } else if (a.has_nora()) {
+        in.adapter_rank = std::max<int64_t>(in.adapter_rank, a.nora().r());
+      }
+      PEFT_RETURN_IF_ERROR(with_context(counting.add_adapter(a, tc_.seed()),
+                                        absl::StrCat("adapters.", i, " '", recipe_.adapters(i).name(), "'")));
+    }
+    counting.freeze_base_();
+    in.trainable_parameters = counting.num_trainable();
+    in.head_is_plain = shape->plain_head_weight().defined();
+    return plan_memory(in);
+  }
+
+  // Prints the plan on a dry run and refuses a run that does not fit the
+  // memory available (MemAvailable, beyond what the process holds now).
+  absl::Status check_memory_plan(const models::ModelConfig& config) {
+    PEFT_ASSIGN_OR_RETURN(MemoryPlan plan, memory_plan(config));
+    planned_peak_ = plan.total();
+    summary_.planned_peak_mb = planned_peak_ / 1e6;
+    if (options_.dry_run) log_(absl::StrCat("memory plan (peak resident memory of the run):\n", plan.table()));
     const int64_t avail = models::available_memory_bytes();
-    if (avail <= 0) return absl::OkStatus();
-    const double tokens = static_cast<double>(micro()) * static_cast<double>(recipe_.data().seq_len());
-    const double logits = tokens * static_cast<double>(lm.config().vocab_size()) * 4 * 2;
-    const double batches = static_cast<double>(tc_.grad_accum()) * tokens * 3 * 8;
-    if (logits + batches <= static_cast<double>(avail)) return absl::OkStatus();
+    const double process = plan.parts.front().second;
+    if (avail <= 0 || plan.total() - process <= static_cast<double>(avail)) {
+      if (!options_.dry_run) {
+        log_(absl::StrFormat("memory plan: expected peak %.2f GB (%.2f GB available)", plan.total() / 1e9,
+                             (static_cast<double>(avail) + process) / 1e9));
+      }
+      return absl::OkStatus();
+    }
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "training.micro_batch = %d x data.seq_len = %d tokens (grad_accum %d, vocabulary %d) need at least %.1f GB "
-        "for the logits and batches alone, but %.1f GB of memory is available: lower training.micro_batch, "
-        "data.seq_len or training.grad_accum",
-        micro(), recipe_.data().seq_len(), tc_.grad_accum(), lm.config().vocab_size(), (logits + batches) / 1e9,
-        static_cast<double>(avail) / 1e9));
+        "training.micro_batch = %d x data.seq_len = %d tokens (grad_accum %d) on this model need %.1f GB at the "
+        "peak, but %.1f GB of memory is available: lower training.micro_batch, data.seq_len or "
+        "training.grad_accum, store the base in bf16 (training.base_dtype: BF16) or turn on "
+        "training.activation_checkpointing. The plan:\n%s",
+        micro(), recipe_.data().seq_len(), tc_.grad_accum(), plan.total() / 1e9,
+        (static_cast<double>(avail) + process) / 1e9, plan.table()));
   }
 
   absl::Status stopped(const std::string& when) {
@@ -815,7 +918,9 @@ class TrainingRun {
   const proto::Recipe& recipe_;
   const TrainOptions& options_;
   const proto::TrainingConfig& tc_;
-  const bool bf16_, tty_;
+  bool bf16_;  // compute in bf16 (training.precision, AUTO resolved in start_processes)
+  const c10::ScalarType base_dtype_;
+  const bool tty_;
   const std::string run_;
   std::function<void(const std::string&)> log_;
   TrainSummary summary_;
@@ -839,6 +944,7 @@ class TrainingRun {
   std::unique_ptr<PeftModel> pm_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
   bool has_sorsa_ = false;
+  double planned_peak_ = 0;  // bytes (check_memory_plan)
   // setup_optimizer
   std::optional<data::BatchIterator> it_;
   DataParallelGroup group_;

@@ -33,9 +33,11 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "trainers/precision.h"
 #include "trainers/proto/recipe.pb.h"
 
 namespace peft::trainers {
@@ -48,6 +50,9 @@ struct TrainOptions {
   /// Check the recipe end to end (model, tokenizer, data, adapters, resume
   /// state) and return before training, writing nothing.
   bool dry_run = false;
+  /// Matmul rates for training.precision AUTO/BF16 instead of measuring them
+  /// (tests).
+  std::optional<MatmulRates> matmul_rates;
 };
 
 struct TrainSummary {
@@ -59,7 +64,9 @@ struct TrainSummary {
   double final_eval_loss = 0;
   double tokens_per_second = 0;
   int64_t trainable_parameters = 0;
-  int64_t skipped_steps = 0;  // non-finite losses skipped
+  int64_t skipped_steps = 0;   // non-finite losses skipped
+  bool bf16 = false;           // the step computed in bf16 (training.precision, AUTO resolved)
+  double planned_peak_mb = 0;  // the memory plan's expected peak (trainers/memory_plan.h)
   std::string run_dir;
   int rank = 0;  // this process's data-parallel rank (0 writes the run directory)
 };

@@ -28,8 +28,11 @@ absl::Status run_train(const ParsedFlags& f) {
   if (s.rank != 0) return absl::OkStatus();  // rank 0 alone reports, as it alone logs
   if (o.dry_run) {
     std::fprintf(stdout, "%s\n",
-                 nlohmann::ordered_json(
-                     {{"dry_run", true}, {"run_dir", s.run_dir}, {"trainable_parameters", s.trainable_parameters}})
+                 nlohmann::ordered_json({{"dry_run", true},
+                                         {"run_dir", s.run_dir},
+                                         {"trainable_parameters", s.trainable_parameters},
+                                         {"planned_peak_mb", s.planned_peak_mb},
+                                         {"bf16", s.bf16}})
                      .dump()
                      .c_str());
     return absl::OkStatus();
@@ -42,7 +45,9 @@ absl::Status run_train(const ParsedFlags& f) {
                               {"final_eval_loss", s.final_eval_loss},
                               {"final_train_loss", s.final_train_loss},
                               {"tokens_per_second", s.tokens_per_second},
-                              {"skipped_steps", s.skipped_steps}};
+                              {"skipped_steps", s.skipped_steps},
+                              {"planned_peak_mb", s.planned_peak_mb},
+                              {"bf16", s.bf16}};
   std::fprintf(stdout, "%s\n", j.dump().c_str());
   return absl::OkStatus();
 }

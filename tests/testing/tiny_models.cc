@@ -1,5 +1,7 @@
 #include "tests/testing/tiny_models.h"
 
+#include <fstream>
+#include <string>
 #include <unordered_set>
 #include <vector>
 
@@ -8,9 +10,28 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "absl/strings/str_format.h"
 #include "models/model_io.h"
 
 namespace peft::testing {
+
+// llama2.c layout: int32 max_token_length, then per token float32 score,
+// int32 length, bytes.
+void write_byte_tokenizer(const std::string& path) {
+  std::ofstream out(path, std::ios::binary);
+  auto put_i32 = [&](int32_t v) { out.write(reinterpret_cast<const char*>(&v), sizeof v); };
+  auto put_piece = [&](const std::string& s) {
+    const float score = 0;
+    out.write(reinterpret_cast<const char*>(&score), sizeof score);
+    put_i32(static_cast<int32_t>(s.size()));
+    out.write(s.data(), static_cast<std::streamsize>(s.size()));
+  };
+  put_i32(8);
+  put_piece("<unk>");
+  put_piece("\n<s>\n");
+  put_piece("\n</s>\n");
+  for (int b = 0; b < 256; ++b) put_piece(absl::StrFormat("<0x%02X>", b));
+}
 
 models::ModelConfig tiny_llama_config(bool tied) {
   models::ModelConfig c;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 
@@ -20,6 +21,10 @@ models::ModelConfig tiny_gpt2_config();
 
 /// A model with weights ~ N(0, 0.2) from `seed` (norms 1, biases 0.1 N).
 std::shared_ptr<models::CausalLm> tiny_model(const models::ModelConfig& config, uint64_t seed);
+
+/// Writes a llama2.c tokenizer.bin of 259 tokens: <unk>, BOS, EOS and the
+/// 256 byte pieces (<0x00>..<0xFF>), so that any text tokenizes.
+void write_byte_tokenizer(const std::string& path);
 
 /// Deterministic ids [batch, len] below `vocab`.
 at::Tensor sample_ids(int64_t vocab, int64_t batch, int64_t len, uint64_t seed);

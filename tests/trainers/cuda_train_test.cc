@@ -31,24 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// llama2.c layout: int32 max_token_length, then per token float32 score,
-// int32 length, bytes.
-void write_byte_tokenizer(const std::string& path) {
-  std::ofstream out(path, std::ios::binary);
-  auto put_i32 = [&](int32_t v) { out.write(reinterpret_cast<const char*>(&v), sizeof v); };
-  auto put_piece = [&](const std::string& s) {
-    const float score = 0;
-    out.write(reinterpret_cast<const char*>(&score), sizeof score);
-    put_i32(static_cast<int32_t>(s.size()));
-    out.write(s.data(), static_cast<std::streamsize>(s.size()));
-  };
-  put_i32(8);
-  put_piece("<unk>");
-  put_piece("\n<s>\n");
-  put_piece("\n</s>\n");
-  for (int b = 0; b < 256; ++b) put_piece(absl::StrFormat("<0x%02X>", b));
-}
-
 class CudaTrainTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -58,7 +40,7 @@ class CudaTrainTest : public ::testing::Test {
     config.llama.vocab_size = 259;
     std::shared_ptr<models::CausalLm> lm = testing::tiny_model(config, 7);
     ASSERT_TRUE(models::save_model(*lm, work_ + "/base").ok());
-    write_byte_tokenizer(work_ + "/base/tokenizer.bin");
+    testing::write_byte_tokenizer(work_ + "/base/tokenizer.bin");
     // Short sentences from a small grammar: learnable in a few steps.
     const char* const who[] = {"the cat", "a dog", "my bird", "the fox"};
     const char* const what[] = {"sat on the mat", "ran to the tree", "ate the bread", "saw the moon"};

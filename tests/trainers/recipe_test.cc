@@ -32,7 +32,7 @@ TEST(Recipe, ParsesWithDefaults) {
   EXPECT_EQ(r->data().seq_len(), 128);
   EXPECT_EQ(r->training().grad_accum(), 1);  // default
   EXPECT_FLOAT_EQ(r->optimizer().lr(), 2e-4f);
-  EXPECT_EQ(r->training().precision(), proto::TrainingConfig::BF16);
+  EXPECT_EQ(r->training().precision(), proto::PrecisionChoice::BF16);
   EXPECT_EQ(r->adapters(0).lora().r(), 8);
   // The effective recipe round-trips through text.
   absl::StatusOr<proto::Recipe> again = parse_recipe(recipe_to_text(*r));
@@ -50,7 +50,7 @@ TEST(Recipe, OverridesSetScalarsEnumsStringsAndIndexedAdapters) {
   ASSERT_TRUE(apply_override(&r, "checkpoint.merge_on_finish=true").ok());
   EXPECT_EQ(r.training().steps(), 200);
   EXPECT_FLOAT_EQ(r.optimizer().lr(), 0.001f);
-  EXPECT_EQ(r.training().precision(), proto::TrainingConfig::FP32);
+  EXPECT_EQ(r.training().precision(), proto::PrecisionChoice::FP32);
   EXPECT_EQ(r.output_dir(), "runs/other dir");
   EXPECT_EQ(r.adapters(0).lora().r(), 16);
   EXPECT_EQ(r.adapters(0).lora().alpha(), 16);  // untouched siblings stay
