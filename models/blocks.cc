@@ -1,5 +1,6 @@
 #include "models/blocks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -87,11 +88,22 @@ at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, int64_t past)
   return x * cos + rotated * sin;
 }
 
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_all, const at::Tensor& v_all, double scale,
+                            int64_t window) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
-  const int64_t g = k.size(1), s = k.size(2);
+  const int64_t g = k_all.size(1);
   TORCH_CHECK(h % g == 0, "attention: ", h, " query heads cannot share ", g, " KV heads");
-  TORCH_CHECK(s >= t, "attention: ", s, " keys for ", t, " queries");
+  TORCH_CHECK(k_all.size(2) >= t, "attention: ", k_all.size(2), " keys for ", t, " queries");
+  TORCH_CHECK(window >= 0, "attention: window must be >= 0 (0 = none), got ", window);
+  // The first query (position S-T) sees keys from S-T-W+1 on; earlier ones
+  // are outside every query's window. Dropping them shifts query and key
+  // positions alike, so the mask below is unchanged.
+  const int64_t first = window > 0 ? std::max<int64_t>(0, k_all.size(2) - t - window + 1) : 0;
+  const at::Tensor k = first > 0 ? k_all.narrow(2, first, k_all.size(2) - first) : k_all;
+  const at::Tensor v = first > 0 ? v_all.narrow(2, first, v_all.size(2) - first) : v_all;
+  const int64_t s = k.size(2);
+  // Only a window shorter than the keys masks anything beyond causality.
+  const int64_t w = window > 0 && window < s ? window : 0;
   const int64_t rep = h / g;
   // Group the query heads that share a KV head so one batched matmul per KV
   // head serves all of them (no copy of K/V per query head).
@@ -100,16 +112,18 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
     // Scale, mask and softmax in one pass (kernels/causal_softmax.h).
     at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));  // [B, G, rep*T, S]
     if (scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kBFloat16) {
-      at::Tensor probs = kernels::causal_softmax(scores, scale, t).to(v.scalar_type());
+      at::Tensor probs = kernels::causal_softmax(scores, scale, t, w).to(v.scalar_type());
       return at::matmul(probs, v).view({b, h, t, d});
     }
   }
   at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);  // [B, G, rep*T, S]
-  if (t > 1) {
-    // Query i (absolute position s-t+i) may see keys 0..s-t+i.
+  if (t > 1 || w > 0) {
+    // Query i (absolute position s-t+i) may see keys 0..s-t+i, and with a
+    // window only those after s-t+i-w.
     at::Tensor qpos = at::arange(s - t, s, at::TensorOptions().device(q.device()).dtype(at::kLong)).repeat({rep});
     at::Tensor kpos = at::arange(s, at::TensorOptions().device(q.device()).dtype(at::kLong));
     at::Tensor masked = kpos.unsqueeze(0) > qpos.unsqueeze(1);  // [rep*T, S]
+    if (w > 0) masked = masked | (kpos.unsqueeze(0) <= qpos.unsqueeze(1) - w);
     scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
   }
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());

@@ -82,8 +82,13 @@ at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope, int64_t past)
 /// Causal attention with grouped KV heads: q [B, H, T, D], k/v [B, G, S, D],
 /// where the T queries sit at absolute positions S-T..S-1. Query head h reads
 /// KV head h / (H/G), as transformers' repeat_kv. Softmax in fp32.
-/// Returns [B, H, T, D].
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+/// With `window` W > 0 (sliding-window attention) the query at position i
+/// sees only the keys j with i - W < j <= i, transformers' convention
+/// (masking_utils.sliding_window_overlay: kv_idx > q_idx - sliding_window);
+/// keys no query can see are dropped before the product, so decoding with a
+/// long cache costs O(W) per token. Returns [B, H, T, D].
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                            int64_t window = 0);
 
 /// Per-layer key/value cache for incremental decoding. Preallocated to
 /// `capacity` positions; `length` positions are filled.

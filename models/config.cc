@@ -103,6 +103,46 @@ absl::Status parse_rope(const json& j, LlamaConfig* c) {
   return absl::OkStatus();
 }
 
+// `sliding_window` of mistral and qwen2: absent = transformers' default
+// (4096 for both), null = no window, else a positive integer.
+absl::Status parse_sliding_window(const json& j, LlamaConfig* c) {
+  auto it = j.find("sliding_window");
+  if (it == j.end()) {
+    c->sliding_window = 4096;
+    return absl::OkStatus();
+  }
+  if (it->is_null()) {
+    c->sliding_window = 0;
+    return absl::OkStatus();
+  }
+  PEFT_RETURN_IF_ERROR(get_int(j, "sliding_window", false, &c->sliding_window));
+  if (c->sliding_window <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: 'sliding_window' must be a positive integer or null, got ", c->sliding_window));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status parse_qwen2_window(const json& j, LlamaConfig* c) {
+  PEFT_RETURN_IF_ERROR(parse_sliding_window(j, c));
+  c->use_sliding_window = false;
+  PEFT_RETURN_IF_ERROR(get_bool(j, "use_sliding_window", &c->use_sliding_window));
+  c->max_window_layers = 28;  // Qwen2Config's default
+  PEFT_RETURN_IF_ERROR(get_int(j, "max_window_layers", false, &c->max_window_layers));
+  auto it = j.find("layer_types");
+  if (it != j.end() && !it->is_null()) {
+    if (!it->is_array()) return absl::InvalidArgumentError("config.json: field 'layer_types' must be a list");
+    for (const json& t : *it) {
+      if (!t.is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config.json: field 'layer_types' must hold strings, got ", t.dump()));
+      }
+      c->layer_types.push_back(t.get<std::string>());
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status parse_llama(const json& j, ModelConfig* cfg) {
   LlamaConfig& c = cfg->llama;
   PEFT_RETURN_IF_ERROR(get_int(j, "vocab_size", true, &c.vocab_size));
@@ -116,14 +156,26 @@ absl::Status parse_llama(const json& j, ModelConfig* cfg) {
   PEFT_RETURN_IF_ERROR(get_int(j, "head_dim", false, &c.head_dim));
   PEFT_RETURN_IF_ERROR(get_int(j, "max_position_embeddings", false, &c.max_position_embeddings));
   PEFT_RETURN_IF_ERROR(get_double(j, "rms_norm_eps", &c.rms_norm_eps));
+  PEFT_RETURN_IF_ERROR(get_double(j, "initializer_range", &c.initializer_range));
   PEFT_RETURN_IF_ERROR(parse_rope(j, &c));
-  PEFT_RETURN_IF_ERROR(get_bool(j, "attention_bias", &c.attention_bias));
-  PEFT_RETURN_IF_ERROR(get_bool(j, "mlp_bias", &c.mlp_bias));
+  // Mistral and Qwen2 hard-code their biases (transformers ignores
+  // attention_bias / mlp_bias for them): none for Mistral, q/k/v for Qwen2.
+  switch (c.family) {
+    case LlamaFamily::kLlama:
+      PEFT_RETURN_IF_ERROR(get_bool(j, "attention_bias", &c.attention_bias));
+      PEFT_RETURN_IF_ERROR(get_bool(j, "mlp_bias", &c.mlp_bias));
+      break;
+    case LlamaFamily::kMistral: PEFT_RETURN_IF_ERROR(parse_sliding_window(j, &c)); break;
+    case LlamaFamily::kQwen2:
+      c.qkv_bias = true;
+      PEFT_RETURN_IF_ERROR(parse_qwen2_window(j, &c));
+      break;
+  }
   PEFT_RETURN_IF_ERROR(get_bool(j, "tie_word_embeddings", &c.tie_word_embeddings));
   PEFT_RETURN_IF_ERROR(get_string(j, "hidden_act", &c.hidden_act));
   if (c.hidden_act != "silu") {
-    return absl::UnimplementedError(
-        absl::StrCat("config.json: hidden_act '", c.hidden_act, "' is not supported for llama (only silu)"));
+    return absl::UnimplementedError(absl::StrCat("config.json: hidden_act '", c.hidden_act, "' is not supported for ",
+                                                 cfg->model_type(), " (only silu)"));
   }
   return absl::OkStatus();
 }
@@ -194,7 +246,28 @@ int64_t ModelConfig::hidden_size() const { return arch == Architecture::kLlama ?
 bool ModelConfig::tie_word_embeddings() const {
   return arch == Architecture::kLlama ? llama.tie_word_embeddings : gpt2.tie_word_embeddings;
 }
-std::string ModelConfig::model_type() const { return arch == Architecture::kLlama ? "llama" : "gpt2"; }
+std::string ModelConfig::model_type() const {
+  if (arch == Architecture::kGpt2) return "gpt2";
+  switch (llama.family) {
+    case LlamaFamily::kMistral: return "mistral";
+    case LlamaFamily::kQwen2: return "qwen2";
+    case LlamaFamily::kLlama: break;
+  }
+  return "llama";
+}
+
+int64_t LlamaConfig::attention_window(int64_t layer) const {
+  switch (family) {
+    case LlamaFamily::kLlama: return 0;
+    case LlamaFamily::kMistral: return sliding_window;
+    case LlamaFamily::kQwen2: break;
+  }
+  if (!use_sliding_window || sliding_window <= 0) return 0;
+  const bool sliding = layer_types.empty() ? layer >= max_window_layers
+                                           : layer < static_cast<int64_t>(layer_types.size()) &&
+                                                 layer_types[static_cast<size_t>(layer)] == "sliding_attention";
+  return sliding ? sliding_window : 0;
+}
 
 absl::Status validate_model_config(const ModelConfig& cfg) {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
@@ -244,6 +317,36 @@ absl::Status validate_model_config(const ModelConfig& cfg) {
     if (c.rope_scaling.rope_type != "default" && c.rope_scaling.factor <= 0) {
       return absl::InvalidArgumentError("config.json: rope_scaling.factor must be positive");
     }
+    if (c.sliding_window < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: 'sliding_window' must be positive or null, got ", c.sliding_window));
+    }
+    PEFT_RETURN_IF_ERROR(at_most("sliding_window", c.sliding_window, int64_t{1} << 24));
+    if (c.max_window_layers < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: 'max_window_layers' must be >= 0, got ", c.max_window_layers));
+    }
+    if (!c.layer_types.empty()) {
+      if (static_cast<int64_t>(c.layer_types.size()) != c.num_hidden_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: 'layer_types' has ", c.layer_types.size(),
+                                                       " entries but num_hidden_layers is ", c.num_hidden_layers));
+      }
+      for (size_t i = 0; i < c.layer_types.size(); ++i) {
+        const std::string& t = c.layer_types[i];
+        if (t != "full_attention" && t != "sliding_attention") {
+          return absl::UnimplementedError(absl::StrCat("config.json: layer_types[", i, "] = '", t,
+                                                       "' is not supported (full_attention, sliding_attention)"));
+        }
+        if (t == "sliding_attention" && (!c.use_sliding_window || c.sliding_window <= 0)) {
+          // transformers' Qwen2Config drops the window size when
+          // use_sliding_window is false: such a layer has no window to use.
+          return absl::InvalidArgumentError(
+              absl::StrCat("config.json: layer_types[", i, "] is 'sliding_attention' but ",
+                           c.sliding_window <= 0 ? "sliding_window is null" : "use_sliding_window is false",
+                           ", so that layer has no window size; fix layer_types or the window fields"));
+        }
+      }
+    }
   } else {
     const Gpt2Config& c = cfg.gpt2;
     PEFT_RETURN_IF_ERROR(positive("vocab_size", c.vocab_size));
@@ -277,7 +380,11 @@ double estimated_parameters(const ModelConfig& cfg) {
     const double h = static_cast<double>(c.hidden_size), v = static_cast<double>(c.vocab_size);
     const double q = static_cast<double>(c.num_attention_heads) * static_cast<double>(c.head_dim);
     const double kv = static_cast<double>(c.num_key_value_heads) * static_cast<double>(c.head_dim);
-    const double block = h * q * 2 + h * kv * 2 + 3 * h * static_cast<double>(c.intermediate_size) + 2 * h;
+    const double f = static_cast<double>(c.intermediate_size);
+    double block = h * q * 2 + h * kv * 2 + 3 * h * f + 2 * h;
+    if (c.has_qkv_bias()) block += q + 2 * kv;  // q_proj, k_proj, v_proj biases
+    if (c.has_o_bias()) block += h;
+    if (c.mlp_bias) block += 2 * f + h;
     return v * h * (c.tie_word_embeddings ? 1 : 2) + static_cast<double>(c.num_hidden_layers) * block + h;
   }
   const Gpt2Config& c = cfg.gpt2;
@@ -317,12 +424,17 @@ absl::StatusOr<ModelConfig> parse_model_config(std::string_view text) {
     if (auto it = j.find("architectures"); it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
       std::string a = (*it)[0].get<std::string>();
       if (a.rfind("Llama", 0) == 0) model_type = "llama";
+      if (a.rfind("Mistral", 0) == 0) model_type = "mistral";
+      if (a.rfind("Qwen2For", 0) == 0) model_type = "qwen2";
       if (a.rfind("GPT2", 0) == 0) model_type = "gpt2";
     }
   }
   ModelConfig cfg;
-  if (model_type == "llama") {
+  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") {
     cfg.arch = Architecture::kLlama;
+    cfg.llama.family = model_type == "llama"     ? LlamaFamily::kLlama
+                       : model_type == "mistral" ? LlamaFamily::kMistral
+                                                 : LlamaFamily::kQwen2;
     PEFT_RETURN_IF_ERROR(parse_llama(j, &cfg));
   } else if (model_type == "gpt2") {
     cfg.arch = Architecture::kGpt2;
@@ -330,8 +442,8 @@ absl::StatusOr<ModelConfig> parse_model_config(std::string_view text) {
   } else if (model_type.empty()) {
     return absl::InvalidArgumentError("config.json: missing required field 'model_type'");
   } else {
-    return absl::UnimplementedError(
-        absl::StrCat("config.json: model_type '", model_type, "' is not supported (supported: llama, gpt2)"));
+    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", model_type,
+                                                 "' is not supported (supported: llama, mistral, qwen2, gpt2)"));
   }
   PEFT_RETURN_IF_ERROR(parse_token_ids(j, &cfg));
   PEFT_RETURN_IF_ERROR(get_string(j, "torch_dtype", &cfg.torch_dtype));
@@ -360,24 +472,25 @@ std::string model_config_to_json(const ModelConfig& cfg) {
   j["use_cache"] = true;
   if (cfg.arch == Architecture::kLlama) {
     const LlamaConfig& c = cfg.llama;
-    j["architectures"] = {"LlamaForCausalLM"};
-    j["model_type"] = "llama";
-    j["attention_bias"] = c.attention_bias;
+    // The keys transformers 4.x writes for each model_type (LlamaConfig,
+    // MistralConfig, Qwen2Config); the three differ in the bias and window
+    // fields only.
+    const LlamaFamily family = c.family;
+    j["model_type"] = cfg.model_type();
     j["attention_dropout"] = 0.0;
     j["head_dim"] = c.head_dim;
     j["hidden_act"] = c.hidden_act;
     j["hidden_size"] = c.hidden_size;
-    j["initializer_range"] = 0.02;
+    j["initializer_range"] = c.initializer_range;
     j["intermediate_size"] = c.intermediate_size;
     j["max_position_embeddings"] = c.max_position_embeddings;
-    j["mlp_bias"] = c.mlp_bias;
     j["num_attention_heads"] = c.num_attention_heads;
     j["num_hidden_layers"] = c.num_hidden_layers;
     j["num_key_value_heads"] = c.num_key_value_heads;
-    j["pretraining_tp"] = 1;
     j["rms_norm_eps"] = c.rms_norm_eps;
     if (c.rope_scaling.rope_type == "default") {
-      j["rope_scaling"] = nullptr;
+      // MistralConfig (4.x) has no rope_scaling; the others write null.
+      if (family != LlamaFamily::kMistral) j["rope_scaling"] = nullptr;
     } else {
       json r;
       r["rope_type"] = c.rope_scaling.rope_type;
@@ -392,6 +505,28 @@ std::string model_config_to_json(const ModelConfig& cfg) {
     j["rope_theta"] = c.rope_theta;
     j["tie_word_embeddings"] = c.tie_word_embeddings;
     j["vocab_size"] = c.vocab_size;
+    const json window = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+    switch (family) {
+      case LlamaFamily::kLlama:
+        j["architectures"] = {"LlamaForCausalLM"};
+        j["attention_bias"] = c.attention_bias;
+        j["mlp_bias"] = c.mlp_bias;
+        j["pretraining_tp"] = 1;
+        break;
+      case LlamaFamily::kMistral:
+        j["architectures"] = {"MistralForCausalLM"};
+        j["sliding_window"] = window;
+        break;
+      case LlamaFamily::kQwen2:
+        j["architectures"] = {"Qwen2ForCausalLM"};
+        // Qwen2Config has no head_dim (the attention takes it when present).
+        if (c.head_dim * c.num_attention_heads == c.hidden_size) j.erase("head_dim");
+        j["sliding_window"] = window;
+        j["use_sliding_window"] = c.use_sliding_window;
+        j["max_window_layers"] = c.max_window_layers;
+        if (!c.layer_types.empty()) j["layer_types"] = c.layer_types;
+        break;
+    }
   } else {
     const Gpt2Config& c = cfg.gpt2;
     j["architectures"] = {"GPT2LMHeadModel"};

@@ -1,6 +1,7 @@
 //
 // Typed model configurations read from and written to Hugging Face
-// `config.json` files (LlamaForCausalLM and GPT2LMHeadModel). Parsing accepts
+// `config.json` files (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+// and GPT2LMHeadModel; the first three share the LLaMA module). Parsing accepts
 // the spellings real checkpoints use (transformers 4.x `rope_theta` +
 // `rope_scaling` with `rope_type` or `type`, v5 `rope_parameters`, `torch_dtype`
 // or `dtype`), ignores unknown fields, and reports a missing required field by
@@ -21,7 +22,19 @@
 
 namespace peft::models {
 
+/// The module family: kLlama covers model_type llama, mistral and qwen2 (same
+/// parameter names; LlamaConfig::family says which), kGpt2 is GPT-2.
 enum class Architecture { kLlama, kGpt2 };
+
+/// Which Hugging Face model_type a LLaMA-family config is. What each adds:
+///   kMistral: sliding-window attention on every layer (`sliding_window`;
+///             absent = 4096, null = none, as transformers' MistralConfig);
+///             no projection biases.
+///   kQwen2:   biases on q_proj/k_proj/v_proj (not o_proj, not the MLP);
+///             sliding window only with `use_sliding_window: true`, on the
+///             layers at index >= `max_window_layers` (or as `layer_types`
+///             says), as transformers' Qwen2Config.
+enum class LlamaFamily { kLlama, kMistral, kQwen2 };
 
 /// RoPE frequency scaling (`rope_scaling` / `rope_parameters`). Only "default"
 /// and "llama3" change the frequencies here; "linear" divides positions.
@@ -50,6 +63,30 @@ struct LlamaConfig {
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
   std::string hidden_act = "silu";
+
+  /// Not used by the computation here; kept so that a config round-trips
+  /// (and `peft init --config` draws weights with it as transformers does).
+  double initializer_range = 0.02;
+
+  LlamaFamily family = LlamaFamily::kLlama;
+  /// Biases on q/k/v only (qwen2); attention_bias puts them on all four.
+  bool qkv_bias = false;
+  /// `sliding_window` as config.json has it; 0 = null (no window).
+  int64_t sliding_window = 0;
+  /// qwen2 only: the window is used at all, and from which layer on.
+  bool use_sliding_window = false;
+  int64_t max_window_layers = 0;
+  /// qwen2 only: `layer_types` as read ("full_attention" /
+  /// "sliding_attention" per layer); empty when the file has none.
+  std::vector<std::string> layer_types;
+
+  /// Keys a query may attend to in layer `layer`: query position i sees keys
+  /// j with i - window < j <= i (transformers' sliding_window_overlay). 0 =
+  /// no window (full causal attention).
+  int64_t attention_window(int64_t layer) const;
+  /// Whether q/k/v and o_proj carry a bias.
+  bool has_qkv_bias() const { return attention_bias || qkv_bias; }
+  bool has_o_bias() const { return attention_bias; }
 };
 
 /// HF GPT2Config fields that change the computation.
@@ -81,7 +118,7 @@ struct ModelConfig {
   int64_t num_layers() const;
   int64_t hidden_size() const;
   bool tie_word_embeddings() const;
-  /// "llama" or "gpt2".
+  /// "llama", "mistral", "qwen2" or "gpt2" (config.json's model_type).
   std::string model_type() const;
 };
 
@@ -94,7 +131,8 @@ absl::StatusOr<ModelConfig> read_model_config(const std::string& path);
 /// Serialises as transformers does (sorted keys, 2-space indent).
 std::string model_config_to_json(const ModelConfig& config);
 
-/// Checks internal consistency (positive sizes, heads divide, GQA groups).
+/// Checks internal consistency (positive sizes, heads divide, GQA groups,
+/// sliding-window fields).
 absl::Status validate_model_config(const ModelConfig& config);
 
 /// Parameters the config implies (embeddings, blocks, norms, head), as a

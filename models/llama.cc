@@ -17,12 +17,15 @@ AdaptableLinear make_linear(int64_t in, int64_t out, bool bias) {
 
 }  // namespace
 
-LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
-    : num_heads(c.num_attention_heads), num_kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
-  q_proj = register_module("q_proj", make_linear(c.hidden_size, num_heads * head_dim, c.attention_bias));
-  k_proj = register_module("k_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.attention_bias));
-  v_proj = register_module("v_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.attention_bias));
-  o_proj = register_module("o_proj", make_linear(num_heads * head_dim, c.hidden_size, c.attention_bias));
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer)
+    : num_heads(c.num_attention_heads),
+      num_kv_heads(c.num_key_value_heads),
+      head_dim(c.head_dim),
+      window(c.attention_window(layer)) {
+  q_proj = register_module("q_proj", make_linear(c.hidden_size, num_heads * head_dim, c.has_qkv_bias()));
+  k_proj = register_module("k_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.has_qkv_bias()));
+  v_proj = register_module("v_proj", make_linear(c.hidden_size, num_kv_heads * head_dim, c.has_qkv_bias()));
+  o_proj = register_module("o_proj", make_linear(num_heads * head_dim, c.hidden_size, c.has_o_bias()));
 }
 
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const RopeTables& rope, KvCache* cache, int64_t layer) {
@@ -33,8 +36,10 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const RopeTables& ro
   at::Tensor v = v_proj->forward(x).view({b, t, num_kv_heads, head_dim}).transpose(1, 2);  // [B, G, T, D]
   q = apply_rope(q, rope, past);
   k = apply_rope(k, rope, past);
-  if (cache) std::tie(k, v) = cache->append(layer, k, v);                                    // [B, G, S, D]
-  at::Tensor y = causal_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)));  // [B, H, T, D]
+  if (cache) std::tie(k, v) = cache->append(layer, k, v);  // [B, G, S, D]
+  // [B, H, T, D]; with a window the cache keeps every position and the mask
+  // hides the old ones, so cached decoding equals a full recompute.
+  at::Tensor y = causal_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)), window);
   return o_proj->forward(y.transpose(1, 2).reshape({b, t, num_heads * head_dim}));
 }
 
@@ -48,8 +53,8 @@ at::Tensor LlamaMlpImpl::forward(const at::Tensor& x) {
   return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
 }
 
-LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
-  self_attn = register_module("self_attn", LlamaAttention(c));
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t layer) {
+  self_attn = register_module("self_attn", LlamaAttention(c, layer));
   mlp = register_module("mlp", LlamaMlp(c));
   input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm = register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
@@ -68,7 +73,7 @@ at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const RopeTables&
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
   embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(c));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(c, i));
   norm = register_module("norm", RmsNorm(c.hidden_size, c.rms_norm_eps));
 }
 

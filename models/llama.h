@@ -4,6 +4,11 @@
 // tied or untied lm_head. Module and parameter names equal transformers'
 // (`model.layers.0.self_attn.q_proj.weight`), so Hugging Face checkpoints map
 // one to one. Every projection is a peft::AdaptableLinear.
+//
+// The same module runs MistralForCausalLM (sliding-window attention) and
+// Qwen2ForCausalLM (q/k/v biases, optional per-layer window): transformers'
+// parameter names are identical; LlamaConfig::family and
+// LlamaConfig::attention_window carry the differences.
 #ifndef PEFT_MODELS_LLAMA_H_
 #define PEFT_MODELS_LLAMA_H_
 
@@ -25,11 +30,14 @@ namespace peft::models {
 
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
-  explicit LlamaAttentionImpl(const LlamaConfig& c);
+  /// The attention of decoder block `layer` (which decides its sliding
+  /// window, LlamaConfig::attention_window).
+  explicit LlamaAttentionImpl(const LlamaConfig& c, int64_t layer = 0);
   /// x [B, T, C] -> [B, T, C]; `cache` may be null.
   at::Tensor forward(const at::Tensor& x, const RopeTables& rope, KvCache* cache, int64_t layer);
   AdaptableLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   const int64_t num_heads, num_kv_heads, head_dim;
+  const int64_t window;  // 0 = full causal attention
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -43,7 +51,7 @@ TORCH_MODULE(LlamaMlp);
 
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit LlamaDecoderLayerImpl(const LlamaConfig& c);
+  explicit LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t layer = 0);
   at::Tensor forward(const at::Tensor& x, const RopeTables& rope, KvCache* cache, int64_t layer,
                      const StreamHook& hook);
   LlamaAttention self_attn{nullptr};

@@ -114,6 +114,7 @@ absl::Status run_model_export(const ParsedFlags& f, const gguf::ExportOptions& o
   const bool peak_reset = reset_peak_rss();
   const double t1 = trainers::now_seconds();
   PEFT_ASSIGN_OR_RETURN(gguf::ExportStats s, gguf::export_model(*out, std::move(vocab), f.get("output"), options));
+  for (const std::string& note : gguf::export_notes(out->config())) std::fprintf(stderr, "note: %s\n", note.c_str());
   json j = {{"output", f.get("output")},
             {"format", "gguf"},
             {"type", "model"},

@@ -18,9 +18,10 @@ std::vector<peft::cli::Command> all_commands() {
 }
 
 void print_help(const std::vector<peft::cli::Command>& commands) {
-  std::fprintf(stdout,
-               "peft: parameter-efficient fine-tuning for LLaMA and GPT-2 in C++\n\nusage: peft <command> "
-               "[flags]\n\ncommands:\n");
+  std::fprintf(
+      stdout,
+      "peft: parameter-efficient fine-tuning for LLaMA, Mistral, Qwen2 and GPT-2 in C++\n\nusage: peft <command> "
+      "[flags]\n\ncommands:\n");
   for (const auto& c : commands) {
     std::fprintf(stdout, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
     // launch takes a command line, not flags, so it is not a Command; list it after train.

@@ -1,6 +1,7 @@
 // peft convert / generate / eval.
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -347,14 +348,20 @@ absl::Status run_eval(const ParsedFlags& f) {
   return absl::OkStatus();
 }
 
-absl::Status run_init(const ParsedFlags& f) {
+// The shape flags of `peft init`, which describe a model without --config.
+constexpr const char* kInitShapeFlags[] = {
+    "arch",      "vocab_size",   "hidden_size",   "intermediate_size",  "num_layers",
+    "num_heads", "num_kv_heads", "max_positions", "tie_word_embeddings"};
+
+// `peft init` without --config: the model the shape flags describe.
+absl::StatusOr<models::ModelConfig> init_config_from_flags(const ParsedFlags& f) {
   models::ModelConfig cfg;
   const std::string arch = f.get("arch");
   auto geti = [&](const char* name, int64_t* out) -> absl::Status {
     PEFT_ASSIGN_OR_RETURN(*out, f.get_int(name));
     return absl::OkStatus();
   };
-  int64_t vocab, hidden, inter, layers, heads, kv_heads, positions, seed;
+  int64_t vocab, hidden, inter, layers, heads, kv_heads, positions;
   PEFT_RETURN_IF_ERROR(geti("vocab_size", &vocab));
   PEFT_RETURN_IF_ERROR(geti("hidden_size", &hidden));
   PEFT_RETURN_IF_ERROR(geti("intermediate_size", &inter));
@@ -362,7 +369,6 @@ absl::Status run_init(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(geti("num_heads", &heads));
   PEFT_RETURN_IF_ERROR(geti("num_kv_heads", &kv_heads));
   PEFT_RETURN_IF_ERROR(geti("max_positions", &positions));
-  PEFT_RETURN_IF_ERROR(geti("seed", &seed));
   PEFT_ASSIGN_OR_RETURN(bool tied, f.get_bool("tie_word_embeddings"));
   if (arch == "llama") {
     cfg.arch = models::Architecture::kLlama;
@@ -395,12 +401,45 @@ absl::Status run_init(const ParsedFlags& f) {
     cfg.bos_token_id = vocab - 1;
     cfg.eos_token_ids = {vocab - 1};
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--arch must be llama or gpt2, got '", arch, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--arch must be llama or gpt2, got '", arch, "' (use --config=FILE for mistral and qwen2)"));
   }
-  PEFT_ASSIGN_OR_RETURN(c10::ScalarType dtype, models::dtype_from_name(f.get("dtype")));
+  return cfg;
+}
+
+absl::Status run_init(const ParsedFlags& f) {
+  models::ModelConfig cfg;
+  double init_std = 0.02;
+  const std::string dtype_name = f.has("config") && !f.has("dtype") ? "" : f.get("dtype");
+  if (f.has("config")) {
+    // Every key of the file is kept (model_type, window, biases, rope
+    // scaling, tying); shape flags would contradict it.
+    for (const char* name : kInitShapeFlags) {
+      if (f.has(name)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", name, " cannot be combined with --config (the config file sets the model's shape)"));
+      }
+    }
+    PEFT_ASSIGN_OR_RETURN(cfg, with_context(models::read_model_config(f.get("config")), "--config"));
+    if (cfg.arch == models::Architecture::kLlama) {
+      init_std = cfg.llama.initializer_range;  // transformers' _init_weights std
+      if (!(init_std > 0) || !std::isfinite(init_std)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--config: initializer_range must be positive to draw the weights, got ", init_std));
+      }
+    }
+  } else {
+    PEFT_ASSIGN_OR_RETURN(cfg, init_config_from_flags(f));
+  }
+  int64_t seed;
+  PEFT_ASSIGN_OR_RETURN(seed, f.get_int("seed"));
+  // With --config and no --dtype the file's torch_dtype is kept.
+  PEFT_ASSIGN_OR_RETURN(c10::ScalarType dtype,
+                        with_context(models::dtype_from_name(dtype_name.empty() ? cfg.torch_dtype : dtype_name),
+                                     dtype_name.empty() ? "config.json torch_dtype" : "--dtype"));
   PEFT_ASSIGN_OR_RETURN(bool overwrite, f.get_bool("overwrite"));
   PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> lm, models::create_model(cfg));
-  models::init_weights_(*lm, static_cast<uint64_t>(seed));
+  models::init_weights_(*lm, static_cast<uint64_t>(seed), init_std);
   models::SaveOptions so;
   so.dtype = dtype;
   so.overwrite = overwrite;
@@ -410,10 +449,12 @@ absl::Status run_init(const ParsedFlags& f) {
   PEFT_RETURN_IF_ERROR(models::save_model(*lm, f.get("output"), so));
   int64_t params = 0;
   for (const auto& p : lm->hf_parameters()) params += p.tensor.numel();
-  std::fprintf(
-      stdout, "%s\n",
-      dump({{"output", f.get("output")}, {"model_type", arch}, {"parameters", params}, {"dtype", f.get("dtype")}})
-          .c_str());
+  std::fprintf(stdout, "%s\n",
+               dump({{"output", f.get("output")},
+                     {"model_type", lm->config().model_type()},
+                     {"parameters", params},
+                     {"dtype", models::dtype_name(dtype)}})
+                   .c_str());
   return absl::OkStatus();
 }
 
@@ -531,8 +572,10 @@ std::vector<Command> model_commands() {
        run_convert});
   c.push_back(
       {"init",
-       "Write a randomly initialised LLaMA or GPT-2 model directory (for tests and benchmarks).",
-       {text_flag("arch", "llama or gpt2", "llama"), text_flag("output", "the model directory to write").required(),
+       "Write a randomly initialised model directory (for tests and benchmarks): from a Hugging Face config.json "
+       "(llama, mistral, qwen2, gpt2) or from the shape flags (llama, gpt2).",
+       {text_flag("config", "a config.json (or a directory holding one) to initialise; excludes the shape flags"),
+        text_flag("arch", "llama or gpt2", "llama"), text_flag("output", "the model directory to write").required(),
         int_flag("vocab_size", "vocabulary size", 32000), int_flag("hidden_size", "hidden size", 512),
         int_flag("intermediate_size", "MLP width (0 = LLaMA's 8/3 rule or GPT-2's 4x)", 0),
         int_flag("num_layers", "number of blocks", 8), int_flag("num_heads", "attention heads", 8),
@@ -540,7 +583,8 @@ std::vector<Command> model_commands() {
         int_flag("max_positions", "context length", 2048),
         bool_flag("tie_word_embeddings", "LLaMA: share lm_head with the embedding (GPT-2 always does)"),
         int_flag("seed", "initialisation seed", 0),
-        text_flag("dtype", "storage dtype: float32, bfloat16 or float16", "float32"),
+        text_flag("dtype", "storage dtype: float32, bfloat16 or float16 (with --config: the file's torch_dtype)",
+                  "float32"),
         int_flag("max_shard_mb", "shard the safetensors above this size", 5120),
         bool_flag("overwrite", "replace a non-empty output directory")},
        run_init});

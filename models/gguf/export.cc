@@ -46,7 +46,26 @@ constexpr NameRule kGpt2Global[] = {
 
 }  // namespace
 
-std::string architecture_name(const ModelConfig& config) { return config.model_type(); }
+std::string architecture_name(const ModelConfig& config) {
+  if (config.arch == Architecture::kGpt2) return "gpt2";
+  // convert_hf_to_gguf.py: MistralForCausalLM is its LlamaModel (arch llama),
+  // Qwen2ForCausalLM its Qwen2Model (arch qwen2).
+  return config.llama.family == LlamaFamily::kQwen2 ? "qwen2" : "llama";
+}
+
+std::vector<std::string> export_notes(const ModelConfig& config) {
+  std::vector<std::string> notes;
+  if (config.arch != Architecture::kLlama || config.llama.family != LlamaFamily::kMistral) return notes;
+  const LlamaConfig& c = config.llama;
+  if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings) {
+    notes.push_back(absl::StrCat(
+        "llama.cpp runs Mistral as architecture 'llama', whose graph has no sliding window: it attends over the "
+        "whole context, which equals this model's sliding_window = ",
+        c.sliding_window, " attention only while the context stays within ", c.sliding_window,
+        " tokens (run llama.cpp with -c ", c.sliding_window, " or less for identical results)"));
+  }
+  return notes;
+}
 
 std::string tensor_name(const ModelConfig& config, const std::string& hf_name) {
   const bool llama = config.arch == Architecture::kLlama;
@@ -96,7 +115,9 @@ at::Tensor interleave_rotary_rows(const at::Tensor& w, int64_t heads) {
 }
 
 int64_t rotary_heads(const ModelConfig& config, const std::string& name) {
-  if (config.arch != Architecture::kLlama) return 0;
+  // Only llama.cpp's "llama" graph rotates interleaved pairs; qwen2's uses
+  // rotate-half (NEOX) as Hugging Face does, so its rows stay.
+  if (config.arch != Architecture::kLlama || architecture_name(config) != "llama") return 0;
   for (const char* kind : {".attn_q.", ".attn_k."}) {
     const size_t at = name.find(kind);
     if (at == std::string::npos || name.rfind("blk.", 0) != 0) continue;
@@ -136,6 +157,23 @@ absl::Status add_architecture_metadata(const ModelConfig& config, const ExportOp
   md->add_uint32("general.quantization_version", 2);
   if (config.arch == Architecture::kLlama) {
     const LlamaConfig& c = config.llama;
+    if (c.family == LlamaFamily::kQwen2) {
+      // llama.cpp's qwen2 graph reads no rope_freqs tensor and has no window.
+      if (c.rope_scaling.rope_type == "llama3") {
+        return absl::UnimplementedError(
+            "this qwen2 model uses llama3 RoPE scaling, which llama.cpp's qwen2 architecture does not apply (it "
+            "reads no rope_freqs tensor): it cannot be exported to GGUF");
+      }
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        if (c.attention_window(l) > 0 && c.attention_window(l) < c.max_position_embeddings) {
+          return absl::UnimplementedError(
+              absl::StrCat("this qwen2 model uses sliding-window attention (use_sliding_window: true, window ",
+                           c.attention_window(l), " from layer ", l,
+                           " on), which llama.cpp's qwen2 architecture does not apply: it cannot be exported to "
+                           "GGUF"));
+        }
+      }
+    }
     md->add_uint32(key("vocab_size"), u32(c.vocab_size));
     md->add_uint32(key("context_length"), u32(c.max_position_embeddings));
     md->add_uint32(key("embedding_length"), u32(c.hidden_size));

@@ -1,6 +1,6 @@
 //
-// A model as a GGUF file that llama.cpp loads and runs (LLaMA and GPT-2),
-// following llama.cpp's convert_hf_to_gguf.py conventions:
+// A model as a GGUF file that llama.cpp loads and runs (LLaMA, Mistral, Qwen2
+// and GPT-2), following llama.cpp's convert_hf_to_gguf.py conventions:
 //
 //   - architecture keys (general.architecture, <arch>.context_length,
 //     embedding_length, block_count, feed_forward_length, attention.*,
@@ -9,9 +9,14 @@
 //     ffn_down / attn_norm / ffn_norm, output_norm, output; GPT-2 adds
 //     position_embd and uses attn_qkv, and biases keep their names with
 //     ".bias";
-//   - LLaMA's q and k rows (and biases) are permuted from Hugging Face's
-//     rotate-half layout to the interleaved pairs ggml's RoPE rotates (the
-//     inverse of models/llama2c.h's permute_rotary_rows);
+//   - Mistral is written as architecture "llama" (the converter's
+//     LlamaModel; llama.cpp's llama graph has no sliding window, see
+//     export_notes), Qwen2 as "qwen2" with its q/k/v biases
+//     (blk.N.attn_q.bias, ...);
+//   - LLaMA's (and Mistral's) q and k rows (and biases) are permuted from
+//     Hugging Face's rotate-half layout to the interleaved pairs ggml's RoPE
+//     rotates (the inverse of models/llama2c.h's permute_rotary_rows);
+//     Qwen2 keeps them (llama.cpp rotates qwen2 in the NEOX, rotate-half way);
 //   - a tied head writes no `output` tensor (llama.cpp then uses token_embd);
 //   - llama3 RoPE scaling is a `rope_freqs` tensor of per-frequency divisors,
 //     linear scaling the rope.scaling.* keys;
@@ -57,8 +62,14 @@ struct ExportStats {
   uint64_t file_bytes = 0;
 };
 
-/// "llama" or "gpt2": general.architecture and the key prefix.
+/// "llama" (model_type llama and mistral), "qwen2" or "gpt2":
+/// general.architecture and the key prefix.
 std::string architecture_name(const ModelConfig& config);
+
+/// What llama.cpp will compute differently from this model, one sentence
+/// each (empty when nothing): a Mistral window shorter than the context is
+/// not applied by llama.cpp's llama graph.
+std::vector<std::string> export_notes(const ModelConfig& config);
 
 /// The GGUF name of a Hugging Face parameter ("model.layers.3.self_attn.q_proj.weight" ->
 /// "blk.3.attn_q.weight"); empty when llama.cpp has no such tensor.
@@ -83,7 +94,8 @@ std::vector<float> llama3_rope_divisors(const LlamaConfig& config);
 
 /// general.* and <arch>.* keys for `config`. Errors for configurations
 /// llama.cpp computes differently (GPT-2 without scaled attention or with
-/// scale_attn_by_inverse_layer_idx).
+/// scale_attn_by_inverse_layer_idx; Qwen2 with llama3 RoPE scaling or a
+/// sliding window).
 absl::Status add_architecture_metadata(const ModelConfig& config, const ExportOptions& options, Metadata* metadata);
 
 /// Writes `model` with `vocab` (already fit_vocab_to_model'ed or not: it is

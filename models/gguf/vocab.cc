@@ -25,6 +25,11 @@ using json = nlohmann::json;
 constexpr const char* kLlama3Split =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// Qwen2's (and Qwen2.5's) split: Llama 3's with single digits (\p{N}
+// instead of \p{N}{1,3}); llama.cpp calls this pre-tokenizer "qwen2".
+constexpr const char* kQwen2Split =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
 std::string pad_token(int64_t id) { return absl::StrCat("[PAD", id, "]"); }
 
 bool is_byte_piece(const std::string& piece) {
@@ -122,10 +127,11 @@ absl::StatusOr<std::string> bpe_pre_name(const json& root, const std::string& so
   if (steps.size() == 2 && type_of(steps[0]) == "Split" && type_of(steps[1]) == "ByteLevel" && !uses_regex(steps[1])) {
     const json& pattern = (*steps[0]).value("pattern", json::object());
     if (pattern.is_object() && pattern.value("Regex", "") == kLlama3Split) return std::string("llama-bpe");
+    if (pattern.is_object() && pattern.value("Regex", "") == kQwen2Split) return std::string("qwen2");
   }
   return absl::UnimplementedError(absl::StrCat(
       source, ": the tokenizer's pre_tokenizer ", pt ? pt->dump().substr(0, 160) : "null",
-      " has no llama.cpp counterpart here (supported: GPT-2's ByteLevel, Llama 3's Split + ByteLevel, or a "
+      " has no llama.cpp counterpart here (supported: GPT-2's ByteLevel, Llama 3's or Qwen2's Split + ByteLevel, or a "
       "byte_fallback BPE with a Sequence decoder as Llama 2 / Mistral have)"));
 }
 

@@ -10,6 +10,8 @@
 //     vocab.bpe, tokenizer.json)
 //   tokenizer.json with Llama 3's      gpt2                  llama-bpe    -       yes
 //     Split regex before ByteLevel
+//   tokenizer.json with Qwen2's        gpt2                  qwen2        -       yes
+//     Split regex before ByteLevel
 //   tokenizer.json BPE with            llama                 default      -1000   -
 //     byte_fallback and a Sequence
 //     decoder (Llama 2, Mistral)
@@ -50,7 +52,7 @@ enum TokenType : int32_t {
 /// Everything written under tokenizer.ggml.*.
 struct Vocab {
   std::string model;                // "llama" (sentencepiece, byte_fallback BPE) or "gpt2" (byte-level BPE)
-  std::string pre;                  // pre-tokenizer: "default", "gpt-2", "llama-bpe"
+  std::string pre;                  // pre-tokenizer: "default", "gpt-2", "llama-bpe", "qwen2"
   std::vector<std::string> tokens;  // id -> text in llama.cpp's spelling ("▁the", "Ġthe")
   std::vector<float> scores;        // llama only
   std::vector<int32_t> types;       // TokenType per id

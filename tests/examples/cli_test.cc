@@ -1,8 +1,10 @@
 // End-to-end tests of the `peft` binary: convert stories260K with
 // `peft convert`, reproduce llama2.c's greedy output through
 // `peft generate --format=json`, tokenize and eval, tokenizer.json options
-// (--split_special_tokens, --chat), and the error contract (non-zero exit,
-// one-line message, no output directory) for bad input.
+// (--split_special_tokens, --chat), `peft init --config` for llama, mistral
+// and qwen2 configs followed by generate, a LoRA train, merge and GGUF
+// export, and the error contract (non-zero exit, one-line message, no output
+// directory) for bad input.
 #include <sys/wait.h>
 
 #include <array>
@@ -210,6 +212,136 @@ TEST(CliTokenizerJsonTest, SplitSpecialTokensAndChatPrompt) {
   r = run({"generate", "--model=" + model, "--tokenizer=" + tok, "--system=be brief", "--prompt=Hi"});
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--system needs --chat"), std::string::npos) << r.err;
+}
+
+// `peft init --config=FILE` on real configs: the written config keeps the
+// file's keys (model_type, window, biases, tying, torch_dtype), generate runs
+// on it, and a short LoRA train, merge and GGUF export go through the CLI on
+// the two tiny configs (training at 80 tokens, past Mistral's 64 window).
+class CliArchTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    assets_ = testing::shared_assets_dir();
+    if (assets_.empty()) return;
+    work_ = testing::make_temp_dir("cli_arch");
+    const std::string text = testing::slurp(assets_ + "/corpus/tinyshakespeare.txt").substr(0, 4000);
+    std::ofstream data(work_ + "/train.jsonl");
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t end = text.find("\n\n", pos);
+      if (end == std::string::npos) end = text.size();
+      data << json{{"text", text.substr(pos, end - pos)}}.dump() << "\n";
+      pos = end + 2;
+    }
+  }
+  void SetUp() override {
+    if (assets_.empty()) GTEST_SKIP() << testing::kNoAssetsReason;
+  }
+  static std::string config(const std::string& name) { return assets_ + "/configs/" + name + ".json"; }
+  static json read_json(const std::string& path) {
+    std::ifstream in(path);
+    return json::parse(in);
+  }
+  static std::string assets_, work_;
+};
+std::string CliArchTest::assets_, CliArchTest::work_;
+
+TEST_F(CliArchTest, InitFromConfigKeepsItsKeysAndGenerates) {
+  struct Case {
+    const char* name;
+    const char* model_type;
+    const char* dtype;  // the file's torch_dtype, kept without --dtype
+  };
+  for (const Case& c : {Case{"smollm2-135m", "llama", "bfloat16"}, Case{"mistral-tiny-window", "mistral", "float32"},
+                        Case{"qwen2-tiny-bias", "qwen2", "float32"}}) {
+    SCOPED_TRACE(c.name);
+    const std::string out = work_ + "/init_" + c.name;
+    CliRun r = run({"init", "--config=" + config(c.name), "--output=" + out, "--seed=3"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json j = json::parse(r.out);
+    EXPECT_EQ(j["model_type"], c.model_type);
+    EXPECT_EQ(j["dtype"], c.dtype);
+    const json original = read_json(config(c.name));
+    const json written = read_json(out + "/config.json");
+    for (const char* key : {"model_type", "architectures", "sliding_window", "use_sliding_window", "max_window_layers",
+                            "tie_word_embeddings", "torch_dtype", "num_key_value_heads", "rope_theta", "vocab_size",
+                            "bos_token_id", "eos_token_id", "initializer_range"}) {
+      if (!original.contains(key)) continue;
+      if (original[key].is_number()) {
+        EXPECT_EQ(written[key].get<double>(), original[key].get<double>()) << key;
+      } else {
+        EXPECT_EQ(written[key], original[key]) << key;
+      }
+    }
+    r = run({"generate", "--model=" + out, "--prompt_ids=1,2,3", "--max_new_tokens=4", "--format=json"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["generated_ids"].size(), 4u) << r.out;
+  }
+  // Qwen2's q/k/v biases are in the checkpoint (zero-initialised), o_proj's is not.
+  const std::string st = testing::slurp(work_ + "/init_qwen2-tiny-bias/model.safetensors").substr(0, 20000);
+  EXPECT_NE(st.find("model.layers.1.self_attn.k_proj.bias"), std::string::npos);
+  EXPECT_EQ(st.find("o_proj.bias"), std::string::npos);
+}
+
+TEST_F(CliArchTest, InitRejectsShapeFlagsWithConfig) {
+  for (const char* flag : {"--hidden_size=8", "--arch=llama", "--num_kv_heads=1", "--tie_word_embeddings"}) {
+    const std::string out = work_ + "/bad";
+    CliRun r = run({"init", "--config=" + config("qwen2-tiny-bias"), "--output=" + out, flag});
+    EXPECT_EQ(r.code, 1) << flag;
+    const std::string name = std::string(flag).substr(0, std::string(flag).find('='));
+    EXPECT_NE(r.err.find(name + " cannot be combined with --config"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out));
+  }
+  CliRun r = run({"init", "--config=" + work_ + "/missing.json", "--output=" + work_ + "/bad"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--config"), std::string::npos) << r.err;
+  r = run({"init", "--arch=mistral", "--output=" + work_ + "/bad"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("use --config=FILE for mistral and qwen2"), std::string::npos) << r.err;
+}
+
+TEST_F(CliArchTest, LoraTrainMergeAndExportOnTinyConfigs) {
+  struct Case {
+    const char* name;
+    const char* tokenizer;     // a real tokenizer no larger than the config's vocabulary
+    const char* architecture;  // GGUF general.architecture
+  };
+  for (const Case& c : {Case{"mistral-tiny-window", "mistral_tokenizer", "llama"},
+                        Case{"qwen2-tiny-bias", "llama3_tokenizer", "qwen2"}}) {
+    SCOPED_TRACE(c.name);
+    const std::string base = work_ + "/train_base_" + c.name;
+    CliRun r = run({"init", "--config=" + config(c.name), "--output=" + base});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const std::string tok = assets_ + "/" + c.tokenizer;
+    const std::string recipe = work_ + "/" + c.name + ".textproto";
+    std::ofstream(recipe) << "model: \"" << base << "\"\ntokenizer: \"" << tok << "\"\n"
+                          << "data { train_file: \"" << work_ << "/train.jsonl\" seq_len: 80 }\n"
+                          << R"(adapters { name: "default" lora { r: 4 alpha: 8 } target { preset: "all_linear" } }
+optimizer { lr: 0.01 }
+training { steps: 4 micro_batch: 2 threads: 2 }
+)";
+    const std::string run_dir = work_ + "/run_" + c.name;
+    r = run({"train", "--recipe=" + recipe, "--output_dir=" + run_dir});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const std::string summary = r.out.substr(
+        r.out.rfind('\n', r.out.size() - 2) == std::string::npos ? 0 : r.out.rfind('\n', r.out.size() - 2) + 1);
+    EXPECT_EQ(json::parse(summary)["steps"], 4) << r.out;
+    const json adapter = read_json(run_dir + "/adapter/adapter_config.json");
+    EXPECT_EQ(adapter["target_modules"].size(), 7u) << adapter.dump();
+    const std::string merged = work_ + "/merged_" + c.name;
+    r = run({"merge", "--model=" + base, "--adapter=" + run_dir + "/adapter", "--output=" + merged});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(read_json(merged + "/config.json")["model_type"], read_json(config(c.name))["model_type"]);
+    r = run({"generate", "--model=" + merged, "--tokenizer=" + tok, "--prompt=To be", "--max_new_tokens=3"});
+    EXPECT_EQ(r.code, 0) << r.err;
+    r = run({"export", "--model=" + merged, "--tokenizer=" + tok, "--format=gguf",
+             "--output=" + work_ + "/" + c.name + ".gguf"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["architecture"], c.architecture);
+    // llama.cpp's llama graph has no window: the export says so for Mistral.
+    EXPECT_EQ(r.err.find("no sliding window") != std::string::npos, std::string(c.name) == "mistral-tiny-window")
+        << r.err;
+  }
 }
 
 TEST(CliTest, HelpAndUnknownCommand) {

@@ -140,12 +140,12 @@ TEST_F(ExportCliTest, ExistingOutputNeedsOverwrite) {
 }
 
 TEST_F(ExportCliTest, UnknownArchitectureIsRefused) {
-  const std::string dir = testing::make_temp_dir("emistral");
-  std::ofstream(dir + "/config.json") << R"({"model_type": "mistral", "vocab_size": 512, "hidden_size": 64})";
+  const std::string dir = testing::make_temp_dir("ephi3");
+  std::ofstream(dir + "/config.json") << R"({"model_type": "phi3", "vocab_size": 512, "hidden_size": 64})";
   fs::copy_file(base_ + "/tokenizer.model", dir + "/tokenizer.model");
   testing::ProgramRun r = peft_cli({"export", "--model=" + dir, "--format=gguf", "--output=" + out_ + "/x.gguf"});
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("model_type 'mistral' is not supported"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("model_type 'phi3' is not supported"), std::string::npos) << r.err;
   EXPECT_TRUE(entries(out_).empty());
 }
 

@@ -713,6 +713,26 @@ TEST(GgufExport, Llama3TokenizerJson) {
   EXPECT_EQ(f.tensor("blk.0.ffn_down.weight")->type, 8u);  // rows of 32
 }
 
+// Qwen2's pre-tokenizer (Llama 3's split with single digits) is llama.cpp's
+// "qwen2": Llama 3's tokenizer.json with that one change of the regex.
+TEST(GgufExport, Qwen2SplitIsQwen2Pre) {
+  const std::string assets = testing::shared_assets_dir();
+  if (assets.empty()) GTEST_SKIP() << testing::kNoAssetsReason;
+  const std::string tdir = testing::make_temp_dir("gguf_qwen2_pre");
+  std::string text = testing::slurp(assets + "/llama3_tokenizer/tokenizer.json");
+  const std::string llama3_digits = R"(\\p{N}{1,3})";  // as JSON-escaped in the file
+  const size_t at = text.find(llama3_digits);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, llama3_digits.size(), R"(\\p{N})");
+  std::ofstream(tdir + "/tokenizer.json") << text;
+  auto t = data::load_tokenizer(tdir);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto v = vocab_from_tokenizer(**t, tdir);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->model, "gpt2");
+  EXPECT_EQ(v->pre, "qwen2");
+}
+
 // Mistral's tokenizer.json (a byte_fallback BPE, "▁" prepended by the
 // normalizer, a Sequence decoder) exported as llama.cpp's converter exports
 // it without tokenizer.model (_set_vocab_llama_hf): model "llama", the
