@@ -67,6 +67,8 @@ struct ShimApi {
   decltype(&peft_spm_free_model) free_model = nullptr;
   decltype(&peft_spm_free_buffer) free_buffer = nullptr;
   decltype(&peft_spm_encode) encode = nullptr;
+  decltype(&peft_spm_encode_with_prefix) encode_with_prefix = nullptr;
+  decltype(&peft_spm_model_info) model_info = nullptr;
   decltype(&peft_spm_decode) decode = nullptr;
   decltype(&peft_spm_piece_size) piece_size = nullptr;
   decltype(&peft_spm_id_to_piece) id_to_piece = nullptr;
@@ -119,6 +121,8 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   bind(h, "peft_spm_free_model", &api->free_model, &missing);
   bind(h, "peft_spm_free_buffer", &api->free_buffer, &missing);
   bind(h, "peft_spm_encode", &api->encode, &missing);
+  bind(h, "peft_spm_encode_with_prefix", &api->encode_with_prefix, &missing);
+  bind(h, "peft_spm_model_info", &api->model_info, &missing);
   bind(h, "peft_spm_decode", &api->decode, &missing);
   bind(h, "peft_spm_piece_size", &api->piece_size, &missing);
   bind(h, "peft_spm_id_to_piece", &api->id_to_piece, &missing);
@@ -245,6 +249,27 @@ absl::StatusOr<std::vector<int32_t>> SpmModel::encode(std::string_view text) con
   }
   ShimBuffer owned{api_.get(), ids};
   return std::vector<int32_t>(ids, ids + n);
+}
+
+absl::StatusOr<std::vector<int32_t>> SpmModel::encode(std::string_view text, bool add_dummy_prefix) const {
+  int32_t* ids = nullptr;
+  size_t n = 0;
+  char* error = nullptr;
+  if (api_->encode_with_prefix(model_.get(), text.data(), text.size(), add_dummy_prefix ? 1 : 0, &ids, &n, &error) !=
+      0) {
+    return absl::InternalError(absl::StrCat("sentencepiece encode: ", take_error(*api_, error)));
+  }
+  ShimBuffer owned{api_.get(), ids};
+  return std::vector<int32_t>(ids, ids + n);
+}
+
+absl::StatusOr<PeftSpmModelInfo> SpmModel::info() const {
+  PeftSpmModelInfo info{};
+  char* error = nullptr;
+  if (api_->model_info(model_.get(), &info, &error) != 0) {
+    return absl::InternalError(absl::StrCat("sentencepiece model info: ", take_error(*api_, error)));
+  }
+  return info;
 }
 
 absl::StatusOr<std::string> SpmModel::decode(const std::vector<int32_t>& ids) const {
