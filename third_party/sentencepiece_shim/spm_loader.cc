@@ -16,7 +16,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+// --config=asan: the copy built without sanitizers (see the BUILD file).
+constexpr const char* kShimRelPath = "third_party/sentencepiece_shim/unsanitized/libpeft_spm_shim.so";
+#else
 constexpr const char* kShimRelPath = "third_party/sentencepiece_shim/libpeft_spm_shim.so";
+#endif
 constexpr int kMaxParentLevels = 6;
 
 struct DlCloser {
@@ -107,7 +112,16 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   // RTLD_DEEPBIND: the shim and its libsentencepiece resolve symbols in their
   // own dependency tree first, so sentencepiece's embedded protobuf never
   // binds to the libprotobuf that libtorch loaded (or the other way round).
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer refuses RTLD_DEEPBIND (google/sanitizers#611). Under it
+  // (bazel --config=asan, which builds the shim without sanitizers) the shim
+  // gets a link-map namespace of its own instead: the same isolation, with
+  // its own copies of libc and libstdc++. Every buffer it hands out is freed
+  // by the shim itself, so the two heaps never mix.
+  DlHandle handle(dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL));
+#else
   DlHandle handle(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND));
+#endif
   if (handle == nullptr) {
     const char* why = dlerror();
     return absl::FailedPreconditionError(
