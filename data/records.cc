@@ -115,6 +115,7 @@ class RecordReader {
   }
 
   Record text(std::string_view text) const {
+    if (std::optional<Record> big = too_large(text.size(), "text")) return *std::move(big);
     Record r;
     append(&r.doc, bos_, 0);
     append(&r.doc, tok_.encode(text, enc_), 1);
@@ -123,6 +124,8 @@ class RecordReader {
   }
 
   Record chat(std::string_view line) const {
+    // The record's line bounds the text of any run of its messages.
+    if (std::optional<Record> big = too_large(line.size(), "chat record")) return *std::move(big);
     std::string error;
     std::optional<json> j = parse_object(line, &error);
     if (!j.has_value()) return reject(BadRecord::kMalformedJson, error);
@@ -206,6 +209,8 @@ class RecordReader {
     const std::string& tmpl = fields[1].empty() ? opts_.prompt_template_no_input : opts_.prompt_template;
     // One pass: "{input}" inside the instruction text stays literal.
     const std::string prompt = absl::StrReplaceAll(tmpl, {{"{instruction}", fields[0]}, {"{input}", fields[1]}});
+    if (std::optional<Record> big = too_large(prompt.size(), "prompt")) return *std::move(big);
+    if (std::optional<Record> big = too_large(fields[2].size(), "\"output\"")) return *std::move(big);
     Record r;
     append(&r.doc, bos_, 0);
     append(&r.doc, tok_.encode(prompt, enc_), 0);
@@ -215,6 +220,15 @@ class RecordReader {
   }
 
  private:
+  // A kTooLarge record when `bytes` of text exceed what the tokenizer encodes
+  // in bounded memory.
+  std::optional<Record> too_large(size_t bytes, const char* what) const {
+    if (bytes <= tok_.max_text_bytes()) return std::nullopt;
+    return reject(BadRecord::kTooLarge,
+                  absl::StrCat(what, " of ", bytes, " bytes is longer than the ", tok_.max_text_bytes(), " bytes this ",
+                               tok_.kind(), " tokenizer encodes in bounded memory"));
+  }
+
   Record ids(const json& a) const {
     if (!a.is_array())
       return reject(BadRecord::kWrongType, absl::StrCat("\"ids\" is a ", a.type_name(), ", expected an array"));
@@ -489,6 +503,7 @@ const char* bad_record_name(BadRecord kind) {
     case BadRecord::kTooLong: return "longer than the context";
     case BadRecord::kIdOutOfRange: return "id outside the vocabulary";
     case BadRecord::kBadConversation: return "bad conversation";
+    case BadRecord::kTooLarge: return "too large to tokenize";
   }
   return "?";
 }

@@ -44,6 +44,10 @@
 // they are not already there, so ids with or without BOS/EOS both work. BOS is
 // never a target (nothing predicts the start of a document).
 //
+// Text longer than Tokenizer::max_text_bytes() (only a sentencepiece model
+// that cannot be encoded in pieces has a limit, 1 MiB) is a bad record
+// (kTooLarge) instead of an encode whose memory would grow without bound.
+//
 // Bad data: every problem is reported as "<path>:<line>: <what>". With
 // OnBadRecord::kStop the first one is the error; with kSkip the record is
 // dropped and counted by reason in DataStats. An empty file, a file with no
@@ -128,8 +132,9 @@ enum class BadRecord {
   kTooLong,          // longer than seq_len + 1 tokens with pack = false
   kIdOutOfRange,     // a pre-tokenized id outside [0, vocab_size)
   kBadConversation,  // a chat record with an unknown role, no assistant turn, or turns its template cannot lay out
+  kTooLarge,         // text longer than the tokenizer encodes in bounded memory (Tokenizer::max_text_bytes)
 };
-inline constexpr int kNumBadRecordKinds = 6;
+inline constexpr int kNumBadRecordKinds = 7;
 
 /// "malformed JSON", "missing field", ...
 const char* bad_record_name(BadRecord kind);

@@ -32,6 +32,7 @@
 #define PEFT_DATA_TOKENIZER_H_
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -111,6 +112,12 @@ class Tokenizer {
   /// beside it, else tokenizer_config.json's "chat_template"); "" when none.
   /// data/chat_template.h recognises the common layouts in it.
   virtual std::string chat_template() const { return ""; }
+
+  /// The longest text (in bytes) encode() takes in bounded memory; callers
+  /// refuse longer ones (data/records.h names the record). Unlimited unless
+  /// an implementation says otherwise (a sentencepiece model that cannot be
+  /// encoded in pieces).
+  virtual size_t max_text_bytes() const { return std::numeric_limits<size_t>::max(); }
 
   /// "sentencepiece", "tokenizer_json", "gpt2_bpe" or "llama2c".
   virtual std::string kind() const = 0;

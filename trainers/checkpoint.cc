@@ -1,5 +1,7 @@
 #include "trainers/checkpoint.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -84,9 +86,28 @@ absl::Status save_training_state(const std::string& run_dir, const TrainingState
     // state.json last: a directory with it is complete.
     return io::write_file_atomically(tmp + "/state.json", j.dump(2) + "\n");
   }));
+  // Pruning never leaves a partial checkpoint under its final name (a kill
+  // in the middle of remove_all would): each one goes to a hidden name first.
+  // The caller holds the run directory's lock, so hidden ".step-*.removing-*"
+  // directories and step-* ones without state.json (what such a kill, or an
+  // older version's, left) belong to dead processes and go too.
+  auto prune = [&](const fs::path& p) {
+    const fs::path doomed = root / absl::StrCat(".", p.filename().string(), ".removing-", getpid());
+    std::error_code e2;
+    fs::rename(p, doomed, e2);
+    fs::remove_all(e2 ? p : doomed, e2);
+  };
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".step-", 0) == 0 && name.find(".removing-") != std::string::npos) {
+      std::error_code e2;
+      fs::remove_all(e.path(), e2);
+    } else if (checkpoint_step(e.path().string()) >= 0 && !fs::exists(e.path() / "state.json", ec)) {
+      prune(e.path());
+    }
+  }
   auto all = checkpoints(root);
-  for (size_t i = 0; i + static_cast<size_t>(std::max(keep_last, 1)) < all.size(); ++i)
-    fs::remove_all(all[i].second, ec);
+  for (size_t i = 0; i + static_cast<size_t>(std::max(keep_last, 1)) < all.size(); ++i) prune(all[i].second);
   return absl::OkStatus();
 }
 

@@ -5,9 +5,15 @@
 #include "data/sentencepiece_tokenizer.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,6 +22,7 @@
 #include <ATen/ops/ones.h>
 #include <gtest/gtest.h>
 
+#include "data/records.h"
 #include "tests/data/reference_testing.h"
 #include "tests/testing/assets.h"
 #include "third_party/sentencepiece_shim/spm_loader.h"
@@ -124,6 +131,214 @@ TEST(SentencePieceTokenizerTest, SpecialIdsPiecesAndDecode) {
   // Invalid UTF-8 must not crash (sentencepiece maps it to U+FFFD-like pieces).
   std::string bad = "ok \xFF\xFE\xC3 end";
   EXPECT_FALSE(tok->encode(bad).empty());
+}
+
+// Texts that exercise every kind of cut: spaces, runs of spaces, newlines,
+// no whitespace at all, multi-byte and invalid UTF-8, a literal "▁".
+std::vector<std::pair<std::string, std::string>> chunking_texts(const std::string& dir) {
+  std::vector<std::pair<std::string, std::string>> texts;
+  std::string shakespeare = read_binary_file(dir + "/corpus/tinyshakespeare.txt").substr(0, 12000);
+  texts.emplace_back("shakespeare", shakespeare);
+  std::mt19937 rng(7);
+  const std::vector<std::string> words = {"the", "Once", "upon", "time", "é", "日本語", "😀", "x", "▁", "a▁b", "42"};
+  const std::vector<std::string> gaps = {" ", "  ", "   ", "    ", "        ", "\n", "\n\n", " \n ", "\t", "\r\n", ""};
+  std::string mixed = "   leading spaces";
+  for (int i = 0; i < 3000; ++i) {
+    mixed += words[rng() % words.size()];
+    mixed += gaps[rng() % gaps.size()];
+  }
+  mixed += "   ";  // trailing spaces
+  texts.emplace_back("runs of spaces, newlines, tabs, UTF-8", mixed);
+  std::string lines;
+  for (int i = 0; i < 2000; ++i) lines += words[rng() % 4] + "\n";
+  texts.emplace_back("newlines only", lines);
+  std::string digits;  // no whitespace; Llama splits digits, so cuts stay exact
+  for (int i = 0; i < 8000; ++i) digits += static_cast<char>('0' + rng() % 10);
+  texts.emplace_back("digits without whitespace", digits);
+  std::string cjk;
+  for (int i = 0; i < 2000; ++i) cjk += i % 3 == 0 ? "日本" : i % 3 == 1 ? "語の" : "文章";
+  texts.emplace_back("CJK without whitespace", cjk);
+  std::string bad;
+  for (int i = 0; i < 2000; ++i) bad += i % 5 == 0 ? "ok \xFF\xFE\xC3 end " : "word \xE6\x97 ";
+  texts.emplace_back("invalid UTF-8", bad);
+  return texts;
+}
+
+// Chunked encoding (cuts every 32-64 bytes) against one Encode of the whole
+// text by the same library, for both LLaMA-family models (tok512 removes
+// extra whitespace, Llama-2 does not).
+TEST(SentencePieceTokenizerTest, ChunkedEncodingEqualsWholeEncoding) {
+  const std::string dir = shared_assets_dir();
+  if (dir.empty()) GTEST_SKIP() << kNoAssetsReason;
+  for (const std::string model : {"/llama2_tokenizer/tokenizer.model", "/llama2c_stories260K/tok512.model"}) {
+    SentencePieceOptions whole_opts;
+    whole_opts.chunk_bytes = std::numeric_limits<size_t>::max();
+    SentencePieceOptions chunk_opts;
+    chunk_opts.chunk_bytes = 64;
+    auto whole = SentencePieceTokenizer::create(dir + model, whole_opts);
+    auto chunked = SentencePieceTokenizer::create(dir + model, chunk_opts);
+    ASSERT_TRUE(whole.ok() && chunked.ok()) << whole.status() << chunked.status();
+    EXPECT_EQ((*chunked)->unchunked_reason(), "");
+    EXPECT_EQ((*chunked)->max_text_bytes(), std::numeric_limits<size_t>::max());
+    for (const auto& [name, text] : chunking_texts(dir)) {
+      const std::vector<SentencePieceTokenizer::Cut> cuts = (*chunked)->cuts(text);
+      EXPECT_GE(cuts.size(), text.size() / 64 - 1) << model << ": " << name;
+      for (size_t k = 0; k < cuts.size(); ++k) {
+        const size_t from = k == 0 ? 0 : cuts[k - 1].at;
+        EXPECT_LE(cuts[k].at - from, 64u) << name;
+        EXPECT_TRUE(cuts[k].exact) << model << ": " << name << ": cut at " << cuts[k].at;
+      }
+      const std::vector<int32_t> want = (*whole)->encode(text);
+      const std::vector<int32_t> got = (*chunked)->encode(text);
+      EXPECT_EQ(got, want) << model << ": " << name << " (" << cuts.size() << " cuts)";
+      EXPECT_EQ((*chunked)->decode(got), (*whole)->decode(want)) << model << ": " << name;
+    }
+  }
+}
+
+// The assets' reference ids, encoded 16 bytes at a time.
+TEST(SentencePieceTokenizerTest, ChunkedEncodingMatchesReferenceIds) {
+  const std::string dir = shared_assets_dir();
+  if (dir.empty()) GTEST_SKIP() << kNoAssetsReason;
+  SentencePieceOptions opts;
+  opts.chunk_bytes = 16;
+  for (const auto& [model, ref] : std::vector<std::pair<std::string, std::string>>{
+           {"/llama2_tokenizer/tokenizer.model", "/llama2_tokenizer/reference_encodings.jsonl"},
+           {"/llama2c_stories260K/tok512.model", "/llama2c_stories260K/reference_encodings_tok512.jsonl"}}) {
+    auto tok = SentencePieceTokenizer::create(dir + model, opts);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    auto records = read_reference_jsonl(dir + ref);
+    ASSERT_FALSE(records.empty());
+    // Records cut only where the cut is exact must give the reference ids;
+    // the others (no exact cut within 8 bytes) must still decode to the text.
+    std::vector<testing::ReferenceRecord> exact;
+    size_t cut = 0, inexact = 0;
+    for (const auto& r : records) {
+      const std::vector<SentencePieceTokenizer::Cut> cuts = (*tok)->cuts(r.text);
+      const bool all_exact = std::all_of(cuts.begin(), cuts.end(), [](const auto& c) { return c.exact; });
+      cut += cuts.empty() ? 0 : 1;
+      if (all_exact) {
+        exact.push_back(r);
+      } else {
+        ++inexact;
+        if (model.find("llama2_") != std::string::npos) {
+          EXPECT_EQ((*tok)->decode((*tok)->encode(r.text)), r.text);
+        }
+      }
+    }
+    EXPECT_GT(cut, records.size() / 4) << model;
+    EXPECT_GT(cut, inexact + 20) << model;
+    CheckResult enc = check_encodings(**tok, exact);
+    EXPECT_EQ(enc.passed, enc.total) << model << ": " << enc.failures;
+    std::cout << model << ": " << cut << " of " << records.size() << " references cut in 16-byte pieces, " << inexact
+              << " of them inexactly; " << enc.passed << "/" << enc.total << " exact ones match\n";
+  }
+}
+
+// A window with no exact cut (every character pair is inside some piece) is
+// cut anyway: bounded pieces, the text survives, few tokens differ.
+TEST(SentencePieceTokenizerTest, TextWithoutAnExactCutIsStillCut) {
+  const std::string dir = shared_assets_dir();
+  if (dir.empty()) GTEST_SKIP() << kNoAssetsReason;
+  SentencePieceOptions opts;
+  opts.chunk_bytes = 64;
+  auto tok = SentencePieceTokenizer::create(dir + "/llama2_tokenizer/tokenizer.model", opts);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::string text(4096, 'a');
+  const std::vector<SentencePieceTokenizer::Cut> cuts = (*tok)->cuts(text);
+  ASSERT_EQ(cuts.size(), 4096u / 64 - 1);
+  EXPECT_FALSE(cuts[0].exact);
+  const std::vector<int32_t> ids = (*tok)->encode(text);
+  EXPECT_EQ((*tok)->decode(ids), text);
+}
+
+// Peak memory of one 5 MB line, measured in a child process (fresh high-water
+// mark): one sentencepiece Encode of it takes about 1.2 GB; in 64 KiB pieces
+// the growth is a few tens of MB.
+TEST(SentencePieceTokenizerTest, FiveMegabyteLineEncodesInBoundedMemory) {
+  const std::string dir = shared_assets_dir();
+  if (dir.empty()) GTEST_SKIP() << kNoAssetsReason;
+  auto tok = load_or_die(dir + "/llama2_tokenizer/tokenizer.model");
+  ASSERT_NE(tok, nullptr);
+  const std::string corpus = read_binary_file(dir + "/corpus/tinyshakespeare.txt");
+  std::string line;
+  while (line.size() < (size_t{5} << 20)) line += corpus;
+  line.resize(size_t{5} << 20);
+  for (char& c : line) c = c == '\n' ? ' ' : c;  // one JSONL line's text
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    auto hwm_kb = [] {
+      std::ifstream in("/proc/self/status");
+      std::string key;
+      long value = 0;
+      while (in >> key) {
+        if (key == "VmHWM:") {
+          in >> value;
+          return value;
+        }
+      }
+      return -1L;
+    };
+    // A fresh high-water mark: the child's starts at what it shares with us.
+    std::ofstream("/proc/self/clear_refs") << "5";
+    const long before = hwm_kb();
+    const size_t n = tok->encode(line).size();
+    const long after = hwm_kb();
+    const std::string report = std::to_string(after - before) + " " + std::to_string(n);
+    (void)!write(fds[1], report.data(), report.size());
+    _exit(0);
+  }
+  close(fds[1]);
+  char buf[64] = {};
+  const ssize_t got = read(fds[0], buf, sizeof(buf) - 1);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ASSERT_GT(got, 0);
+  long growth_kb = 0, tokens = 0;
+  ASSERT_EQ(std::sscanf(buf, "%ld %ld", &growth_kb, &tokens), 2) << buf;
+  std::cout << "5 MB line: " << tokens << " tokens, peak RSS growth " << growth_kb / 1024 << " MB\n";
+  EXPECT_GT(tokens, 1000000);
+  EXPECT_LT(growth_kb, 200 * 1024) << "peak RSS grew by " << growth_kb / 1024 << " MB";
+}
+
+// A model that cannot be encoded in pieces (here tok512 turned into a unigram
+// model) has a text limit, and a longer record is refused with file:line.
+TEST(SentencePieceTokenizerTest, UnchunkableModelRefusesLongRecords) {
+  const std::string dir = shared_assets_dir();
+  if (dir.empty()) GTEST_SKIP() << kNoAssetsReason;
+  const std::string tmp = make_temp_dir("spm_unigram_");
+  // A second trainer_spec with model_type = UNIGRAM merges into the first.
+  write_binary_file(tmp + "/unigram.model",
+                    read_binary_file(dir + "/llama2c_stories260K/tok512.model") + std::string("\x12\x02\x18\x01", 4));
+  SentencePieceOptions opts;
+  opts.max_unchunked_bytes = 100;
+  auto tok = SentencePieceTokenizer::create(tmp + "/unigram.model", opts);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->unchunked_reason(), "a unigram model");
+  EXPECT_EQ((*tok)->max_text_bytes(), 100u);
+  EXPECT_TRUE((*tok)->cuts(std::string(1000, 'a')).empty());
+  DataOptions data;
+  data.seq_len = 8;
+  DataStats stats;
+  const std::string content = "{\"text\": \"a short story\"}\n{\"text\": \"" + std::string(200, 'b') + "\"}\n";
+  auto docs = read_documents(content, "long.jsonl", **tok, data, &stats);
+  ASSERT_FALSE(docs.ok());
+  EXPECT_EQ(docs.status().message(),
+            "long.jsonl:2: text of 200 bytes is longer than the 100 bytes this sentencepiece tokenizer encodes in "
+            "bounded memory");
+  data.on_bad = DataOptions::OnBadRecord::kSkip;
+  stats = DataStats();
+  docs = read_documents(content, "long.jsonl", **tok, data, &stats);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_EQ(docs->size(), 1u);
+  EXPECT_EQ(stats.skipped_of(BadRecord::kTooLarge), 1);
+  EXPECT_NE(stats.summary().find("1 too large to tokenize"), std::string::npos) << stats.summary();
 }
 
 TEST(SentencePieceTokenizerTest, ShimIsFoundAndOverridable) {

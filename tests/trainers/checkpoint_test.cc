@@ -1,7 +1,11 @@
 // Training checkpoints: a resumed run continues bitwise like an uninterrupted
 // one (tensors, AdamW moments, RNG for dropout), each rank gets its own RNG
 // state back, only the newest K are kept, and a mismatching run is refused.
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -67,6 +71,33 @@ TEST(Checkpoint, ResumeIsBitwiseAndKeepsLastK) {
   wrong.trainable = {{"w", c}};
   EXPECT_FALSE(load_training_state(**latest_checkpoint(run), &wrong, oc).ok());
   EXPECT_FALSE(latest_checkpoint(run + "/none")->has_value());
+}
+
+// A kill while an old checkpoint was being pruned (found by
+// scripts/crash_consistency.sh) left step-N/ without state.json under its
+// final name. Pruning now renames first; the next save removes such
+// remnants, and hidden ".step-*.removing-*" directories of a dead pruner.
+TEST(Checkpoint, PruningLeavesNoPartialCheckpointUnderAFinalName) {
+  namespace fs = std::filesystem;
+  const std::string run = testing::make_temp_dir("ckpt_prune");
+  at::Tensor a = at::randn({8}).requires_grad_(true);
+  torch::optim::AdamW oa({a}, torch::optim::AdamWOptions(0.1));
+  TrainingState st;
+  st.trainable = {{"w", a}};
+  for (int s : {1, 2}) {
+    st.step = s;
+    ASSERT_TRUE(save_training_state(run, st, oa, 2).ok());
+  }
+  // What a pruner killed half-way leaves, in both orders of deletion.
+  fs::remove(run + "/checkpoints/step-00000001/state.json");
+  fs::create_directories(run + "/checkpoints/.step-00000000.removing-12345");
+  std::ofstream(run + "/checkpoints/.step-00000000.removing-12345/optimizer.pt") << "x";
+  st.step = 3;
+  ASSERT_TRUE(save_training_state(run, st, oa, 2).ok());
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(run + "/checkpoints")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"step-00000002", "step-00000003"}));
 }
 
 TEST(Checkpoint, EachRankRestoresItsOwnRngState) {

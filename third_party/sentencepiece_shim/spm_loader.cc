@@ -16,7 +16,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+// --config=asan: the copy built without sanitizers (see the BUILD file).
+constexpr const char* kShimRelPath = "third_party/sentencepiece_shim/unsanitized/libpeft_spm_shim.so";
+#else
 constexpr const char* kShimRelPath = "third_party/sentencepiece_shim/libpeft_spm_shim.so";
+#endif
 constexpr int kMaxParentLevels = 6;
 
 struct DlCloser {
@@ -67,6 +72,8 @@ struct ShimApi {
   decltype(&peft_spm_free_model) free_model = nullptr;
   decltype(&peft_spm_free_buffer) free_buffer = nullptr;
   decltype(&peft_spm_encode) encode = nullptr;
+  decltype(&peft_spm_encode_with_prefix) encode_with_prefix = nullptr;
+  decltype(&peft_spm_model_info) model_info = nullptr;
   decltype(&peft_spm_decode) decode = nullptr;
   decltype(&peft_spm_piece_size) piece_size = nullptr;
   decltype(&peft_spm_id_to_piece) id_to_piece = nullptr;
@@ -105,7 +112,16 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   // RTLD_DEEPBIND: the shim and its libsentencepiece resolve symbols in their
   // own dependency tree first, so sentencepiece's embedded protobuf never
   // binds to the libprotobuf that libtorch loaded (or the other way round).
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer refuses RTLD_DEEPBIND (google/sanitizers#611). Under it
+  // (bazel --config=asan, which builds the shim without sanitizers) the shim
+  // gets a link-map namespace of its own instead: the same isolation, with
+  // its own copies of libc and libstdc++. Every buffer it hands out is freed
+  // by the shim itself, so the two heaps never mix.
+  DlHandle handle(dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL));
+#else
   DlHandle handle(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND));
+#endif
   if (handle == nullptr) {
     const char* why = dlerror();
     return absl::FailedPreconditionError(
@@ -119,6 +135,8 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   bind(h, "peft_spm_free_model", &api->free_model, &missing);
   bind(h, "peft_spm_free_buffer", &api->free_buffer, &missing);
   bind(h, "peft_spm_encode", &api->encode, &missing);
+  bind(h, "peft_spm_encode_with_prefix", &api->encode_with_prefix, &missing);
+  bind(h, "peft_spm_model_info", &api->model_info, &missing);
   bind(h, "peft_spm_decode", &api->decode, &missing);
   bind(h, "peft_spm_piece_size", &api->piece_size, &missing);
   bind(h, "peft_spm_id_to_piece", &api->id_to_piece, &missing);
@@ -245,6 +263,27 @@ absl::StatusOr<std::vector<int32_t>> SpmModel::encode(std::string_view text) con
   }
   ShimBuffer owned{api_.get(), ids};
   return std::vector<int32_t>(ids, ids + n);
+}
+
+absl::StatusOr<std::vector<int32_t>> SpmModel::encode(std::string_view text, bool add_dummy_prefix) const {
+  int32_t* ids = nullptr;
+  size_t n = 0;
+  char* error = nullptr;
+  if (api_->encode_with_prefix(model_.get(), text.data(), text.size(), add_dummy_prefix ? 1 : 0, &ids, &n, &error) !=
+      0) {
+    return absl::InternalError(absl::StrCat("sentencepiece encode: ", take_error(*api_, error)));
+  }
+  ShimBuffer owned{api_.get(), ids};
+  return std::vector<int32_t>(ids, ids + n);
+}
+
+absl::StatusOr<PeftSpmModelInfo> SpmModel::info() const {
+  PeftSpmModelInfo info{};
+  char* error = nullptr;
+  if (api_->model_info(model_.get(), &info, &error) != 0) {
+    return absl::InternalError(absl::StrCat("sentencepiece model info: ", take_error(*api_, error)));
+  }
+  return info;
 }
 
 absl::StatusOr<std::string> SpmModel::decode(const std::vector<int32_t>& ids) const {

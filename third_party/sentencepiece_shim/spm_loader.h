@@ -62,6 +62,13 @@ class SpmModel final {
   /// sentencepiece `Encode(text)`: ids without BOS/EOS.
   absl::StatusOr<std::vector<int32_t>> encode(std::string_view text) const;
 
+  /// encode() with the dummy-prefix "▁" on or off, whatever the model's
+  /// normalizer says (for encoding a long text in pieces).
+  absl::StatusOr<std::vector<int32_t>> encode(std::string_view text, bool add_dummy_prefix) const;
+
+  /// The model's normalizer and trainer settings (see spm_shim.h).
+  absl::StatusOr<PeftSpmModelInfo> info() const;
+
   /// sentencepiece `Decode(ids)`; every id must be in [0, piece_size()).
   absl::StatusOr<std::string> decode(const std::vector<int32_t>& ids) const;
 

@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the functions below. */
-#define PEFT_SPM_SHIM_ABI_VERSION 2
+#define PEFT_SPM_SHIM_ABI_VERSION 3
 
 /* Opaque model handle (a sentencepiece::SentencePieceProcessor). */
 typedef struct PeftSpmModel PeftSpmModel;
@@ -51,6 +51,29 @@ void peft_spm_free_buffer(void* buffer);
  * sets *ids (malloc'ed, may be NULL when *num_ids == 0) and *num_ids. */
 int peft_spm_encode(const PeftSpmModel* model, const char* text, size_t text_len, int32_t** ids, size_t* num_ids,
                     char** error);
+
+/* peft_spm_encode with the dummy-prefix "▁" forced on (add_dummy_prefix = 1)
+ * or off (0), whatever the model's own normalizer says. Lets a caller encode a
+ * long text in pieces: a piece that does not start the text is encoded
+ * without the prefix the whole text got once. */
+int peft_spm_encode_with_prefix(const PeftSpmModel* model, const char* text, size_t text_len, int add_dummy_prefix,
+                                int32_t** ids, size_t* num_ids, char** error);
+
+/* What the model's normalizer and trainer spec say, read from its ModelProto
+ * (unset fields take the proto defaults). */
+typedef struct PeftSpmModelInfo {
+  int identity_normalizer;        /* 1 when the normalizer has no precompiled charsmap (rule "identity") */
+  int add_dummy_prefix;           /* NormalizerSpec.add_dummy_prefix */
+  int remove_extra_whitespaces;   /* NormalizerSpec.remove_extra_whitespaces */
+  int escape_whitespaces;         /* NormalizerSpec.escape_whitespaces */
+  int model_type;                 /* TrainerSpec.model_type: 1 unigram, 2 BPE, 3 word, 4 char */
+  int treat_whitespace_as_suffix; /* TrainerSpec.treat_whitespace_as_suffix */
+  int byte_fallback;              /* TrainerSpec.byte_fallback */
+} PeftSpmModelInfo;
+
+/* Fills *info; returns 0, or non-zero with *error when the model's
+ * serialized proto cannot be read. */
+int peft_spm_model_info(const PeftSpmModel* model, PeftSpmModelInfo* info, char** error);
 
 /* Decodes ids to text. Every id must be in [0, piece_size). On success
  * returns 0 and sets *text (malloc'ed, NUL-terminated) and *text_len. */
