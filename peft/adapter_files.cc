@@ -52,6 +52,16 @@ absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& 
     // there); e.what() carries nlohmann's internal prefix, left out.
     return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON at byte ", e.byte, " of ", text.size(),
                                                    text.empty() ? " (the file is empty)" : ""));
+  } catch (const json::out_of_range& e) {
+    // A number beyond a double (1e999): nlohmann names it as "... parsing 'N'".
+    const std::string what = e.what();
+    const size_t open = what.find("parsing '");
+    const std::string number =
+        open == std::string::npos ? std::string() : what.substr(open + 9, what.size() - open - 10).substr(0, 40);
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: a number is out of range",
+                                                   number.empty() ? "" : absl::StrCat(" (", number, ")")));
+  } catch (const json::exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
   }
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   if (!j.contains("peft_type") || !j["peft_type"].is_string()) {

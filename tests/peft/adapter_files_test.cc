@@ -145,6 +145,21 @@ TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
       << miss.status();
 }
 
+// Found by fuzz/adapter_config_fuzz.cc: a number beyond a double
+// ("2E7777777777", "lora_alpha": 1e999) made nlohmann throw out_of_range,
+// which the parser did not catch: the process terminated.
+TEST(AdapterFiles, NumberBeyondADoubleIsInvalidJson) {
+  for (const char* text : {"2E7777777777", R"({"peft_type": "LORA", "r": 8, "lora_alpha": 1e999})",
+                           R"({"peft_type": "LORA", "layers_to_transform": [-1e400]})"}) {
+    absl::StatusOr<proto::AdapterConfig> c = parse_hf_adapter_config(text, "D");
+    ASSERT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+    EXPECT_NE(std::string(c.status().message()).find("D: not valid JSON: a number is out of range ("),
+              std::string::npos)
+        << c.status();
+  }
+}
+
 // Loading a LoRA adapter onto a 100M-parameter model (fp32, 400 MB) raises
 // the peak RSS by at most the adapter's size plus 10% of the model's: the
 // load copies no base weight that LoRA does not rewrite (a copy of every
