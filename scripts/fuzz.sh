@@ -81,6 +81,10 @@ if [ $list -eq 1 ]; then
   for h in "${harnesses[@]}"; do echo "${h%%|*}"; done
   exit 0
 fi
+known=" $(for h in "${harnesses[@]}"; do printf '%s ' "${h%%|*}"; done)"
+for n in "${only[@]}"; do
+  [[ $known == *" $n "* ]] || { echo "fuzz: no harness named $n (see --list)" >&2; exit 2; }
+done
 command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found (apt-get install clang)" >&2; exit 77; }
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
