@@ -128,7 +128,11 @@ TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
            {R"("r": 8, "bias": 1)", R"("bias" must be a string, got number 1)"},
            {R"("r": 8, "init_lora_weights": 3)", R"("init_lora_weights" must be true, false or a string)"},
            {R"("r": 8, "rank_pattern": {"q": 4294967300})", "rank_pattern['q'] must be an integer rank in [1, 65536]"},
-           {R"("r": 8, "alpha_pattern": {"q": "big"})", "alpha_pattern['q'] must be a finite number"}}) {
+           {R"("r": 8, "alpha_pattern": {"q": "big"})", "alpha_pattern['q'] must be a finite number"},
+           {R"("r": 8, "layers_to_transform": 4294967296)",
+            "layers_to_transform must hold block indices in [0, 1024), got 4294967296"},
+           {R"("r": 8, "layers_to_transform": [0, -1])",
+            "layers_to_transform must hold block indices in [0, 1024), got -1"}}) {
     absl::StatusOr<proto::AdapterConfig> c = parse(keys);
     ASSERT_FALSE(c.ok()) << keys;
     EXPECT_NE(std::string(c.status().message()).find(want), std::string::npos) << keys << ": " << c.status();
