@@ -85,39 +85,47 @@ absl::StatusOr<std::shared_ptr<CausalLm>> import_llama2c(const std::string& path
 
   absl::Status st = status_from_torch_error("llama2c import", [&] {
     torch::NoGradGuard no_grad;
-    auto read = [&](std::vector<int64_t> shape) {
+    // `what`: run.c's name of the tensor. A NaN or infinite weight makes
+    // every output garbage: refused here, as load_model refuses it.
+    auto read = [&](std::vector<int64_t> shape, const char* what) {
       at::Tensor t = at::empty(shape, at::kFloat);
       in.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
       TORCH_CHECK(in.good(), "unexpected end of file");
+      TORCH_CHECK(at::isfinite(t).all().item<bool>(), what, " holds NaN or infinite values; the checkpoint is corrupt");
       return t;
     };
     auto layer = [&](int64_t i) { return llama->model->layers[i]->as<LlamaDecoderLayerImpl>(); };
-    llama->model->embed_tokens->weight.copy_(read({vocab, dim}));
-    at::Tensor t = read({layers, dim});
+    llama->model->embed_tokens->weight.copy_(read({vocab, dim}, "token_embedding_table"));
+    at::Tensor t = read({layers, dim}, "rms_att_weight");
     for (int64_t i = 0; i < layers; ++i) layer(i)->input_layernorm->weight.copy_(t[i]);
-    t = read({layers, dim, dim});
+    t = read({layers, dim, dim}, "wq");
     for (int64_t i = 0; i < layers; ++i) layer(i)->self_attn->q_proj->weight.copy_(permute_rotary_rows(t[i], heads));
-    t = read({layers, kv_dim, dim});
+    t = read({layers, kv_dim, dim}, "wk");
     for (int64_t i = 0; i < layers; ++i) layer(i)->self_attn->k_proj->weight.copy_(permute_rotary_rows(t[i], kv_heads));
-    t = read({layers, kv_dim, dim});
+    t = read({layers, kv_dim, dim}, "wv");
     for (int64_t i = 0; i < layers; ++i) layer(i)->self_attn->v_proj->weight.copy_(t[i]);
-    t = read({layers, dim, dim});
+    t = read({layers, dim, dim}, "wo");
     for (int64_t i = 0; i < layers; ++i) layer(i)->self_attn->o_proj->weight.copy_(t[i]);
-    t = read({layers, dim});
+    t = read({layers, dim}, "rms_ffn_weight");
     for (int64_t i = 0; i < layers; ++i) layer(i)->post_attention_layernorm->weight.copy_(t[i]);
-    t = read({layers, hidden, dim});
+    t = read({layers, hidden, dim}, "w1");
     for (int64_t i = 0; i < layers; ++i) layer(i)->mlp->gate_proj->weight.copy_(t[i]);  // w1
-    t = read({layers, dim, hidden});
+    t = read({layers, dim, hidden}, "w2");
     for (int64_t i = 0; i < layers; ++i) layer(i)->mlp->down_proj->weight.copy_(t[i]);  // w2
-    t = read({layers, hidden, dim});
+    t = read({layers, hidden, dim}, "w3");
     for (int64_t i = 0; i < layers; ++i) layer(i)->mlp->up_proj->weight.copy_(t[i]);  // w3
-    llama->model->norm->weight.copy_(read({dim}));
+    llama->model->norm->weight.copy_(read({dim}, "rms_final_weight"));
     if (!shared) {
       if (file_size == with_freq) in.seekg(4 * freq, std::ios::cur);
-      llama->lm_head->weight.copy_(read({vocab, dim}));
+      llama->lm_head->weight.copy_(read({vocab, dim}, "wcls"));
     }
   });
-  if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
+  if (!st.ok()) {
+    // The first line: LibTorch's "Exception raised from ..." trace is not for users.
+    std::string msg(st.message());
+    if (size_t nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", msg));
+  }
   return lm;
 }
 

@@ -52,6 +52,16 @@ absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& 
     // there); e.what() carries nlohmann's internal prefix, left out.
     return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON at byte ", e.byte, " of ", text.size(),
                                                    text.empty() ? " (the file is empty)" : ""));
+  } catch (const json::out_of_range& e) {
+    // A number beyond a double (1e999): nlohmann names it as "... parsing 'N'".
+    const std::string what = e.what();
+    const size_t open = what.find("parsing '");
+    const std::string number =
+        open == std::string::npos ? std::string() : what.substr(open + 9, what.size() - open - 10).substr(0, 40);
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: a number is out of range",
+                                                   number.empty() ? "" : absl::StrCat(" (", number, ")")));
+  } catch (const json::exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
   }
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   if (!j.contains("peft_type") || !j["peft_type"].is_string()) {
@@ -87,14 +97,27 @@ absl::StatusOr<proto::AdapterConfig> parse_hf_adapter_config(const std::string& 
     return absl::InvalidArgumentError(absl::StrCat(source, ": exclude_modules must be a list"));
   }
   const json& lt = j.value("layers_to_transform", json());
+  // A block index: an integer in [0, 1024) (config.json's layer bound), never
+  // truncated (4294967296 must not become block 0).
+  auto layer = [&](const json& l) -> absl::StatusOr<int> {
+    const bool ok = l.is_number_integer() && !(l.is_number_unsigned() && l.get<uint64_t>() >= 1024) &&
+                    l.get<int64_t>() >= 0 && l.get<int64_t>() < 1024;
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": layers_to_transform must hold block indices in [0, 1024), got ", l.dump()));
+    }
+    return static_cast<int>(l.get<int64_t>());
+  };
   if (lt.is_number_integer()) {
-    target->add_layers(lt.get<int>());
+    PEFT_ASSIGN_OR_RETURN(const int l, layer(lt));
+    target->add_layers(l);
   } else if (lt.is_array()) {
     for (const json& l : lt) {
       if (!l.is_number_integer()) {
         return absl::InvalidArgumentError(absl::StrCat(source, ": layers_to_transform must hold integers"));
       }
-      target->add_layers(l.get<int>());
+      PEFT_ASSIGN_OR_RETURN(const int n, layer(l));
+      target->add_layers(n);
     }
   } else if (!lt.is_null()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": layers_to_transform must be an integer or a list"));

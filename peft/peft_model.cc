@@ -269,7 +269,10 @@ absl::Status PeftModel::merge_() {
       }
     }
   }
-  for (const auto& [name, w] : active_) {
+  for (const auto& entry : active_) {
+    // Named members, not a structured binding: C++17 lambdas cannot capture one (clang refuses).
+    const auto& name = entry.first;
+    const auto& w = entry.second;
     for (const LinearTarget& t : find(name)->targets) {
       PEFT_RETURN_IF_ERROR(status_from_torch_error(t.path.c_str(), [&] { t.linear->merge_(name, w); }));
     }

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "models/model_io.h"
+#include "peft/core/json_fields.h"
 #include "peft/core/status.h"
 #include "peft/io/atomic_file.h"
 #include "peft/io/safetensors.h"
@@ -125,13 +128,34 @@ std::optional<std::string> previous_checkpoint(const std::string& run_dir, int64
   return out;
 }
 
+absl::Status parse_training_state_json(const std::string& text, const std::string& source, TrainingState* state) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("step")) {
+    return absl::InvalidArgumentError(absl::StrCat(source, " is corrupt"));
+  }
+  // Each number strictly: a string, a fraction or a value beyond int64 is an
+  // error naming the key, never a cast or an exception.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> step, json_fields::integer(j, "step", source, 0, kMax));
+  if (!step) return absl::InvalidArgumentError(absl::StrCat(source, " is corrupt: \"step\" is null"));
+  PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> epoch, json_fields::integer(j, "data_epoch", source, 0, kMax));
+  PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> index, json_fields::integer(j, "data_index", source, 0, kMax));
+  PEFT_ASSIGN_OR_RETURN(std::optional<int64_t> world, json_fields::integer(j, "world_size", source, 0, kMax));
+  state->step = *step;
+  state->data_epoch = epoch.value_or(0);
+  state->data_index = index.value_or(0);
+  state->world_size = world.value_or(0);
+  return absl::OkStatus();
+}
+
 absl::Status load_training_state(const std::string& dir, TrainingState* state, torch::optim::Optimizer& optimizer,
                                  int rank, const c10::Device& device) {
   std::ifstream in(dir + "/state.json");
   if (!in) return absl::NotFoundError(absl::StrCat(dir, ": no state.json (incomplete checkpoint?)"));
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("step"))
-    return absl::InvalidArgumentError(absl::StrCat(dir, "/state.json is corrupt"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  TrainingState numbers;
+  PEFT_RETURN_IF_ERROR(parse_training_state_json(text.str(), dir + "/state.json", &numbers));
   PEFT_ASSIGN_OR_RETURN(std::unique_ptr<io::SafetensorsFile> file,
                         io::SafetensorsFile::open(dir + "/trainable.safetensors"));
   for (const auto& [name, t] : state->trainable) {
@@ -168,10 +192,10 @@ absl::Status load_training_state(const std::string& dir, TrainingState* state, t
   // The moments go to the training device, wherever they were saved from.
   PEFT_RETURN_IF_ERROR(
       status_from_torch_error("restore optimizer", [&] { torch::load(optimizer, dir + "/optimizer.pt", device); }));
-  state->step = j["step"].get<int64_t>();
-  state->data_epoch = j.value("data_epoch", int64_t{0});
-  state->world_size = j.value("world_size", int64_t{0});
-  state->data_index = j.value("data_index", int64_t{0});
+  state->step = numbers.step;
+  state->data_epoch = numbers.data_epoch;
+  state->world_size = numbers.world_size;
+  state->data_index = numbers.data_index;
   return absl::OkStatus();
 }
 

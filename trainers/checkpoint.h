@@ -68,6 +68,11 @@ absl::StatusOr<std::optional<std::string>> latest_checkpoint(const std::string& 
 /// `before`, if any (what to fall back to when the newest is unreadable).
 std::optional<std::string> previous_checkpoint(const std::string& run_dir, int64_t before);
 
+/// Reads a checkpoint's state.json text (`source` names it in errors) into
+/// `state`'s step, data position and world size; nothing else is touched.
+/// load_training_state calls it before it reads any tensor.
+absl::Status parse_training_state_json(const std::string& text, const std::string& source, TrainingState* state);
+
 /// Restores `state` (step, data position, tensor values), the optimizer and
 /// this process's generators from `checkpoint_dir`: those saved for `rank`
 /// (the CPU one and, when `device` is CUDA and the checkpoint has it, the

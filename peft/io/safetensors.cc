@@ -316,7 +316,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std
       }
       continue;
     }
-    auto bad_entry = [&](const std::string& msg) { return invalid(path, absl::StrCat("tensor '", name, "': ", msg)); };
+    // A named copy: C++17 lambdas cannot capture a structured binding (clang refuses).
+    const std::string& tensor_name = name;
+    auto bad_entry = [&](const std::string& msg) {
+      return invalid(path, absl::StrCat("tensor '", tensor_name, "': ", msg));
+    };
     if (!entry.is_object()) return bad_entry("entry is not a JSON object");
     // Unknown extra keys are ignored, as the reference reader does.
     auto dtype_it = entry.find("dtype");

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <functional>
 #include <regex>
+#include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -26,12 +28,66 @@ double lora_scaling(double alpha, int64_t r, bool use_rslora) {
 
 namespace {
 
+// Why a rank_pattern/alpha_pattern key is refused before it is compiled, or
+// "" when it is fine. std::regex (libstdc++) backtracks recursively, so a
+// repetition of a repetition ("a**", "(a+)*") can take exponential time on a
+// module name: a hostile adapter_config.json would hang the process. Python's
+// re, which PEFT uses, refuses the first form too ("multiple repeat");
+// module-name patterns never need either.
+std::string pattern_problem(const std::string& key) {
+  if (key.size() > 512) return "is longer than 512 characters";
+  auto quantifier_at = [&](size_t i) -> size_t {  // length of a quantifier starting at i, 0 if none
+    if (i >= key.size()) return 0;
+    if (key[i] == '*' || key[i] == '+' || key[i] == '?') return 1;
+    if (key[i] == '{') {
+      const size_t close = key.find('}', i);
+      if (close != std::string::npos && key.find_first_not_of("0123456789,", i + 1) == close) return close - i + 1;
+    }
+    return 0;
+  };
+  std::vector<bool> group_repeats;  // per open group: holds a repetition
+  bool last_repeated = false;       // the previous atom carried a quantifier
+  for (size_t i = 0; i < key.size();) {
+    if (const size_t q = quantifier_at(i)) {
+      if (last_repeated) return "repeats a repetition (e.g. \"a**\" or \"(a+)*\")";
+      if (!group_repeats.empty()) group_repeats.back() = true;
+      last_repeated = true;
+      i += q;
+      if (i < key.size() && key[i] == '?') ++i;  // lazy
+      continue;
+    }
+    last_repeated = false;
+    if (key[i] == '\\') {
+      i += 2;
+    } else if (key[i] == '[') {
+      size_t j = i + 1;
+      if (j < key.size() && key[j] == '^') ++j;
+      if (j < key.size() && key[j] == ']') ++j;
+      while (j < key.size() && key[j] != ']') j += key[j] == '\\' ? 2 : 1;
+      i = j + 1;
+    } else if (key[i] == '(') {
+      group_repeats.push_back(false);
+      ++i;
+    } else if (key[i] == ')') {
+      const bool inner = !group_repeats.empty() && group_repeats.back();
+      if (!group_repeats.empty()) group_repeats.pop_back();
+      ++i;
+      if (inner && quantifier_at(i)) return "repeats a group that holds a repetition (e.g. \"(a+)*\")";
+      if (inner && !group_repeats.empty()) group_repeats.back() = true;
+    } else {
+      ++i;
+    }
+  }
+  return "";
+}
+
 // PEFT's get_pattern_key (utils/other.py): the first key k, in the order the
 // config lists them, for which re.match(rf"(.*\.)?({k})$", name) holds.
 // regex_match must cover the whole name, as re.match plus "$" does.
 template <typename Entry>
 const Entry* first_match(const google::protobuf::RepeatedPtrField<Entry>& entries, const std::string& path) {
   for (const Entry& e : entries) {
+    if (!pattern_problem(e.key()).empty()) continue;  // validate() refuses it
     try {
       if (std::regex_match(path, std::regex("(.*\\.)?(" + e.key() + ")"))) return &e;
     } catch (const std::regex_error&) {
@@ -138,6 +194,10 @@ absl::Status check_patterns(const google::protobuf::RepeatedPtrField<Entry>& ent
     if (!(e.value() > 0)) {
       return absl::InvalidArgumentError(
           absl::StrCat("lora.", field, "['", e.key(), "'] must be a positive ", what, ", got ", e.value()));
+    }
+    if (const std::string why = pattern_problem(e.key()); !why.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora.", field, " key '", e.key().substr(0, 80), e.key().size() > 80 ? "...'" : "'", " ", why));
     }
     try {
       std::regex re(e.key());

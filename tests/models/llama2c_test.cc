@@ -3,6 +3,7 @@
 // case, logits of the first 8 positions within 1e-4, and the float64
 // teacher-forced NLLs within 1e-4. Also checks the q/k permutation alone and
 // the importer's errors.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -135,6 +136,31 @@ TEST(ImportLlama2c, RejectsBadFiles) {
   EXPECT_NE(s.message().find("inconsistent head counts"), std::string::npos) << s;
   s = import_llama2c(write("v1.bin", {0x616b3432, 1, 64, 172, 5, 8, 4})).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+}
+
+// Found by fuzz/llama2c_checkpoint_fuzz.cc: a NaN or infinite weight was
+// imported (and `peft convert` saved a model that every later load refuses).
+// Each tensor is now checked as it is read, as load_model does.
+TEST(ImportLlama2c, NonFiniteWeightIsRefused) {
+  const std::string dir = testing::make_temp_dir("l2c_nan");
+  // dim 4, hidden 8, 1 layer, 1 head, 1 kv head, vocab 8 (shared), seq_len 4.
+  const int32_t header[7] = {4, 8, 1, 1, 1, 8, 4};
+  const int64_t weights = 8 * 4 + (2 * 4 + 2 * 16 + 2 * 16 + 3 * 4 * 8) + 4;
+  auto write = [&](const std::string& name, int64_t bad_index, float bad_value) {
+    std::vector<float> w(weights, 0.01f);
+    if (bad_index >= 0) w[bad_index] = bad_value;
+    std::ofstream out(dir + "/" + name, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(header), sizeof(header));
+    out.write(reinterpret_cast<const char*>(w.data()), w.size() * 4);
+    return dir + "/" + name;
+  };
+  ASSERT_TRUE(import_llama2c(write("ok.bin", -1, 0.0f)).ok());
+  absl::Status s = import_llama2c(write("nan.bin", 3, std::nanf(""))).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("token_embedding_table holds NaN or infinite values"), std::string::npos) << s;
+  s = import_llama2c(write("inf.bin", weights - 1, -INFINITY)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("rms_final_weight holds NaN or infinite values"), std::string::npos) << s;
 }
 
 }  // namespace

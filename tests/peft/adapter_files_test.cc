@@ -128,7 +128,11 @@ TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
            {R"("r": 8, "bias": 1)", R"("bias" must be a string, got number 1)"},
            {R"("r": 8, "init_lora_weights": 3)", R"("init_lora_weights" must be true, false or a string)"},
            {R"("r": 8, "rank_pattern": {"q": 4294967300})", "rank_pattern['q'] must be an integer rank in [1, 65536]"},
-           {R"("r": 8, "alpha_pattern": {"q": "big"})", "alpha_pattern['q'] must be a finite number"}}) {
+           {R"("r": 8, "alpha_pattern": {"q": "big"})", "alpha_pattern['q'] must be a finite number"},
+           {R"("r": 8, "layers_to_transform": 4294967296)",
+            "layers_to_transform must hold block indices in [0, 1024), got 4294967296"},
+           {R"("r": 8, "layers_to_transform": [0, -1])",
+            "layers_to_transform must hold block indices in [0, 1024), got -1"}}) {
     absl::StatusOr<proto::AdapterConfig> c = parse(keys);
     ASSERT_FALSE(c.ok()) << keys;
     EXPECT_NE(std::string(c.status().message()).find(want), std::string::npos) << keys << ": " << c.status();
@@ -143,6 +147,21 @@ TEST(AdapterFiles, MethodKeysAreTypeAndRangeChecked) {
   ASSERT_FALSE(miss.ok());
   EXPECT_NE(std::string(miss.status().message()).find(R"("miss_dropout" must be a number)"), std::string::npos)
       << miss.status();
+}
+
+// Found by fuzz/adapter_config_fuzz.cc: a number beyond a double
+// ("2E7777777777", "lora_alpha": 1e999) made nlohmann throw out_of_range,
+// which the parser did not catch: the process terminated.
+TEST(AdapterFiles, NumberBeyondADoubleIsInvalidJson) {
+  for (const char* text : {"2E7777777777", R"({"peft_type": "LORA", "r": 8, "lora_alpha": 1e999})",
+                           R"({"peft_type": "LORA", "layers_to_transform": [-1e400]})"}) {
+    absl::StatusOr<proto::AdapterConfig> c = parse_hf_adapter_config(text, "D");
+    ASSERT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+    EXPECT_NE(std::string(c.status().message()).find("D: not valid JSON: a number is out of range ("),
+              std::string::npos)
+        << c.status();
+  }
 }
 
 // Loading a LoRA adapter onto a 100M-parameter model (fp32, 400 MB) raises

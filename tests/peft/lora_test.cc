@@ -353,6 +353,24 @@ TEST(LoraFormat, BadPatternsNameTheProblem) {
             std::string::npos);
   EXPECT_NE(msg(pm.add_adapter(with_rank("v_proj", 20))).find("lora.r = 20 (from rank_pattern) is larger than"),
             std::string::npos);
+  // A repetition of a repetition backtracks exponentially in std::regex: the
+  // fuzzer's key (found by fuzz/adapter_config_fuzz.cc) hung the process for
+  // over 60 s before this check. Refused before it is compiled or matched.
+  const std::string hostile = "mo" + std::string(40, '*') + "ttn.v_proj";
+  EXPECT_NE(msg(pm.add_adapter(with_rank(hostile, 2))).find("repeats a repetition"), std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(with_rank("(a+)*v_proj", 2))).find("repeats a group that holds a repetition"),
+            std::string::npos);
+  EXPECT_NE(msg(pm.add_adapter(with_rank("((s+)_)+proj", 2))).find("repeats a group that holds a repetition"),
+            std::string::npos);
+  // Ordinary patterns are kept: lazy quantifiers, classes, alternations.
+  for (const char* fine : {"layers\\.[0-9]+\\.self_attn\\.v_proj", "q_proj|v_proj", ".*?v_proj", "[*+]?v_proj",
+                           "layers\\.(0|1)\\..*v_proj", "v_pro{1}j"}) {
+    absl::Status s = pm.add_adapter(with_rank(fine, 2));
+    EXPECT_TRUE(s.ok()) << fine << ": " << s;
+    if (s.ok()) {
+      EXPECT_TRUE(pm.delete_adapter("default").ok());
+    }
+  }
   proto::AdapterConfig bad_alpha = lora(2, 4, "attention");
   auto* e = bad_alpha.mutable_lora()->add_alpha_pattern();
   e->set_key("q_proj");

@@ -136,5 +136,42 @@ TEST(Checkpoint, EachRankRestoresItsOwnRngState) {
   EXPECT_TRUE(at::equal(at::rand({6}), next0));
 }
 
+// Found by fuzz/checkpoint_state_fuzz.cc: a state.json number that is not
+// an int64 (1e20, a string) was cast (undefined behaviour: the step became
+// INT64_MIN) or threw nlohmann's type_error out of load_training_state.
+// Every field is now an error naming the file and the key, before any tensor
+// is read, and the state is left as it was.
+TEST(Checkpoint, StateJsonNumbersAreTypeAndRangeChecked) {
+  const std::string run = testing::make_temp_dir("ckpt_json");
+  at::Tensor w = at::zeros({4}).requires_grad_(true);
+  torch::optim::AdamW opt({w}, torch::optim::AdamWOptions(0.1));
+  TrainingState st;
+  st.step = 5;
+  st.trainable = {{"w", w}};
+  ASSERT_TRUE(save_training_state(run, st, opt, 2).ok());
+  const std::string dir = **latest_checkpoint(run);
+  for (const char* json : {R"({"step": 99999999222222222222})", R"({"step": "5"})", R"({"step": 5.5})",
+                           R"({"step": -1})", R"({"step": 5, "data_epoch": "x"})", R"({"step": 5, "data_index": -3})",
+                           R"({"step": 5, "world_size": 1e300})", R"({"step": 5, "data_index": [1]})"}) {
+    SCOPED_TRACE(json);
+    std::ofstream(dir + "/state.json") << json;
+    TrainingState rs;
+    rs.step = 77;
+    rs.trainable = {{"w", w}};
+    const absl::Status s = load_training_state(dir, &rs, opt);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("state.json"), std::string::npos) << s;
+    EXPECT_EQ(rs.step, 77);
+  }
+  TrainingState parsed;
+  ASSERT_TRUE(parse_training_state_json(R"({"step": 3, "data_epoch": 1, "data_index": 9})", "s", &parsed).ok());
+  EXPECT_EQ(parsed.step, 3);
+  EXPECT_EQ(parsed.data_epoch, 1);
+  EXPECT_EQ(parsed.data_index, 9);
+  EXPECT_EQ(parsed.world_size, 0);  // an older checkpoint that does not say
+  const absl::Status bad = parse_training_state_json(R"({"step": "5"})", "run/state.json", &parsed);
+  EXPECT_NE(bad.message().find("\"step\""), std::string::npos) << bad;
+}
+
 }  // namespace
 }  // namespace peft::trainers

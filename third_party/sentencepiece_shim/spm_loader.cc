@@ -11,6 +11,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
+// How the shim is opened. A sanitizer build that never loads libtorch (the
+// fuzz harness, scripts/fuzz.sh) defines it without RTLD_DEEPBIND, which
+// AddressSanitizer refuses to dlopen.
+#ifndef PEFT_SPM_SHIM_DLOPEN_FLAGS
+#define PEFT_SPM_SHIM_DLOPEN_FLAGS (RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND)
+#endif
+
 namespace peft::spm_shim {
 namespace fs = std::filesystem;
 
@@ -120,7 +127,7 @@ absl::StatusOr<std::shared_ptr<const ShimApi>> open_shim(const std::string& path
   // by the shim itself, so the two heaps never mix.
   DlHandle handle(dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL));
 #else
-  DlHandle handle(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND));
+  DlHandle handle(dlopen(path.c_str(), PEFT_SPM_SHIM_DLOPEN_FLAGS));
 #endif
   if (handle == nullptr) {
     const char* why = dlerror();
