@@ -64,17 +64,20 @@ std::string dtype_name(c10::ScalarType dtype) {
   }
 }
 
-absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config) {
+absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config, const CreateOptions& options) {
   PEFT_RETURN_IF_ERROR(validate_model_config(config));
-  // Before allocating: a config whose fp32 weights (and RoPE table) cannot
-  // fit in this machine's available memory is refused with the numbers,
-  // instead of allocating until the kernel kills the process.
-  const double need = estimated_model_bytes(config);
+  // Before allocating: a config whose weights (in the dtype they will be
+  // stored in, and the RoPE table) cannot fit in this machine's available
+  // memory is refused with the numbers, instead of allocating until the
+  // kernel kills the process.
+  const double params = estimated_parameters(config);
+  const double need =
+      estimated_model_bytes(config) - params * (4.0 - static_cast<double>(c10::elementSize(options.dtype)));
   const int64_t avail = available_memory_bytes();
-  if (avail > 0 && need > static_cast<double>(avail)) {
+  if (options.check_memory && avail > 0 && need > static_cast<double>(avail)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "config.json: this model needs about %.1f GB in float32 (%.3g parameters) but %.1f GB of memory is available",
-        need / 1e9, estimated_parameters(config), static_cast<double>(avail) / 1e9));
+        "config.json: this model needs about %.1f GB in %s (%.3g parameters) but %.1f GB of memory is available",
+        need / 1e9, dtype_name(options.dtype), params, static_cast<double>(avail) / 1e9));
   }
   std::shared_ptr<CausalLm> lm;
   PEFT_RETURN_IF_ERROR(status_from_torch_error("create model", [&] {
@@ -109,7 +112,9 @@ void init_weights_(CausalLm& model, uint64_t seed, double std) {
 absl::StatusOr<std::shared_ptr<CausalLm>> load_model(const std::string& dir, const LoadOptions& options,
                                                      LoadReport* report) {
   PEFT_ASSIGN_OR_RETURN(ModelConfig config, read_model_config(dir));
-  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, create_model(config));
+  CreateOptions create;
+  create.dtype = options.dtype;
+  PEFT_ASSIGN_OR_RETURN(std::shared_ptr<CausalLm> lm, create_model(config, create));
   if (options.dtype != at::kFloat) {
     // Fresh storage in the target dtype, never touched before the file is
     // read into it: a cast of the (unread) float32 parameters would make

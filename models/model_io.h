@@ -26,8 +26,18 @@
 
 namespace peft::models {
 
+struct CreateOptions {
+  /// The dtype the caller will store the weights in: the memory check counts
+  /// the parameters at its size (a bf16 base needs half of float32's).
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  /// Refuse a model whose weights cannot fit the available memory. Off only
+  /// for a model whose weights are never touched (uninitialised pages take
+  /// no memory: counting adapter parameters for a memory plan).
+  bool check_memory = true;
+};
+
 /// A model of the configured architecture with uninitialised parameters.
-absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config);
+absl::StatusOr<std::shared_ptr<CausalLm>> create_model(const ModelConfig& config, const CreateOptions& options = {});
 
 /// Deterministic random init from `seed`: projections and embeddings
 /// N(0, std), biases 0, norm weights 1 (transformers' _init_weights).

@@ -218,6 +218,17 @@ std::function<void(int64_t, int64_t)> data_progress(const std::function<void(con
   };
 }
 
+// Whether a model directory holds weights (a safetensors file or index).
+bool holds_weights(const std::string& dir) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir, ec)) return true;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0) return true;
+  }
+  return false;
+}
+
 c10::ScalarType storage_dtype(proto::StorageDtype::Dtype d) {
   switch (d) {
     case proto::StorageDtype::BF16: return at::kBFloat16;
@@ -421,6 +432,15 @@ class TrainingRun {
     // The memory plan, before the model is loaded: a run that cannot fit is
     // refused here with the numbers instead of allocating until killed.
     PEFT_RETURN_IF_ERROR(check_memory_plan(config));
+    if (options_.dry_run && !holds_weights(recipe_.model())) {
+      // A config.json alone (a model not downloaded yet): the plan is what
+      // a dry run can tell.
+      log_(absl::StrCat("dry run: ", recipe_.model(),
+                        " holds no weights (*.safetensors), so the plan above comes from its config.json alone; the "
+                        "weights, the data and the adapters' targets were not checked"));
+      plan_only_ = true;
+      return absl::OkStatus();
+    }
     models::LoadOptions load;
     load.dtype = base_dtype_;
     load.matrices_only = true;
@@ -468,6 +488,7 @@ class TrainingRun {
   }
 
   void log_dry_run() {
+    if (plan_only_) return;
     log_(absl::StrCat("dry run: the recipe, model, tokenizer, data and adapters are valid (",
                       summary_.trainable_parameters, " trainable parameters, ", splits_.stats.train_examples,
                       " training examples); nothing written"));
@@ -742,7 +763,7 @@ class TrainingRun {
   // The memory plan of this run (trainers/memory_plan.h), from the config
   // and the recipe alone: the adapters are counted on an unloaded copy of
   // the model (its weights never touched, so it takes no memory).
-  absl::StatusOr<MemoryPlan> memory_plan(const models::ModelConfig& config) const {
+  absl::StatusOr<MemoryPlan> memory_plan(const models::ModelConfig& config) {
     MemoryPlanInput in;
     in.config = config;
     in.micro_batch = micro();
@@ -763,7 +784,9 @@ class TrainingRun {
       in.trainable_parameters = static_cast<int64_t>(models::estimated_parameters(config));
       return plan_memory(in);
     }
-    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> shape, models::create_model(config));
+    models::CreateOptions untouched;
+    untouched.check_memory = false;  // its weights are never read or written
+    PEFT_ASSIGN_OR_RETURN(std::shared_ptr<models::CausalLm> shape, models::create_model(config, untouched));
     PeftModel counting(shape);
     for (int i = 0; i < recipe_.adapters_size(); ++i) {
       proto::AdapterConfig a = recipe_.adapters(i);
@@ -785,6 +808,7 @@ class TrainingRun {
     }
     counting.freeze_base_();
     in.trainable_parameters = counting.num_trainable();
+    summary_.trainable_parameters = in.trainable_parameters;
     in.head_is_plain = shape->plain_head_weight().defined();
     return plan_memory(in);
   }
@@ -945,6 +969,7 @@ class TrainingRun {
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
   bool has_sorsa_ = false;
   double planned_peak_ = 0;  // bytes (check_memory_plan)
+  bool plan_only_ = false;   // a dry run of a model directory without weights
   // setup_optimizer
   std::optional<data::BatchIterator> it_;
   DataParallelGroup group_;

@@ -25,6 +25,17 @@ std::string shared_assets_dir();
 /// ("" when it cannot be found).
 std::string source_root();
 
+/// True in a build with AddressSanitizer (`bazel test --config=asan`): its
+/// shadow memory and quarantine of freed blocks make peak-RSS assertions
+/// meaningless, so tests that measure resident memory skip.
+constexpr bool address_sanitizer() {
+#if defined(__SANITIZE_ADDRESS__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 /// A fresh empty directory under $TEST_TMPDIR (or /tmp) for a test's outputs.
 std::string make_temp_dir(const std::string& prefix);
 
