@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -17,6 +18,68 @@ namespace {
 
 // Reductions run in float32, or float64 for float64 inputs.
 at::ScalarType acc_type(const at::Tensor& h) { return h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Rows of a head stored in another dtype than h that are converted at a time
+// (4096 x 2048 float32: 32 MB), so no whole converted copy of W exists.
+constexpr int64_t kVocabBlock = 4096;
+
+// W's rows [v0, v0 + vb) converted to `dtype` in one reused buffer (a fresh
+// 32 MB tensor per block would be mapped and page-faulted anew every time).
+class BlockConverter {
+ public:
+  BlockConverter(const at::Tensor& W, at::ScalarType dtype) : W_(W), dtype_(dtype) {}
+  at::Tensor block(int64_t v0, int64_t vb) {
+    if (!buf_.defined()) buf_ = at::empty({std::min(kVocabBlock, W_.size(0)), W_.size(1)}, W_.options().dtype(dtype_));
+    at::Tensor b = buf_.narrow(0, 0, vb);
+    const at::Tensor src = W_.narrow(0, v0, vb);
+    if (src.is_cpu() && src.scalar_type() == at::kBFloat16 && dtype_ == at::kFloat && src.is_contiguous()) {
+      // bf16 -> float32 is the bf16 bits in the high half: 2.5-3x faster
+      // than the generic copy_ in LibTorch 1.13 (0.21 vs 0.62 s for a
+      // 128256 x 2048 head, 2 threads).
+      const uint16_t* in = reinterpret_cast<const uint16_t*>(src.data_ptr());
+      uint32_t* out = reinterpret_cast<uint32_t*>(b.data_ptr());
+      at::parallel_for(0, b.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) out[i] = static_cast<uint32_t>(in[i]) << 16;
+      });
+    } else {
+      b.copy_(src);
+    }
+    return b;
+  }
+
+ private:
+  at::Tensor W_;
+  at::ScalarType dtype_;
+  at::Tensor buf_;
+};
+
+// h [R, C] Wᵀ into a new [R, V] tensor in h's dtype. A W of another dtype
+// (a frozen bf16 head under float32 compute) is converted kVocabBlock rows at
+// a time.
+at::Tensor logits_of(const at::Tensor& h, const at::Tensor& W, BlockConverter& conv) {
+  if (W.scalar_type() == h.scalar_type()) return at::mm(h, W.t());
+  at::Tensor out = at::empty({h.size(0), W.size(0)}, h.options());
+  for (int64_t v0 = 0; v0 < W.size(0); v0 += kVocabBlock) {
+    const int64_t vb = std::min(kVocabBlock, W.size(0) - v0);
+    at::Tensor o = out.narrow(1, v0, vb);
+    at::mm_out(o, h, conv.block(v0, vb).t());
+  }
+  return out;
+}
+
+// out [R, C] = p [R, V] W [V, C], p in out's dtype; W converted by blocks as
+// in logits_of when its dtype differs.
+void rows_times_w_out(at::Tensor& out, const at::Tensor& p, const at::Tensor& W, BlockConverter& conv) {
+  if (W.scalar_type() == p.scalar_type()) {
+    at::mm_out(out, p, W);
+    return;
+  }
+  out.zero_();
+  for (int64_t v0 = 0; v0 < W.size(0); v0 += kVocabBlock) {
+    const int64_t vb = std::min(kVocabBlock, W.size(0) - v0);
+    out.addmm_(p.narrow(1, v0, vb), conv.block(v0, vb));
+  }
+}
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -90,14 +153,14 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
     at::Tensor loss = at::empty({n}, h.options().dtype(acc));
     at::Tensor row_grad = need_h && !need_w ? at::empty_like(h) : at::Tensor();  // [N, C]
     at::Tensor lse_all = need_w ? at::empty({n}, h.options().dtype(acc)) : at::Tensor();
-    const at::Tensor wt = W.t();
+    BlockConverter conv(W, h.scalar_type());
     for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
       const int64_t r = std::min(chunk_rows, n - r0);
       const at::Tensor hc = h.narrow(0, r0, r);
       if (h.is_cpu() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat)) {
         // The row kernel (CPU): logits in h's dtype, reduced in float32 in
         // place. Other devices take the ATen path below.
-        at::Tensor logits = at::mm(hc, wt);  // [R, V]
+        at::Tensor logits = logits_of(hc, W, conv);  // [R, V]
         const at::Tensor labels_c = labels.narrow(0, r0, r).contiguous();
         at::Tensor loss_c = loss.narrow(0, r0, r);
         if (h.scalar_type() == at::kBFloat16) {
@@ -115,11 +178,11 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
         }
         if (row_grad.defined()) {
           at::Tensor out = row_grad.narrow(0, r0, r);
-          at::mm_out(out, logits, W);
+          rows_times_w_out(out, logits, W, conv);
         }
         continue;
       }
-      at::Tensor lf = at::mm(hc, wt).to(acc);  // [R, V]
+      at::Tensor lf = logits_of(hc, W, conv).to(acc);  // [R, V]
       const at::Tensor safe_c = safe.narrow(0, r0, r), valid_c = valid.narrow(0, r0, r);
       const at::Tensor picked = lf.gather(1, safe_c.unsqueeze(1)).squeeze(1);  // [R]
       const at::Tensor mx = std::get<0>(lf.max(1));                            // [R]
@@ -131,7 +194,7 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
       if (row_grad.defined()) {
         to_softmax_minus_onehot_(lf, sum, safe_c, valid_c);
         at::Tensor out = row_grad.narrow(0, r0, r);
-        at::mm_out(out, lf.to(h.scalar_type()), W);
+        rows_times_w_out(out, lf.to(h.scalar_type()), W, conv);
       }
     }
     ctx->saved_data["row_grad"] = row_grad;
@@ -195,9 +258,11 @@ at::Tensor linear_cross_entropy(const at::Tensor& h, const at::Tensor& W, const 
               "must agree on C, got ", h.sizes(), " and ", W.sizes());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy: labels must be [", h.size(0),
               "], got ", labels.sizes());
-  TORCH_CHECK(h.scalar_type() == W.scalar_type() && h.device() == W.device(),
-              "linear_cross_entropy: h and W must share dtype and device, got ", h.scalar_type(), " and ",
-              W.scalar_type());
+  TORCH_CHECK(h.device() == W.device(), "linear_cross_entropy: h and W must be on one device, got ", h.device(),
+              " and ", W.device());
+  TORCH_CHECK(h.scalar_type() == W.scalar_type() || (!W.requires_grad() && at::isFloatingType(W.scalar_type())),
+              "linear_cross_entropy: h and W must share dtype unless W is a frozen floating-point head, got ",
+              h.scalar_type(), " and ", W.scalar_type(), W.requires_grad() ? " (W requires grad)" : "");
   TORCH_CHECK(labels.scalar_type() == at::kLong, "linear_cross_entropy: labels must be int64, got ",
               labels.scalar_type());
   TORCH_CHECK(chunk_rows > 0, "linear_cross_entropy: chunk_rows must be positive");

@@ -112,9 +112,10 @@ MemoryPlan plan_memory(const MemoryPlanInput& in) {
   if (in.head_is_plain) {
     // Fused head (kernels/linear_cross_entropy.h): one [256, V] block of
     // logits in the compute dtype, the hidden states and their gradient; a
-    // head stored narrower than the compute dtype is widened for the step.
+    // head stored narrower than the compute dtype is widened 4096 rows at a
+    // time.
     loss = std::min(256.0, n) * vocab * (in.bf16_compute ? 2 : 4) + 2 * n * hidden * 4;
-    if (!in.bf16_compute && base_elem < 4) loss += head * 4;
+    if (!in.bf16_compute && base_elem < 4) loss += std::min(4096.0, vocab) * hidden * 4;
   } else {
     loss = n * vocab * (4 + 4 + (in.bf16_compute ? 2 : 4));  // logits, log-probabilities, their gradient
   }

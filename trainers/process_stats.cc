@@ -39,6 +39,13 @@ double proc_status_mb(const char* key) {
 
 double peak_rss_mb() { return proc_status_mb("VmHWM"); }
 
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
 double peak_cuda_mb(const c10::Device& device) {
 #if defined(PEFT_WITH_CUDA)
   if (device.is_cuda()) {

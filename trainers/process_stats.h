@@ -32,6 +32,11 @@ double proc_status_mb(const char* key);
 /// The peak resident set size of this process (VmHWM) in MB.
 double peak_rss_mb();
 
+/// Starts a new peak for peak_rss_mb: VmHWM drops to the current RSS
+/// (writes 5 to /proc/self/clear_refs; Linux 4.0 and later). False when the
+/// kernel refused, and the old peak then stands.
+bool reset_peak_rss();
+
 /// The most memory the CUDA caching allocator has handed out on `device`
 /// since the process started or the last reset_peak_cuda_mb, in MB; 0 for a
 /// CPU device or a LibTorch without CUDA.
