@@ -185,6 +185,9 @@ TEST(BaseDtypeTest, Bf16StorageHalvesTheBasesResidentMemory) {
               bf16_bytes / 1e6, fp32_rss / 1e6, bf16_rss / 1e6);
   EXPECT_GT(fp32_bytes, 390e6);  // ~100M parameters
   EXPECT_NEAR(bf16_bytes / fp32_bytes, 0.5, 0.01);
+  // AddressSanitizer's shadow memory and quarantine of freed blocks (the
+  // loader's float32 staging) add to RSS: 0.60 instead of 0.5 there.
+  if (testing::address_sanitizer()) GTEST_SKIP() << "resident memory under AddressSanitizer is not the tensors'";
   EXPECT_GT(fp32_rss, 0.9 * fp32_bytes);
   EXPECT_NEAR(bf16_rss / fp32_rss, 0.5, 0.08);
 }
