@@ -50,15 +50,6 @@ absl::Status check_output(const std::string& path, bool overwrite) {
   return absl::OkStatus();
 }
 
-// The peak-RSS counter restarts here (Linux: "5" > /proc/self/clear_refs),
-// so VmHWM afterwards is the export's own peak.
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
 absl::Status run_adapter_export(const ParsedFlags& f, const gguf::ExportOptions& options) {
   const std::string adapter = f.get("adapter");
   if (adapter.find(',') != std::string::npos) {
@@ -111,7 +102,7 @@ absl::Status run_model_export(const ParsedFlags& f, const gguf::ExportOptions& o
   // model) in its heap; give them back before the export adds its own.
   malloc_trim(0);
   const double rss_before = trainers::proc_status_mb("VmRSS");
-  const bool peak_reset = reset_peak_rss();
+  const bool peak_reset = trainers::reset_peak_rss();  // VmHWM after: the export's own peak
   const double t1 = trainers::now_seconds();
   PEFT_ASSIGN_OR_RETURN(gguf::ExportStats s, gguf::export_model(*out, std::move(vocab), f.get("output"), options));
   for (const std::string& note : gguf::export_notes(out->config())) std::fprintf(stderr, "note: %s\n", note.c_str());

@@ -36,14 +36,6 @@ namespace {
 
 using peft::models::CausalLm;
 
-// Sets VmHWM to the current RSS (Linux >= 4.0).
-bool reset_peak() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
 int run_child(bool checkpointing, bool bf16, int steps) {
   peft::models::ModelConfig c;
   c.arch = peft::models::Architecture::kLlama;
@@ -76,7 +68,7 @@ int run_child(bool checkpointing, bool bf16, int steps) {
   // each step against the RSS after the previous one undercounts: the
   // allocator keeps the previous step's freed memory resident.)
   const double before = peft::trainers::proc_status_mb("VmRSS");
-  const bool reset = reset_peak();
+  const bool reset = peft::trainers::reset_peak_rss();
   int64_t nodes = 0;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
     for (auto& [name, p] : pm.trainable_parameters()) p.mutable_grad() = at::Tensor();

@@ -36,12 +36,6 @@ namespace gguf = peft::models::gguf;
 using peft::trainers::now_seconds;
 using peft::trainers::proc_status_mb;
 
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  return static_cast<bool>(f);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,7 +96,7 @@ int main(int argc, char** argv) {
   for (gguf::TensorType type : {gguf::TensorType::kF32, gguf::TensorType::kF16, gguf::TensorType::kQ8_0}) {
     const std::string path = out_dir + "/model-" + gguf::tensor_type_name(type) + ".gguf";
     std::filesystem::remove(path);
-    if (!reset_peak_rss()) std::fprintf(stderr, "warning: cannot reset the peak RSS counter\n");
+    if (!peft::trainers::reset_peak_rss()) std::fprintf(stderr, "warning: cannot reset the peak RSS counter\n");
     const double before = proc_status_mb("VmRSS");
     const double t0 = now_seconds();
     gguf::ExportOptions o;

@@ -172,11 +172,6 @@ TEST(AdapterFiles, NumberBeyondADoubleIsInvalidJson) {
 // base exactly as it was.
 TEST(AdapterFiles, LoadingALoraAdapterCopiesNoBaseWeights) {
   if (testing::address_sanitizer()) GTEST_SKIP() << "AddressSanitizer keeps freed blocks resident (quarantine)";
-  if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
-    std::fclose(f);
-  } else {
-    GTEST_SKIP() << "/proc/self/clear_refs is not writable here: the peak RSS cannot be reset";
-  }
   models::ModelConfig c = testing::tiny_llama_config();
   c.llama.vocab_size = 32000;
   c.llama.hidden_size = 640;
@@ -203,7 +198,7 @@ TEST(AdapterFiles, LoadingALoraAdapterCopiesNoBaseWeights) {
   const double model_mb = 4.0 * static_cast<double>(n) / 1e6;
 
   const double before = trainers::proc_status_mb("VmRSS");
-  std::ofstream("/proc/self/clear_refs") << "5";  // the peak restarts from the current RSS
+  if (!trainers::reset_peak_rss()) GTEST_SKIP() << "/proc/self/clear_refs is not writable: the peak cannot be reset";
   const absl::Status st = pm.load_adapter(dir);
   ASSERT_TRUE(st.ok()) << st;
   const double rise = trainers::proc_status_mb("VmHWM") - before;

@@ -31,17 +31,6 @@
 #include "trainers/memory_plan.h"
 #include "trainers/process_stats.h"
 
-namespace {
-
-bool reset_peak() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   std::map<std::string, int64_t> a = {
       {"hidden", 768}, {"inter", 2048}, {"layers", 8}, {"heads", 12}, {"kv", 12},     {"vocab", 32000},    {"seq", 512},
@@ -80,7 +69,7 @@ int main(int argc, char** argv) {
   const at::Tensor ids = peft::testing::sample_ids(a["vocab"], a["micro"], a["seq"], 3);
   malloc_trim(0);
   const double base = peft::trainers::proc_status_mb("VmRSS");
-  reset_peak();
+  peft::trainers::reset_peak_rss();
   double kept = 0;
   const double t0 = peft::trainers::now_seconds();
   {
