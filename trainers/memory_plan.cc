@@ -86,6 +86,7 @@ double activation_bytes(const MemoryPlanInput& in, bool checkpointing) {
 
 MemoryPlan plan_memory(const MemoryPlanInput& in) {
   MemoryPlan plan;
+  plan.trainable_parameters = in.trainable_parameters;
   const models::ModelConfig& c = in.config;
   const double params = models::estimated_parameters(c);
   const double rope = std::max(0.0, models::estimated_model_bytes(c) - params * 4);

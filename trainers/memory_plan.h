@@ -49,6 +49,8 @@ struct MemoryPlanInput {
 struct MemoryPlan {
   /// (part, bytes), in the order printed.
   std::vector<std::pair<std::string, double>> parts;
+  /// The trainable parameters counted (MemoryPlanInput::trainable_parameters).
+  int64_t trainable_parameters = 0;
   double total() const;
   /// The parts and the total, one per line, in MB/GB.
   std::string table() const;

@@ -808,7 +808,6 @@ class TrainingRun {
     }
     counting.freeze_base_();
     in.trainable_parameters = counting.num_trainable();
-    summary_.trainable_parameters = in.trainable_parameters;
     in.head_is_plain = shape->plain_head_weight().defined();
     return plan_memory(in);
   }
@@ -819,6 +818,9 @@ class TrainingRun {
     PEFT_ASSIGN_OR_RETURN(MemoryPlan plan, memory_plan(config));
     planned_peak_ = plan.total();
     summary_.planned_peak_mb = planned_peak_ / 1e6;
+    // What a dry run of a config-only model reports; a loaded model's own
+    // count replaces it.
+    summary_.trainable_parameters = plan.trainable_parameters;
     if (options_.dry_run) log_(absl::StrCat("memory plan (peak resident memory of the run):\n", plan.table()));
     const int64_t avail = models::available_memory_bytes();
     const double process = plan.parts.front().second;
