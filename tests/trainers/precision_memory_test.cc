@@ -20,8 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "models/model_io.h"
-#include "peft/io/safetensors.h"
 #include "tests/testing/assets.h"
+#include "tests/testing/safetensors_compare.h"
 #include "tests/testing/tiny_models.h"
 #include "trainers/memory_plan.h"
 #include "trainers/precision.h"
@@ -235,18 +235,10 @@ TEST_F(TrainerPrecisionTest, Bf16BaseTrainsLikeTheFloat32BaseWithTheSameValues) 
     ASSERT_TRUE(s.ok()) << s.status();
     runs.push_back(s->run_dir + "/adapter/adapter_model.safetensors");
   }
-  auto x = io::SafetensorsFile::open(runs[0]);
-  auto y = io::SafetensorsFile::open(runs[1]);
-  ASSERT_TRUE(x.ok() && y.ok());
-  ASSERT_EQ((*x)->tensors().size(), (*y)->tensors().size());
-  double worst = 0, scale = 0;
-  for (const io::TensorInfo& t : (*x)->tensors()) {
-    const at::Tensor u = *(*x)->load(t.name), v = *(*y)->load(t.name);
-    worst = std::max(worst, (u - v).abs().max().item<double>());
-    scale = std::max(scale, u.abs().max().item<double>());
-  }
-  EXPECT_GT(scale, 1e-3) << "the adapters did not train";
-  EXPECT_LE(worst, 1e-5 * scale) << "largest adapter value " << scale;
+  const testing::SafetensorsDifference d = testing::compare_safetensors(runs[0], runs[1]);
+  ASSERT_EQ(d.error, "");
+  EXPECT_GT(d.max_abs_value, 1e-3) << "the adapters did not train";
+  EXPECT_LE(d.max_abs_difference, 1e-5 * d.max_abs_value) << "largest adapter value " << d.max_abs_value;
 }
 
 // `peft train` on two model sizes: the plan printed by the run against the
