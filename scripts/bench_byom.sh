@@ -10,6 +10,7 @@
 # Mistral-7B from its config.json alone (no weights are written).
 #
 #   scripts/bench_byom.sh [--models=llama-3.2-1b,qwen2.5-0.5b] [--seqs=256,512] [--steps=2] [--work=DIR]
+#                         [--variants=fp32,bf16,bf16-ckpt]
 #
 # Needs `bazel build //examples:peft` and about 2.5 GB of disk per 1B model
 # (weights written in bf16). Run it on a quiet machine: tokens/s are
@@ -21,6 +22,7 @@ PEFT=${PEFT_BIN:-bazel-bin/examples/peft}
 models=llama-3.2-1b,qwen2.5-0.5b
 seqs=256,512
 steps=2
+variants=fp32,bf16,bf16-ckpt
 work=${TMPDIR:-/tmp}/peft-bench-byom
 for a in "$@"; do
   case "$a" in
@@ -28,6 +30,7 @@ for a in "$@"; do
     --seqs=*) seqs=${a#--seqs=} ;;
     --steps=*) steps=${a#--steps=} ;;
     --work=*) work=${a#--work=} ;;
+    --variants=*) variants=${a#--variants=} ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -42,14 +45,20 @@ echo "| model | seq | base | checkpointing | tokens/s | peak RSS MB | plan MB | 
 echo "|---|---:|---|---|---:|---:|---:|---:|"
 IFS=, read -r -a model_list <<<"$models"
 IFS=, read -r -a seq_list <<<"$seqs"
+IFS=, read -r -a variant_list <<<"$variants"
 for m in "${model_list[@]}"; do
   dir=$work/$m
   if [ ! -f "$dir/config.json" ]; then
     "$PEFT" init --config="$SHARED/assets/configs/$m.json" --output="$dir" --dtype=bfloat16 >/dev/null
   fi
   for s in "${seq_list[@]}"; do
-    for variant in "FP32 false" "BF16 false" "BF16 true"; do
-      read -r base ckpt <<<"$variant"
+    for variant in "${variant_list[@]}"; do
+      case "$variant" in
+        fp32) base=FP32 ckpt=false ;;
+        bf16) base=BF16 ckpt=false ;;
+        bf16-ckpt) base=BF16 ckpt=true ;;
+        *) echo "unknown variant $variant (fp32, bf16, bf16-ckpt)" >&2; exit 2 ;;
+      esac
       run=$work/run-$m-$s-$base-$ckpt
       rm -rf "$run"
       cat >"$work/recipe.textproto" <<RECIPE
