@@ -23,6 +23,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "kernels/linear_cross_entropy.h"
+#include "tests/testing/bench_args.h"
 #include "trainers/process_stats.h"
 
 namespace {
@@ -36,15 +37,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   std::map<std::string, int64_t> a = {{"n", 256}, {"c", 2048}, {"v", 128256}, {"reps", 3}, {"threads", 2}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    const size_t eq = s.find('=');
-    if (eq == std::string::npos || a.count(s.substr(0, eq)) == 0) {
-      std::fprintf(stderr, "unknown argument %s\n", argv[i]);
-      return 2;
-    }
-    a[s.substr(0, eq)] = std::stoll(s.substr(eq + 1));
-  }
+  if (!peft::testing::parse_int_args(argc, argv, &a)) return 2;
   peft::trainers::bound_allocator_retention();
   at::set_num_threads(static_cast<int>(a["threads"]));
   at::manual_seed(1);

@@ -26,6 +26,7 @@
 #include "models/model_io.h"
 #include "peft/core/autocast.h"
 #include "peft/peft_model.h"
+#include "tests/testing/bench_args.h"
 #include "tests/testing/tiny_models.h"
 #include "trainers/loss.h"
 #include "trainers/memory_plan.h"
@@ -35,15 +36,7 @@ int main(int argc, char** argv) {
   std::map<std::string, int64_t> a = {
       {"hidden", 768}, {"inter", 2048}, {"layers", 8}, {"heads", 12}, {"kv", 12},     {"vocab", 32000},    {"seq", 512},
       {"micro", 2},    {"r", 16},       {"bf16", 0},   {"ckpt", 0},   {"threads", 2}, {"glibc_default", 0}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    const size_t eq = s.find('=');
-    if (eq == std::string::npos || a.count(s.substr(0, eq)) == 0) {
-      std::fprintf(stderr, "unknown argument %s\n", argv[i]);
-      return 2;
-    }
-    a[s.substr(0, eq)] = std::stoll(s.substr(eq + 1));
-  }
+  if (!peft::testing::parse_int_args(argc, argv, &a)) return 2;
   if (a.count("glibc_default") == 0 || a["glibc_default"] == 0) peft::trainers::bound_allocator_retention();
   at::set_num_threads(static_cast<int>(a["threads"]));
   peft::models::ModelConfig c;
