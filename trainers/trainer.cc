@@ -831,11 +831,19 @@ class TrainingRun {
       }
       return absl::OkStatus();
     }
+    if (options_.ignore_memory_plan) {
+      log_(
+          absl::StrFormat("warning: the memory plan's expected peak %.2f GB exceeds the %.2f GB available; going on as "
+                          "--ignore_memory_plan asks (the run may be killed for memory). The plan:\n%s",
+                          plan.total() / 1e9, (static_cast<double>(avail) + process) / 1e9, plan.table()));
+      return absl::OkStatus();
+    }
     return absl::ResourceExhaustedError(absl::StrFormat(
         "training.micro_batch = %d x data.seq_len = %d tokens (grad_accum %d) on this model need %.1f GB at the "
         "peak, but %.1f GB of memory is available: lower training.micro_batch, data.seq_len or "
         "training.grad_accum, store the base in bf16 (training.base_dtype: BF16) or turn on "
-        "training.activation_checkpointing. The plan:\n%s",
+        "training.activation_checkpointing (--ignore_memory_plan trains anyway: the plan errs on the high "
+        "side). The plan:\n%s",
         micro(), recipe_.data().seq_len(), tc_.grad_accum(), plan.total() / 1e9,
         (static_cast<double>(avail) + process) / 1e9, plan.table()));
   }

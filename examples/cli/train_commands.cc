@@ -24,6 +24,7 @@ absl::Status run_train(const ParsedFlags& f) {
   trainers::TrainOptions o;
   PEFT_ASSIGN_OR_RETURN(o.resume, f.get_bool("resume"));
   PEFT_ASSIGN_OR_RETURN(o.dry_run, f.get_bool("dry_run"));
+  PEFT_ASSIGN_OR_RETURN(o.ignore_memory_plan, f.get_bool("ignore_memory_plan"));
   PEFT_ASSIGN_OR_RETURN(trainers::TrainSummary s, trainers::train(recipe, o));
   if (s.rank != 0) return absl::OkStatus();  // rank 0 alone reports, as it alone logs
   if (o.dry_run) {
@@ -101,6 +102,9 @@ std::vector<Command> train_commands() {
             bool_flag("resume", "continue from the newest checkpoint in the run directory"),
             bool_flag("dry_run",
                       "check the recipe, model, tokenizer, data and adapters, then stop without training or writing"),
+            bool_flag("ignore_memory_plan",
+                      "train even when the memory plan's expected peak exceeds the memory available (a warning "
+                      "instead of the refusal; the plan errs on the high side)"),
             bool_flag(
                 "merge_on_finish",
                 "also write the merged Hugging Face model to <run>/merged (= --set=checkpoint.merge_on_finish=true)")},

@@ -368,6 +368,15 @@ TEST_F(TrainCliTest, FailedStartsLeaveNothingBehind) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("training.micro_batch = 1000000 x data.seq_len = 64 tokens"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("GB of memory is available: lower training.micro_batch"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--ignore_memory_plan trains anyway"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // --ignore_memory_plan turns the refusal into a warning (a dry run: nothing
+  // is allocated for the batch).
+  r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out +
+          " --set=training.micro_batch=1000000 --dry_run --ignore_memory_plan");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: the memory plan's expected peak"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("going on as --ignore_memory_plan asks"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
 
   // The lock is taken after the stop handler is installed: once the
