@@ -89,7 +89,15 @@ MemoryPlan plan_memory(const MemoryPlanInput& in) {
   plan.trainable_parameters = in.trainable_parameters;
   const models::ModelConfig& c = in.config;
   const double params = models::estimated_parameters(c);
-  const double rope = std::max(0.0, models::estimated_model_bytes(c) - params * 4);
+  // The cos and sin tables a LLaMA-family model keeps, [positions, head_dim]
+  // float32 each. (models::estimated_model_bytes also counts the float64
+  // tables they are built from: freed before training, and unmapped by the
+  // trainer's allocator setting, so not part of the step's peak; 134 MB of
+  // Llama 3's 131072 positions.)
+  const double rope =
+      c.arch == models::Architecture::kLlama
+          ? 8.0 * static_cast<double>(c.llama.max_position_embeddings) * static_cast<double>(c.llama.head_dim)
+          : 0.0;
   const double base_elem = static_cast<double>(c10::elementSize(in.base_dtype));
   const double vocab = static_cast<double>(c.vocab_size()), hidden = static_cast<double>(c.hidden_size());
   const double head = vocab * hidden;

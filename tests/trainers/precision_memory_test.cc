@@ -80,6 +80,12 @@ TEST(MemoryPlanTest, PartsFollowTheSettings) {
   const trainers::MemoryPlan bf16 = trainers::plan_memory(in);
   const double params = models::estimated_parameters(in.config);
   EXPECT_NEAR(part(fp32, "base weights") - part(bf16, "base weights"), params * 2, 1);
+  // The weights and the RoPE cos and sin tables the model keeps (float32
+  // [positions, head_dim] each), not the float64 tables they are built from.
+  const double rope = 8.0 * static_cast<double>(in.config.llama.max_position_embeddings) *
+                      static_cast<double>(in.config.llama.head_dim);
+  EXPECT_GT(rope, 0);
+  EXPECT_NEAR(part(fp32, "base weights"), params * 4 + rope, 1);
   in.activation_checkpointing = true;
   const trainers::MemoryPlan ckpt = trainers::plan_memory(in);
   EXPECT_LT(part(ckpt, "activations"), 0.5 * part(bf16, "activations"));
