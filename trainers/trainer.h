@@ -52,7 +52,7 @@ struct TrainOptions {
   bool dry_run = false;
   /// Train even when the memory plan's expected peak exceeds the memory
   /// available, with a warning instead of the refusal. The plan errs on the
-  /// high side (by up to about 18% for 1B models) and MemAvailable counts
+  /// high side (by up to about 15% for 0.5-1B models) and MemAvailable counts
   /// no swap, so a run just over the line may well fit.
   bool ignore_memory_plan = false;
   /// Matmul rates for training.precision AUTO/BF16 instead of measuring them
