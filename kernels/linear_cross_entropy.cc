@@ -141,6 +141,59 @@ void ce_rows(at::Tensor& logits, const int64_t* labels, int64_t ignore_index, fl
   });
 }
 
+// A frozen W narrower than a float32/float64 h (a bf16 head under float32
+// compute), in one pass over vocabulary blocks so that each block of W is
+// converted once per call, not once per row chunk: per row a running maximum
+// m, sum S of exp(logit - m) and, for the row gradient, U = sum of
+// exp(logit - m) W[v], rescaled when m grows (the online logsumexp). Then
+// loss = m + log S - logit[label] and row gradient = U / S - W[label]. Rows
+// go up to 1024 at a time inside a block, so the logits held are one
+// [tile_rows, kVocabBlock] tile. Ignored rows give 0 (and zero gradient).
+void online_forward(const at::Tensor& h, const at::Tensor& W, const at::Tensor& labels, const at::Tensor& valid,
+                    const at::Tensor& safe, int64_t chunk_rows, at::Tensor& loss, at::Tensor& row_grad) {
+  const int64_t n = h.size(0), v = W.size(0);
+  at::Tensor m = at::full({n}, -std::numeric_limits<double>::infinity(), h.options());
+  at::Tensor sum = at::zeros({n}, h.options());
+  at::Tensor picked = at::zeros({n}, h.options());
+  if (row_grad.defined()) row_grad.zero_();
+  // A [tile_rows, kVocabBlock] tile of logits holds no more than the
+  // [chunk_rows, V] chunk of the other path, and at most 1024 rows (16 MB).
+  const int64_t tile_rows = std::max<int64_t>(chunk_rows, std::min<int64_t>(1024, chunk_rows * (v / kVocabBlock)));
+  BlockConverter conv(W, h.scalar_type());
+  for (int64_t v0 = 0; v0 < v; v0 += kVocabBlock) {
+    const int64_t vb = std::min(kVocabBlock, v - v0);
+    const at::Tensor wb = conv.block(v0, vb);  // [vb, C] in h's dtype
+    for (int64_t r0 = 0; r0 < n; r0 += tile_rows) {
+      const int64_t r = std::min(tile_rows, n - r0);
+      at::Tensor logits = at::mm(h.narrow(0, r0, r), wb.t());  // [r, vb]
+      const at::Tensor lab = labels.narrow(0, r0, r);
+      const at::Tensor here = valid.narrow(0, r0, r) & (lab >= v0) & (lab < v0 + vb);
+      if (here.any().item<bool>()) {
+        const at::Tensor col = (lab - v0).clamp(0, vb - 1).unsqueeze(1);
+        at::Tensor p = picked.narrow(0, r0, r);
+        p.copy_(at::where(here, logits.gather(1, col).squeeze(1), p));
+      }
+      at::Tensor m_c = m.narrow(0, r0, r);
+      const at::Tensor m_new = at::maximum(m_c, std::get<0>(logits.max(1)));
+      const at::Tensor scale = (m_c - m_new).exp_();  // 0 on the first block (m = -inf)
+      logits.sub_(m_new.unsqueeze(1)).exp_();
+      at::Tensor s_c = sum.narrow(0, r0, r);
+      s_c.mul_(scale).add_(logits.sum(1));
+      if (row_grad.defined()) {
+        at::Tensor u = row_grad.narrow(0, r0, r);
+        u.mul_(scale.unsqueeze(1)).addmm_(logits, wb);
+      }
+      m_c.copy_(m_new);
+    }
+  }
+  const at::Tensor valid_f = valid.to(h.scalar_type());
+  loss.copy_((m + sum.log() - picked).mul_(valid_f));
+  if (row_grad.defined()) {
+    row_grad.div_(sum.unsqueeze(1)).sub_(W.index_select(0, safe).to(h.scalar_type()));
+    row_grad.mul_(valid_f.unsqueeze(1));
+  }
+}
+
 class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& W, const at::Tensor& labels,
@@ -154,7 +207,10 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
     at::Tensor row_grad = need_h && !need_w ? at::empty_like(h) : at::Tensor();  // [N, C]
     at::Tensor lse_all = need_w ? at::empty({n}, h.options().dtype(acc)) : at::Tensor();
     BlockConverter conv(W, h.scalar_type());
-    for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
+    const bool online = W.scalar_type() != h.scalar_type() && !need_w &&
+                        (h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble);
+    if (online) online_forward(h, W, labels, valid, safe, chunk_rows, loss, row_grad);
+    for (int64_t r0 = 0; !online && r0 < n; r0 += chunk_rows) {
       const int64_t r = std::min(chunk_rows, n - r0);
       const at::Tensor hc = h.narrow(0, r0, r);
       if (h.is_cpu() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat)) {

@@ -20,9 +20,11 @@
 // backward recomputes each chunk's logits to form both gradients.
 //
 // A frozen W stored in another dtype than h (a bf16 head under float32
-// compute) is converted 4096 rows at a time inside each chunk, never whole:
-// a 128256 x 2048 bf16 head would otherwise take a 1 GB float32 copy for the
-// step. The conversions cost about 1/500 of the matmul work's element count.
+// compute) is converted 4096 rows at a time, never whole: a 128256 x 2048
+// bf16 head would otherwise take a 1 GB float32 copy for the step. With a
+// float32/float64 h the rows then go through the vocabulary blocks in one
+// pass (an online logsumexp, each block converted once per call); a bf16 h
+// with a wider W converts the blocks per row chunk.
 //
 // Memory beyond the inputs: a few [chunk_rows, V] float32 buffers (chunk_rows
 // 256 and V 32000: 33 MB each) plus the [N, C] row gradient.

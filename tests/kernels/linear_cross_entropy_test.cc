@@ -77,26 +77,33 @@ TEST(LinearCe, FrozenHeadAndFrozenInputNeedNoGraph) {
 
 // A frozen head stored in another dtype than h (a bf16 base under float32
 // compute, or the reverse) is used in h's dtype, converted 4096 vocabulary
-// rows at a time: V = 9000 spans two whole blocks and a partial one. The
-// values and h's gradient equal the reference on W converted whole.
+// rows at a time: V = 9000 spans two whole blocks and a partial one, and a
+// float32/float64 h goes through them in one pass (online logsumexp) in
+// tiles of up to 2 x chunk rows here. The values and h's gradient equal the
+// reference on W converted whole.
 TEST(LinearCe, FrozenHeadOfAnotherDtypeMatchesTheConvertedHead) {
   for (const auto& [h_dtype, w_dtype, tol] :
        {std::tuple{at::kFloat, at::kBFloat16, 1e-5}, std::tuple{at::kBFloat16, at::kFloat, 3e-2},
         std::tuple{at::kDouble, at::kFloat, 1e-10}}) {
-    SCOPED_TRACE(std::string(c10::toString(h_dtype)) + " h, " + c10::toString(w_dtype) + " W");
-    Inputs in = make_inputs(h_dtype, 41, 16, 9000, false, 5);
-    in.W = in.W.detach().to(w_dtype);
-    const at::Tensor loss = linear_cross_entropy(in.h, in.W, in.labels, -100, 16);
-    const at::Tensor h_ref = in.h.detach().clone().requires_grad_(true);
-    const at::Tensor ref = linear_cross_entropy_ref(h_ref, in.W.to(h_dtype), in.labels, -100);
-    ASSERT_EQ(loss.scalar_type(), ref.scalar_type());
-    EXPECT_LE((loss - ref).abs().max().item<double>(), tol * ref.abs().max().item<double>());
-    const at::Tensor g = torch::autograd::grad({loss}, {in.h}, {in.upstream.to(loss.scalar_type())})[0];
-    const at::Tensor g_ref = torch::autograd::grad({ref}, {h_ref}, {in.upstream.to(ref.scalar_type())})[0];
-    ASSERT_EQ(g.scalar_type(), h_dtype);
-    const double s = g_ref.abs().max().item<double>();
-    EXPECT_GT(s, 0.0);
-    EXPECT_LE((g.to(at::kDouble) - g_ref.to(at::kDouble)).abs().max().item<double>(), tol * s);
+    for (const int64_t chunk : {1, 16, 256}) {
+      SCOPED_TRACE(std::string(c10::toString(h_dtype)) + " h, " + c10::toString(w_dtype) + " W, chunk " +
+                   std::to_string(chunk));
+      Inputs in = make_inputs(h_dtype, 41, 16, 9000, false, 5);
+      in.W = in.W.detach().to(w_dtype);
+      const at::Tensor loss = linear_cross_entropy(in.h, in.W, in.labels, -100, chunk);
+      const at::Tensor h_ref = in.h.detach().clone().requires_grad_(true);
+      const at::Tensor ref = linear_cross_entropy_ref(h_ref, in.W.to(h_dtype), in.labels, -100);
+      ASSERT_EQ(loss.scalar_type(), ref.scalar_type());
+      EXPECT_LE((loss - ref).abs().max().item<double>(), tol * ref.abs().max().item<double>());
+      const at::Tensor g = torch::autograd::grad({loss}, {in.h}, {in.upstream.to(loss.scalar_type())})[0];
+      const at::Tensor g_ref = torch::autograd::grad({ref}, {h_ref}, {in.upstream.to(ref.scalar_type())})[0];
+      ASSERT_EQ(g.scalar_type(), h_dtype);
+      const double s = g_ref.abs().max().item<double>();
+      EXPECT_GT(s, 0.0);
+      EXPECT_LE((g.to(at::kDouble) - g_ref.to(at::kDouble)).abs().max().item<double>(), tol * s);
+      // Gradient rows of ignored tokens are zero.
+      EXPECT_EQ(g.index({in.labels == -100}).abs().max().item<double>(), 0.0);
+    }
   }
 }
 
