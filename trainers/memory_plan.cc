@@ -118,13 +118,17 @@ MemoryPlan plan_memory(const MemoryPlanInput& in) {
   plan.parts.emplace_back(in.activation_checkpointing ? "activations (checkpointed)" : "activations",
                           activation_bytes(in, in.activation_checkpointing));
   double loss = 0;
-  if (in.head_is_plain) {
-    // Fused head (kernels/linear_cross_entropy.h): one [256, V] block of
-    // logits in the compute dtype, the hidden states and their gradient; a
-    // head stored narrower than the compute dtype is widened 4096 rows at a
-    // time.
+  if (in.head_is_plain && !in.bf16_compute && base_elem < 4) {
+    // Fused head stored narrower than the float32 compute
+    // (kernels/linear_cross_entropy.h): one pass over 4096-row blocks of
+    // the head, each converted into one buffer, a [1024, 4096] tile of
+    // logits, the hidden states, the row gradient and the label rows of W.
+    loss =
+        std::min(1024.0, n) * std::min(4096.0, vocab) * 4 + std::min(4096.0, vocab) * hidden * 4 + 3 * n * hidden * 4;
+  } else if (in.head_is_plain) {
+    // Fused head: one [256, V] block of logits in the compute dtype, the
+    // hidden states and their gradient.
     loss = std::min(256.0, n) * vocab * (in.bf16_compute ? 2 : 4) + 2 * n * hidden * 4;
-    if (!in.bf16_compute && base_elem < 4) loss += std::min(4096.0, vocab) * hidden * 4;
   } else {
     loss = n * vocab * (4 + 4 + (in.bf16_compute ? 2 : 4));  // logits, log-probabilities, their gradient
   }
