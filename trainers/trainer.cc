@@ -838,14 +838,20 @@ class TrainingRun {
                           plan.total() / 1e9, (static_cast<double>(avail) + process) / 1e9, plan.table()));
       return absl::OkStatus();
     }
+    // What to change: only the settings not already in effect.
+    std::vector<std::string> remedies = {"lower training.micro_batch, data.seq_len or training.grad_accum"};
+    if (base_dtype_ == at::kFloat && recipe_.adapters_size() > 0) {
+      remedies.push_back("store the base in bf16 (training.base_dtype: BF16)");
+    }
+    if (!tc_.activation_checkpointing()) remedies.push_back("turn on training.activation_checkpointing");
+    std::string what = remedies[0];
+    for (size_t i = 1; i < remedies.size(); ++i) what += (i + 1 == remedies.size() ? " or " : ", ") + remedies[i];
     return absl::ResourceExhaustedError(absl::StrFormat(
         "training.micro_batch = %d x data.seq_len = %d tokens (grad_accum %d) on this model need %.1f GB at the "
-        "peak, but %.1f GB of memory is available: lower training.micro_batch, data.seq_len or "
-        "training.grad_accum, store the base in bf16 (training.base_dtype: BF16) or turn on "
-        "training.activation_checkpointing (--ignore_memory_plan trains anyway: the plan errs on the high "
-        "side). The plan:\n%s",
+        "peak, but %.1f GB of memory is available: %s (--ignore_memory_plan trains anyway: the plan errs on the "
+        "high side). The plan:\n%s",
         micro(), recipe_.data().seq_len(), tc_.grad_accum(), plan.total() / 1e9,
-        (static_cast<double>(avail) + process) / 1e9, plan.table()));
+        (static_cast<double>(avail) + process) / 1e9, what, plan.table()));
   }
 
   absl::Status stopped(const std::string& when) {

@@ -369,6 +369,21 @@ TEST_F(TrainCliTest, FailedStartsLeaveNothingBehind) {
   EXPECT_NE(r.err.find("training.micro_batch = 1000000 x data.seq_len = 64 tokens"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("GB of memory is available: lower training.micro_batch"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("--ignore_memory_plan trains anyway"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("store the base in bf16 (training.base_dtype: BF16) or turn on "
+                       "training.activation_checkpointing"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // The refusal suggests only settings not already in effect.
+  r = run("train --recipe=" + work_ + "/recipe.textproto --output_dir=" + out +
+          " --set=training.micro_batch=1000000 --set=training.base_dtype=BF16"
+          " --set=training.activation_checkpointing=true --dry_run");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("available: lower training.micro_batch, data.seq_len or training.grad_accum (--ignore"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("store the base in bf16"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("turn on training.activation_checkpointing"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
   // --ignore_memory_plan turns the refusal into a warning (a dry run: nothing
   // is allocated for the batch).
