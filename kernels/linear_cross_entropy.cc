@@ -53,34 +53,6 @@ class BlockConverter {
   at::Tensor buf_;
 };
 
-// h [R, C] Wᵀ into a new [R, V] tensor in h's dtype. A W of another dtype
-// (a frozen bf16 head under float32 compute) is converted kVocabBlock rows at
-// a time.
-at::Tensor logits_of(const at::Tensor& h, const at::Tensor& W, BlockConverter& conv) {
-  if (W.scalar_type() == h.scalar_type()) return at::mm(h, W.t());
-  at::Tensor out = at::empty({h.size(0), W.size(0)}, h.options());
-  for (int64_t v0 = 0; v0 < W.size(0); v0 += kVocabBlock) {
-    const int64_t vb = std::min(kVocabBlock, W.size(0) - v0);
-    at::Tensor o = out.narrow(1, v0, vb);
-    at::mm_out(o, h, conv.block(v0, vb).t());
-  }
-  return out;
-}
-
-// out [R, C] = p [R, V] W [V, C], p in out's dtype; W converted by blocks as
-// in logits_of when its dtype differs.
-void rows_times_w_out(at::Tensor& out, const at::Tensor& p, const at::Tensor& W, BlockConverter& conv) {
-  if (W.scalar_type() == p.scalar_type()) {
-    at::mm_out(out, p, W);
-    return;
-  }
-  out.zero_();
-  for (int64_t v0 = 0; v0 < W.size(0); v0 += kVocabBlock) {
-    const int64_t vb = std::min(kVocabBlock, W.size(0) - v0);
-    out.addmm_(p.narrow(1, v0, vb), conv.block(v0, vb));
-  }
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -206,17 +178,17 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
     at::Tensor loss = at::empty({n}, h.options().dtype(acc));
     at::Tensor row_grad = need_h && !need_w ? at::empty_like(h) : at::Tensor();  // [N, C]
     at::Tensor lse_all = need_w ? at::empty({n}, h.options().dtype(acc)) : at::Tensor();
-    BlockConverter conv(W, h.scalar_type());
-    const bool online = W.scalar_type() != h.scalar_type() && !need_w &&
-                        (h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble);
+    // A W of another dtype is frozen and narrower than h (linear_cross_entropy).
+    const bool online = W.scalar_type() != h.scalar_type();
     if (online) online_forward(h, W, labels, valid, safe, chunk_rows, loss, row_grad);
+    const at::Tensor wt = W.t();
     for (int64_t r0 = 0; !online && r0 < n; r0 += chunk_rows) {
       const int64_t r = std::min(chunk_rows, n - r0);
       const at::Tensor hc = h.narrow(0, r0, r);
       if (h.is_cpu() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat)) {
         // The row kernel (CPU): logits in h's dtype, reduced in float32 in
         // place. Other devices take the ATen path below.
-        at::Tensor logits = logits_of(hc, W, conv);  // [R, V]
+        at::Tensor logits = at::mm(hc, wt);  // [R, V]
         const at::Tensor labels_c = labels.narrow(0, r0, r).contiguous();
         at::Tensor loss_c = loss.narrow(0, r0, r);
         if (h.scalar_type() == at::kBFloat16) {
@@ -234,11 +206,11 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
         }
         if (row_grad.defined()) {
           at::Tensor out = row_grad.narrow(0, r0, r);
-          rows_times_w_out(out, logits, W, conv);
+          at::mm_out(out, logits, W);
         }
         continue;
       }
-      at::Tensor lf = logits_of(hc, W, conv).to(acc);  // [R, V]
+      at::Tensor lf = at::mm(hc, wt).to(acc);  // [R, V]
       const at::Tensor safe_c = safe.narrow(0, r0, r), valid_c = valid.narrow(0, r0, r);
       const at::Tensor picked = lf.gather(1, safe_c.unsqueeze(1)).squeeze(1);  // [R]
       const at::Tensor mx = std::get<0>(lf.max(1));                            // [R]
@@ -250,7 +222,7 @@ class LinearCeFunction : public torch::autograd::Function<LinearCeFunction> {
       if (row_grad.defined()) {
         to_softmax_minus_onehot_(lf, sum, safe_c, valid_c);
         at::Tensor out = row_grad.narrow(0, r0, r);
-        rows_times_w_out(out, lf.to(h.scalar_type()), W, conv);
+        at::mm_out(out, lf.to(h.scalar_type()), W);
       }
     }
     ctx->saved_data["row_grad"] = row_grad;
@@ -325,7 +297,14 @@ at::Tensor linear_cross_entropy(const at::Tensor& h, const at::Tensor& W, const 
   const at::Tensor bad = (labels != ignore_index) & ((labels < 0) | (labels >= W.size(0)));
   TORCH_CHECK(!bad.any().item<bool>(), "linear_cross_entropy: a label is outside [0, ", W.size(0),
               ") and is not ignore_index ", ignore_index);
-  return LinearCeFunction::apply(h.contiguous(), W, labels.contiguous(), ignore_index, chunk_rows);
+  // A frozen W narrower than a float32/float64 h goes through the one-pass
+  // path, converted by blocks; any other frozen W of another dtype is
+  // converted whole to h's dtype here (a copy no larger than W).
+  const bool online = W.scalar_type() != h.scalar_type() &&
+                      (h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble) &&
+                      W.element_size() < h.element_size();
+  const at::Tensor w = W.scalar_type() == h.scalar_type() || online ? W : W.to(h.scalar_type());
+  return LinearCeFunction::apply(h.contiguous(), w, labels.contiguous(), ignore_index, chunk_rows);
 }
 
 }  // namespace peft::kernels

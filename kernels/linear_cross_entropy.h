@@ -23,8 +23,9 @@
 // compute) is converted 4096 rows at a time, never whole: a 128256 x 2048
 // bf16 head would otherwise take a 1 GB float32 copy for the step. With a
 // float32/float64 h the rows then go through the vocabulary blocks in one
-// pass (an online logsumexp, each block converted once per call); a bf16 h
-// with a wider W converts the blocks per row chunk.
+// pass (an online logsumexp, each block converted once per call). Any other
+// frozen W of another dtype (wider than h) is converted whole to h's dtype,
+// a copy no larger than W.
 //
 // Memory beyond the inputs: a few [chunk_rows, V] float32 buffers (chunk_rows
 // 256 and V 32000: 33 MB each) plus the [N, C] row gradient.

@@ -15,12 +15,12 @@ PerSampleLoss causal_lm_loss(models::CausalLm& lm, const at::Tensor& input_ids, 
   const at::ScalarType dtype = autocast_dtype_for(h).value_or(h.scalar_type());
   const int64_t b = h.size(0), t = h.size(1);
   const at::Tensor target = labels.to(h.device(), at::kLong);
-  // A frozen head stored narrower than the compute dtype (a bf16 base under
-  // float32 compute) goes to the kernel as it is: it widens it by blocks
-  // instead of a whole float32 copy for the step (1 GB for Llama 3's head).
-  const bool widen_in_kernel = !w.requires_grad() && w.element_size() < c10::elementSize(dtype);
+  // A frozen head goes to the kernel in its own dtype: the kernel widens a
+  // narrower one (a bf16 base under float32 compute) by blocks instead of a
+  // whole float32 copy for the step (1 GB for Llama 3's head). A trainable
+  // one is converted here, where autograd sees it.
   const at::Tensor per_token = kernels::linear_cross_entropy(
-      h.reshape({b * t, h.size(2)}).to(dtype), widen_in_kernel ? w : w.to(dtype), target.reshape({b * t}));
+      h.reshape({b * t, h.size(2)}).to(dtype), w.requires_grad() ? w.to(dtype) : w, target.reshape({b * t}));
   PerSampleLoss out;
   out.token_counts = (target != -100).sum(1);  // [B] int64
   out.loss = per_token.view({b, t}).sum(1).to(at::kFloat) / out.token_counts.clamp_min(1).to(at::kFloat);
