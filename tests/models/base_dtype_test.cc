@@ -6,7 +6,6 @@
 // same bf16-rounded weights; the base's resident memory halves.
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "tests/testing/assets.h"
 #include "tests/testing/tiny_models.h"
 #include "trainers/loss.h"
+#include "trainers/process_stats.h"
 
 namespace peft {
 namespace {
@@ -34,15 +34,6 @@ proto::AdapterConfig adapter(const std::string& text) {
 }
 
 // VmRSS of this process in bytes.
-double rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
-  }
-  return -1;
-}
-
 // Rounds the weight matrices of a float32 model to bf16 in place (the values
 // a bf16-stored base holds).
 void round_matrices_(CausalLm& lm) {
@@ -146,14 +137,7 @@ TEST(BaseDtypeTest, TrainingAFrozenNarrowWeightIsAnError) {
 
 // ~100M parameters (vocabulary 32000, hidden 640, 12 blocks, MLP 1728).
 TEST(BaseDtypeTest, Bf16StorageHalvesTheBasesResidentMemory) {
-  models::ModelConfig c = testing::tiny_llama_config(false);
-  c.llama.vocab_size = 32000;
-  c.llama.hidden_size = 640;
-  c.llama.intermediate_size = 1728;
-  c.llama.num_hidden_layers = 12;
-  c.llama.num_attention_heads = 10;
-  c.llama.num_key_value_heads = 10;
-  c.llama.head_dim = 64;
+  models::ModelConfig c = testing::llama_100m_config();
   c.llama.max_position_embeddings = 256;
   const std::string dir = testing::make_temp_dir("basedt_mem") + "/m";
   {
@@ -166,10 +150,10 @@ TEST(BaseDtypeTest, Bf16StorageHalvesTheBasesResidentMemory) {
   // freed: each RSS increase is that model's alone.
   std::vector<std::shared_ptr<CausalLm>> kept;
   auto resident = [&](const models::LoadOptions& o, double* param_bytes) {
-    const double before = rss_bytes();
+    const double before = trainers::proc_status_mb("VmRSS") * 1048576.0;
     absl::StatusOr<std::shared_ptr<CausalLm>> lm = models::load_model(dir, o);
     EXPECT_TRUE(lm.ok()) << lm.status();
-    const double after = rss_bytes();
+    const double after = trainers::proc_status_mb("VmRSS") * 1048576.0;
     *param_bytes = 0;
     for (const at::Tensor& p : (*lm)->module().parameters()) *param_bytes += static_cast<double>(p.nbytes());
     kept.push_back(*lm);

@@ -172,14 +172,7 @@ TEST(AdapterFiles, NumberBeyondADoubleIsInvalidJson) {
 // base exactly as it was.
 TEST(AdapterFiles, LoadingALoraAdapterCopiesNoBaseWeights) {
   if (testing::address_sanitizer()) GTEST_SKIP() << "AddressSanitizer keeps freed blocks resident (quarantine)";
-  models::ModelConfig c = testing::tiny_llama_config();
-  c.llama.vocab_size = 32000;
-  c.llama.hidden_size = 640;
-  c.llama.intermediate_size = 1728;
-  c.llama.num_hidden_layers = 12;
-  c.llama.num_attention_heads = 10;
-  c.llama.num_key_value_heads = 10;
-  c.llama.head_dim = 64;
+  const models::ModelConfig c = testing::llama_100m_config();
   absl::StatusOr<std::shared_ptr<models::CausalLm>> lm = models::create_model(c);
   ASSERT_TRUE(lm.ok()) << lm.status();
   models::init_weights_(**lm, 1);

@@ -50,6 +50,18 @@ models::ModelConfig tiny_llama_config(bool tied) {
   return c;
 }
 
+models::ModelConfig llama_100m_config() {
+  models::ModelConfig c = tiny_llama_config(false);
+  c.llama.vocab_size = 32000;
+  c.llama.hidden_size = 640;
+  c.llama.intermediate_size = 1728;
+  c.llama.num_hidden_layers = 12;
+  c.llama.num_attention_heads = 10;
+  c.llama.num_key_value_heads = 10;
+  c.llama.head_dim = 64;
+  return c;
+}
+
 models::ModelConfig tiny_gpt2_config() {
   models::ModelConfig c;
   c.arch = models::Architecture::kGpt2;

@@ -16,6 +16,9 @@ namespace peft::testing {
 
 /// LLaMA: vocab 96, hidden 32, FFN 48, 2 layers, 4 heads, 2 KV heads, head_dim 8, 64 positions.
 models::ModelConfig tiny_llama_config(bool tied = false);
+/// A ~100M-parameter untied LLaMA for tests that measure memory: vocab 32000, hidden 640, FFN 1728,
+/// 12 layers, 10 heads (head_dim 64, no grouping), 64 positions.
+models::ModelConfig llama_100m_config();
 /// GPT-2: vocab 80, hidden 32, FFN 128, 2 layers, 4 heads, 48 positions.
 models::ModelConfig tiny_gpt2_config();
 
